@@ -1,0 +1,5 @@
+import sys
+
+from refgen.cli import main
+
+sys.exit(main())

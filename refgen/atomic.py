@@ -1,0 +1,45 @@
+"""Atomic writes: a failed or interrupted run never leaves a half-written artifact.
+
+Every file is written to a temporary sibling and fsynced first; only when all of them are
+complete are they renamed over the old ones (rename is atomic on POSIX). If anything fails before
+that point, the temporaries are removed and the previous artifact is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def write_files(files: Mapping[Path, bytes]) -> None:
+    """Write several files as one step, in the order given (put the file readers trust last)."""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for target, data in files.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            temps.append((Path(tmp), target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            # mkstemp creates 0600; give the file the mode a plain open() would (umask applied).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        for tmp, target in temps:
+            os.replace(tmp, target)
+        _fsync_dir(next(iter(files)).parent)
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

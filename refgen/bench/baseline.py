@@ -1,0 +1,69 @@
+"""The original script's method, as the benchmark's baseline (run as a child process).
+
+``python -m refgen.bench.baseline SNAPSHOT OUTPUT [PROMPT ...]``: ``from_pretrained`` in F32,
+the tokenizer, one forward per prompt with hidden states, top-10 logits and the last residual,
+``json.dump(indent=2)``. No hashing, no determinism profile beyond what the caller's environment
+sets: this is what the generator is measured against.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+
+PROMPTS = ["The capital of France is", "Two plus two equals", "Once upon a time, there was a"]
+
+
+def main(argv: list[str]) -> None:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    snapshot, output, *prompts = argv
+    tokenizer = AutoTokenizer.from_pretrained(snapshot)
+    model = AutoModelForCausalLM.from_pretrained(snapshot, dtype=torch.float32)
+    model.eval()
+    config = model.config
+    cases = []
+    for prompt in prompts or PROMPTS:
+        inputs = tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model(**inputs, output_hidden_states=True)
+        logits = out.logits[0, -1, :]
+        top = torch.topk(logits, 10)
+        cases.append(
+            {
+                "prompt": prompt,
+                "tokens": inputs["input_ids"][0].tolist(),
+                "top_10": [
+                    {"index": int(i), "logit": float(v)}
+                    for v, i in zip(top.values, top.indices, strict=True)
+                ],
+                "last_residual_f32": out.hidden_states[-1][0, -1, :].tolist(),
+            }
+        )
+    result = {
+        "model_repo": snapshot,
+        "methodology": "transformers forward pass, F32, CPU",
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "platform": platform.platform(),
+        "hidden_size": config.hidden_size,
+        "num_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_kv_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rope_theta": getattr(config, "rope_theta", None),
+        "rms_norm_eps": config.rms_norm_eps,
+        "use_qk_norm": True,
+        "test_cases": cases,
+    }
+    with open(output, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

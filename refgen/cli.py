@@ -1,0 +1,128 @@
+"""Command line: ``python -m refgen {generate,fetch,lock,demo}``; nox sessions call these."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from refgen import determinism
+from refgen.errors import RefgenError
+
+log = logging.getLogger("refgen")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="refgen: %(message)s", stream=sys.stderr)
+    # SIGTERM (docker stop, CI timeouts) unwinds like Ctrl-C, so temporary files are removed.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        result: int = args.func(args)
+        return result
+    except RefgenError as exc:
+        print(f"refgen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("refgen: interrupted; no output was changed", file=sys.stderr)
+        return 130
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refgen", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="build references from specs (offline, verified)")
+    gen.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
+    gen.add_argument("--specs-dir", type=Path, default=Path("specs"),
+                     help="without --spec, build every *.toml here (default: specs)")
+    gen.add_argument("--output-dir", type=Path, help="write here instead of the spec's output path")
+    gen.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    gen.set_defaults(func=cmd_generate)
+
+    fetch = sub.add_parser("fetch", help="download the pinned model files and verify them")
+    fetch.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
+    fetch.add_argument("--specs-dir", type=Path, default=Path("specs"))
+    fetch.set_defaults(func=cmd_fetch)
+
+    lock = sub.add_parser("lock", help="record the SHA-256 of a spec's model files")
+    lock.add_argument("--spec", type=Path, required=True)
+    lock.add_argument("--offline", action="store_true",
+                      help="hash a snapshot already in the local cache instead of downloading")
+    lock.set_defaults(func=cmd_lock)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on a tiny local checkpoint, offline")
+    demo.add_argument("--output-dir", type=Path, default=Path("build/demo"))
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _specs(args: argparse.Namespace) -> list[Path]:
+    from refgen.spec import find_specs
+
+    return list(args.spec) if args.spec else find_specs(args.specs_dir)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    determinism.apply_environment()
+    from refgen.generate import generate
+    from refgen.spec import load_spec
+
+    specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
+    for spec in specs:
+        log.info("generating %s (%s@%s)", spec.name, spec.repo, spec.revision)
+        outputs = generate(spec, args.output_dir)
+        log.info("wrote %s, %s, %s", outputs.reference, outputs.manifest.name, outputs.sums.name)
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from refgen import hub
+    from refgen.spec import load_spec
+
+    for spec in [load_spec(p) for p in _specs(args)]:
+        folder = hub.fetch(spec)
+        log.info("%s@%s fetched and verified in %s", spec.repo, spec.revision, folder)
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from refgen import hub
+    from refgen.spec import load_spec
+
+    spec = load_spec(args.spec)
+    result = hub.lock(spec, offline=args.offline)
+    log.info("locked %d files of %s@%s in %s", len(result.files), spec.repo, spec.revision,
+             spec.lock_path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Tiny checkpoint -> spec -> lock -> verified generation, all local, under --output-dir."""
+    out = args.output_dir.resolve()
+    os.environ["HF_HOME"] = str(out / "hf-home")  # before huggingface_hub reads its constants
+    determinism.apply_environment()
+    from refgen import hub, tiny
+    from refgen.generate import generate
+    from refgen.spec import load_spec
+
+    checkpoint = tiny.build(out / "hf-home" / "hub")
+    spec_dir = out / "specs"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = load_spec(tiny.write_spec(spec_dir, checkpoint.revision, "../tiny_qwen3_reference.json"))
+    hub.lock(spec, offline=True)
+    outputs = generate(spec)
+    print(f"demo outputs in {out}:")
+    for path in (spec.path, spec.lock_path, outputs.reference, outputs.manifest, outputs.sums):
+        print(f"  {path.relative_to(out)}")
+    print(f"check them with: (cd {out} && sha256sum -c {outputs.sums.name})")
+    return 0

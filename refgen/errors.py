@@ -1,0 +1,29 @@
+"""One exception root, so the CLI can turn every expected failure into a clear message."""
+
+
+class RefgenError(Exception):
+    """Base class: a failure whose message tells the user what went wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class SpecError(RefgenError):
+    """The reference spec (TOML) is missing, malformed or inconsistent."""
+
+
+class LockError(RefgenError):
+    """The model lock (the committed file hashes of a spec) is missing or malformed."""
+
+
+class ModelNotFoundError(RefgenError):
+    """The pinned model revision, or one of its files, is not in the local Hugging Face cache."""
+
+
+class IntegrityError(RefgenError):
+    """A model file's content does not match the hash committed in the lock."""
+
+    exit_code = 3
+
+
+class EnvironmentProfileError(RefgenError):
+    """The determinism profile could not be applied (e.g. torch was imported too early)."""

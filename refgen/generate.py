@@ -1,0 +1,168 @@
+"""Build a reference: verify the pinned model files, run the prompts, write JSON + manifest.
+
+The JSON holds only what the model computes (plus library versions fixed by the lock), so it is
+byte-identical on any host that follows the determinism profile; everything host-specific goes
+in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refgen import determinism, hub, manifest
+from refgen.atomic import write_files
+from refgen.spec import Spec
+
+log = logging.getLogger("refgen")
+
+METHODOLOGY = (
+    "transformers AutoModelForCausalLM in {dtype} on CPU, weights verified against the model "
+    "lock; one forward per prompt (no padding, no batching); top_k = torch.topk of the "
+    "last-position logits (descending); last_residual_f32 = hidden_states[-1] at the last "
+    "position, i.e. the final-norm output that is the LM head's input."
+)
+
+
+@dataclass
+class Timings:
+    """Seconds per phase, for logs and the benchmark; never written into an artifact."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Outputs:
+    reference: Path
+    manifest: Path
+    sums: Path
+
+
+def output_paths(spec: Spec, output_dir: Path | None = None) -> Outputs:
+    """Where a spec's artifact goes: the spec's ``output``, or the same name in ``output_dir``."""
+    reference = (output_dir.resolve() / spec.output.name) if output_dir else spec.output
+    stem = reference.with_suffix("")
+    return Outputs(
+        reference=reference,
+        manifest=stem.with_name(stem.name + ".manifest.json"),
+        sums=stem.with_name(stem.name + ".sha256"),
+    )
+
+
+def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None = None) -> Outputs:
+    """Verify inputs, compute the reference and write its three files atomically."""
+    timings = timings or Timings()
+    outputs = output_paths(spec, output_dir)
+    lock = hub.read_lock(spec)
+    folder = hub.cached_snapshot(spec, lock)
+    with timings.phase("verify"):
+        hub.verify_snapshot(spec, lock, folder)
+    with hub.verified_view(folder, lock) as view:
+        reference = compute_reference(spec, view, timings)
+    with timings.phase("write"):
+        reference_bytes = dump_reference(reference)
+        manifest_bytes = manifest.dump(
+            manifest.build(spec, lock, {outputs.reference.name: reference_bytes})
+        )
+        sums = manifest.sha256sums(
+            {outputs.reference.name: reference_bytes, outputs.manifest.name: manifest_bytes}
+        )
+        # The sums file is what `sha256sum -c` trusts, so it is renamed into place last.
+        write_files(
+            {
+                outputs.reference: reference_bytes,
+                outputs.manifest: manifest_bytes,
+                outputs.sums: sums,
+            }
+        )
+    return outputs
+
+
+def compute_reference(spec: Spec, model_dir: Path, timings: Timings) -> dict[str, Any]:
+    """Load in the spec's dtype and run each prompt alone, as the consumer will."""
+    with timings.phase("import"):
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        determinism.configure_torch()
+    with timings.phase("load"):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype=getattr(torch, spec.dtype),
+            attn_implementation=spec.attn_implementation,
+            local_files_only=True,
+        )
+        model.eval()
+    config = model.config
+    cases = []
+    vocab_size = None
+    with timings.phase("forward"), torch.inference_mode():
+        for prompt in spec.prompts:
+            log.info("forward: %r", prompt)
+            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+            logits = out.logits[0, -1]
+            vocab_size = int(logits.shape[-1])
+            values, indices = torch.topk(logits, spec.top_k)
+            residual = out.hidden_states[-1][0, -1].to(torch.float32)
+            cases.append(
+                {
+                    "prompt": prompt,
+                    "tokens": [int(t) for t in input_ids[0].tolist()],
+                    f"top_{spec.top_k}": [
+                        {"index": int(i), "logit": float(v)}
+                        for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+                    ],
+                    "last_residual_f32": [float(x) for x in residual.tolist()],
+                }
+            )
+    attention = model.model.layers[0].self_attn
+    return {
+        "model_repo": spec.repo,
+        "model_revision": spec.revision,
+        "methodology": METHODOLOGY.format(dtype=spec.dtype),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "dtype": spec.dtype,
+        "hidden_size": int(config.hidden_size),
+        "num_layers": int(config.num_hidden_layers),
+        "num_attention_heads": int(config.num_attention_heads),
+        "num_kv_heads": int(config.num_key_value_heads),
+        "head_dim": int(config.head_dim),
+        "vocab_size": vocab_size,
+        "max_position_embeddings": int(config.max_position_embeddings),
+        "rope_theta": _rope_theta(config),
+        "rms_norm_eps": float(config.rms_norm_eps),
+        "use_qk_norm": hasattr(attention, "q_norm") and hasattr(attention, "k_norm"),
+        "test_cases": cases,
+    }
+
+
+def _rope_theta(config: Any) -> float:
+    """transformers 5 moved rope_theta into ``rope_parameters``; older configs keep the attribute."""
+    params = getattr(config, "rope_parameters", None) or {}
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is None:
+        raise ValueError("the model config has no rope_theta; cannot record it")
+    return float(theta)
+
+
+def dump_reference(reference: dict[str, Any]) -> bytes:
+    """As the published file: json.dump of float64 values (shortest repr), indent=2."""
+    return (json.dumps(reference, indent=2, allow_nan=False) + "\n").encode()

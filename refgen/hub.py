@@ -1,0 +1,215 @@
+"""Model files: the lock (committed hashes), the Hugging Face cache, fetch and verification.
+
+The lock is to a model what ``requirements.lock`` is to packages: the exact files of a pinned
+revision with their SHA-256 and size. Finding files in the cache and downloading them is left to
+huggingface_hub's own functions (``snapshot_download``, ``scan_cache_dir``), which honor
+``HF_HOME`` / ``HF_HUB_CACHE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from refgen.atomic import write_files
+from refgen.errors import IntegrityError, LockError, ModelNotFoundError
+from refgen.hashing import sha256_file
+from refgen.spec import Spec
+
+LOCK_SCHEMA = "refgen.model-lock/1"
+# Files of a model repo that no loader reads; everything else in the revision is locked.
+IGNORED = ("*.md", "LICENSE*", ".gitattributes", "*.png", "*.jpg", "*.gif", "*.pdf")
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelLock:
+    repo: str
+    revision: str
+    files: tuple[LockedFile, ...]
+
+    def to_json(self) -> bytes:
+        data = {
+            "schema": LOCK_SCHEMA,
+            "repo": self.repo,
+            "revision": self.revision,
+            "files": [vars(f) for f in self.files],
+        }
+        return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def fetch_hint(spec: Spec) -> str:
+    return f"`nox -s fetch -- --spec {spec.path.name}` (needs network access to the Hub)"
+
+
+def read_lock(spec: Spec) -> ModelLock:
+    """The committed lock of a spec, checked against the spec's repo and revision."""
+    path = spec.lock_path
+    if not path.exists():
+        raise LockError(
+            f"no model lock for {spec.path.name}: expected {path.name} next to it. Record the file "
+            f"hashes with `nox -s lock -- --spec {spec.path.name}` (add `--offline` to hash a "
+            "snapshot already in the local cache) and commit it."
+        )
+    try:
+        data = json.loads(path.read_text())
+        files = tuple(
+            LockedFile(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in data["files"]
+        )
+        lock = ModelLock(str(data["repo"]), str(data["revision"]), files)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LockError(f"{path.name} is malformed ({exc!r}); regenerate it with `nox -s lock`.") from None
+    if data.get("schema") != LOCK_SCHEMA:
+        raise LockError(f"{path.name}: schema {data.get('schema')!r} is not {LOCK_SCHEMA!r}.")
+    if (lock.repo, lock.revision) != (spec.repo, spec.revision):
+        raise LockError(
+            f"{path.name} locks {lock.repo}@{lock.revision} but {spec.path.name} asks for "
+            f"{spec.repo}@{spec.revision}. Run `nox -s lock -- --spec {spec.path.name}` again."
+        )
+    if not files:
+        raise LockError(f"{path.name} lists no files; regenerate it with `nox -s lock`.")
+    return lock
+
+
+def cached_snapshot(spec: Spec, lock: ModelLock | None = None) -> Path:
+    """The snapshot folder of the pinned revision in the local cache, without any network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = [f.path for f in lock.files] if lock else None
+    try:
+        folder = Path(
+            snapshot_download(
+                spec.repo, revision=spec.revision, local_files_only=True, allow_patterns=patterns
+            )
+        )
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(
+            f"{spec.repo} at revision {spec.revision} is not in the Hugging Face cache "
+            f"({_cache_dir()}){_other_revisions(spec)}. Download it with {fetch_hint(spec)}, or "
+            "point HF_HOME at a cache that holds it."
+        ) from None
+    if lock:
+        missing = [f.path for f in lock.files if not (folder / f.path).is_file()]
+        if missing:
+            raise ModelNotFoundError(
+                f"{spec.repo}@{spec.revision} is in the cache but lacks {missing}. "
+                f"Complete it with {fetch_hint(spec)}."
+            )
+    return folder
+
+
+def verify_snapshot(spec: Spec, lock: ModelLock, folder: Path) -> None:
+    """Hash every locked file; refuse on any difference, naming file, expected and actual hash."""
+    problems = []
+    for f in lock.files:
+        actual, size = sha256_file(folder / f.path)
+        if actual != f.sha256 or size != f.size:
+            problems.append(
+                f"  {f.path}: expected sha256 {f.sha256} ({f.size} bytes), "
+                f"got {actual} ({size} bytes)"
+            )
+    if problems:
+        raise IntegrityError(
+            f"model files of {spec.repo}@{spec.revision} do not match {spec.lock_path.name}:\n"
+            + "\n".join(problems)
+            + f"\nThe cached copy is corrupt or was modified. Delete it (`hf cache delete` or remove "
+            f"the repo folder under {_cache_dir()}) and run {fetch_hint(spec)}."
+        )
+
+
+@contextlib.contextmanager
+def verified_view(folder: Path, lock: ModelLock) -> Iterator[Path]:
+    """A temporary folder holding only the locked files, so the loader can read nothing else."""
+    with tempfile.TemporaryDirectory(prefix="refgen-model-") as tmp:
+        view = Path(tmp)
+        for f in lock.files:
+            link = view / f.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((folder / f.path).resolve())
+        yield view
+
+
+def fetch(spec: Spec) -> Path:
+    """Download exactly the locked files of the pinned revision, then verify them."""
+    from huggingface_hub import snapshot_download
+
+    lock = read_lock(spec)
+    folder = Path(
+        snapshot_download(spec.repo, revision=spec.revision, allow_patterns=[f.path for f in lock.files])
+    )
+    verify_snapshot(spec, lock, folder)
+    return folder
+
+
+def lock(spec: Spec, offline: bool) -> ModelLock:
+    """Hash the files of the pinned revision (downloaded, or already cached when offline)."""
+    if offline:
+        folder = cached_snapshot(spec)
+    else:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(
+            snapshot_download(spec.repo, revision=spec.revision, ignore_patterns=list(IGNORED))
+        )
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if any(fnmatch.fnmatch(path.name, pattern) for pattern in IGNORED):
+            continue
+        digest, size = sha256_file(path)
+        files.append(LockedFile(rel, digest, size))
+    if not offline:
+        _check_against_hub(spec, files)
+    result = ModelLock(spec.repo, spec.revision, tuple(files))
+    write_files({spec.lock_path: result.to_json()})
+    return result
+
+
+def _check_against_hub(spec: Spec, files: list[LockedFile]) -> None:
+    """Cross-check local hashes of LFS files with the SHA-256 the Hub itself publishes."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(spec.repo, revision=spec.revision, files_metadata=True)
+    published = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs is not None}
+    for f in files:
+        expected = published.get(f.path)
+        if expected is not None and expected != f.sha256:
+            raise IntegrityError(
+                f"downloaded {f.path} hashes to {f.sha256} but the Hub publishes {expected}; "
+                "the download is corrupt. Delete it from the cache and lock again."
+            )
+
+
+def _cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _other_revisions(spec: Spec) -> str:
+    """Name the revisions that *are* cached, to make a wrong-revision mistake obvious."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir()
+    except CacheNotFound:
+        return "; the cache folder does not exist"
+    for repo in info.repos:
+        if repo.repo_id == spec.repo and repo.repo_type == "model":
+            revisions = sorted(r.commit_hash for r in repo.revisions)
+            return f"; cached revisions of this repo: {', '.join(revisions) or 'none'}"
+    return "; the repo is not cached at all"

@@ -1,0 +1,195 @@
+"""The reference spec: a small TOML file that says what to build, so a new reference is a new file.
+
+Example (the keys are documented in the README)::
+
+    schema = 1
+    [reference]
+    name = "qwen3-1.7b-base-forward"
+    output = "../scripts/qwen3_forward_reference.json"   # relative to this file's folder
+    [model]
+    repo = "Qwen/Qwen3-1.7B-Base"
+    revision = "ea980cb0a6c2ae4b936e82123acc929f1cec04c1"
+    dtype = "float32"
+    attn_implementation = "sdpa"
+    [run]
+    prompts = ["The capital of France is"]
+    top_k = 10
+    [verify]
+    tolerance = 1e-6
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refgen.errors import SpecError
+
+SPEC_SCHEMA = 1
+DTYPES = ("float32",)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+_REVISION = re.compile(r"^[0-9a-f]{40}$")
+_REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+# table -> key -> (type, required, default)
+_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
+    "reference": {"name": (str, True, None), "output": (str, True, None)},
+    "model": {
+        "repo": (str, True, None),
+        "revision": (str, True, None),
+        "dtype": (str, False, "float32"),
+        "attn_implementation": (str, False, "sdpa"),
+    },
+    "run": {"prompts": (list, True, None), "top_k": (int, False, 10)},
+    "verify": {"tolerance": ((float, int), False, 1e-6)},
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed, validated spec. ``path`` is absolute; ``sha256`` is of the file's bytes."""
+
+    path: Path
+    sha256: str
+    name: str
+    output: Path
+    repo: str
+    revision: str
+    dtype: str
+    attn_implementation: str
+    prompts: tuple[str, ...]
+    top_k: int
+    tolerance: float
+
+    @property
+    def lock_path(self) -> Path:
+        """The model lock lives next to the spec: ``NAME.toml`` -> ``NAME.lock.json``."""
+        return self.path.with_suffix(".lock.json")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The spec's content as recorded in the manifest (no host paths)."""
+        return {
+            "schema": SPEC_SCHEMA,
+            "reference": {"name": self.name, "output": self.output.name},
+            "model": {
+                "repo": self.repo,
+                "revision": self.revision,
+                "dtype": self.dtype,
+                "attn_implementation": self.attn_implementation,
+            },
+            "run": {"prompts": list(self.prompts), "top_k": self.top_k},
+            "verify": {"tolerance": self.tolerance},
+        }
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec; every problem is a :class:`SpecError` naming the key and the fix."""
+    path = Path(path).resolve()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}. Pass an existing TOML file to --spec.") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: not valid TOML ({exc}). Fix the syntax of the spec.") from None
+    return _validate(path, hashlib.sha256(raw).hexdigest(), data)
+
+
+def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
+    where = path.name
+    schema = data.get("schema")
+    if schema != SPEC_SCHEMA:
+        raise SpecError(
+            f"{where}: 'schema' must be {SPEC_SCHEMA} (got {schema!r}). "
+            f"Add `schema = {SPEC_SCHEMA}` at the top of the spec."
+        )
+    unknown = sorted(set(data) - set(_KEYS) - {"schema"})
+    if unknown:
+        raise SpecError(f"{where}: unknown table(s) {unknown}; allowed: {sorted(_KEYS)}.")
+    values: dict[str, dict[str, Any]] = {}
+    for table, keys in _KEYS.items():
+        section = data.get(table, {})
+        if not isinstance(section, dict):
+            raise SpecError(f"{where}: [{table}] must be a table, got {type(section).__name__}.")
+        extra = sorted(set(section) - set(keys))
+        if extra:
+            raise SpecError(f"{where}: unknown key(s) {extra} in [{table}]; allowed: {sorted(keys)}.")
+        values[table] = {}
+        for key, (kind, required, default) in keys.items():
+            if key not in section:
+                if required:
+                    raise SpecError(f"{where}: missing required key '{table}.{key}'. Add it to [{table}].")
+                values[table][key] = default
+                continue
+            value = section[key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                expected = kind.__name__ if isinstance(kind, type) else "number"
+                raise SpecError(
+                    f"{where}: '{table}.{key}' must be a {expected}, got {type(value).__name__} "
+                    f"({value!r})."
+                )
+            values[table][key] = value
+    return _build(path, sha256, values)
+
+
+def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
+    where = path.name
+    ref, model, run = v["reference"], v["model"], v["run"]
+    if not _REPO.match(model["repo"]):
+        raise SpecError(f"{where}: 'model.repo' must look like 'org/name', got {model['repo']!r}.")
+    if not _REVISION.match(model["revision"]):
+        raise SpecError(
+            f"{where}: 'model.revision' must be a full 40-character commit hash, got "
+            f"{model['revision']!r}. Pin the exact commit, not a branch or tag."
+        )
+    if model["dtype"] not in DTYPES:
+        raise SpecError(f"{where}: 'model.dtype' must be one of {list(DTYPES)}, got {model['dtype']!r}.")
+    if model["attn_implementation"] not in ATTN_IMPLEMENTATIONS:
+        raise SpecError(
+            f"{where}: 'model.attn_implementation' must be one of {list(ATTN_IMPLEMENTATIONS)}, "
+            f"got {model['attn_implementation']!r}."
+        )
+    prompts = run["prompts"]
+    if not prompts:
+        raise SpecError(f"{where}: 'run.prompts' is empty. List at least one prompt.")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt:
+            raise SpecError(f"{where}: 'run.prompts[{i}]' must be a non-empty string, got {prompt!r}.")
+    if run["top_k"] < 1:
+        raise SpecError(f"{where}: 'run.top_k' must be at least 1, got {run['top_k']}.")
+    tolerance = float(v["verify"]["tolerance"])
+    if not tolerance >= 0:
+        raise SpecError(f"{where}: 'verify.tolerance' must be >= 0, got {tolerance}.")
+    output = ref["output"]
+    if not output.endswith(".json"):
+        raise SpecError(f"{where}: 'reference.output' must name a .json file, got {output!r}.")
+    if not ref["name"]:
+        raise SpecError(f"{where}: 'reference.name' must not be empty.")
+    return Spec(
+        path=path,
+        sha256=sha256,
+        name=ref["name"],
+        output=(path.parent / output).resolve(),
+        repo=model["repo"],
+        revision=model["revision"],
+        dtype=model["dtype"],
+        attn_implementation=model["attn_implementation"],
+        prompts=tuple(prompts),
+        top_k=run["top_k"],
+        tolerance=tolerance,
+    )
+
+
+def find_specs(folder: str | Path) -> list[Path]:
+    """Every spec in a folder, sorted so that ``generate`` builds them in a stable order."""
+    folder = Path(folder)
+    specs = sorted(folder.glob("*.toml"))
+    if not specs:
+        raise SpecError(f"no spec (*.toml) found in {folder}. Pass --spec PATH or add a spec there.")
+    return specs

@@ -1,0 +1,189 @@
+"""A tiny, deterministic Qwen3 checkpoint and tokenizer in the Hugging Face cache layout.
+
+Tests and ``demo`` run the same code path as the real model on it: same architecture class,
+BF16 weights up-cast to F32, a byte-level BPE tokenizer of the Qwen2 kind, a pinned revision in
+``hub/models--ORG--NAME/snapshots/REV``. Weights come from numpy's PCG64 generator, not torch's
+RNG, so their bytes (and so the lock's hashes) do not change with torch's version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TINY_REPO = "refgen-test/tiny-qwen3"
+SEED = 20260101
+CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 512,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "hidden_act": "silu",
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "torch_dtype": "bfloat16",
+}
+# A fixed corpus the tokenizer's merges are learned from (deterministically, below).
+CORPUS = (
+    "The capital of France is Paris. Two plus two equals four. Once upon a time, there was a "
+    "little model that wanted to be tested. The quick brown fox jumps over the lazy dog. "
+    "There is a time and a place for everything, and the place is here."
+)
+NUM_MERGES = 120
+
+
+@dataclass(frozen=True)
+class TinyCheckpoint:
+    repo: str
+    revision: str
+    snapshot: Path
+
+
+def build(hub_cache: Path, repo: str = TINY_REPO, seed: int = SEED) -> TinyCheckpoint:
+    """Write the checkpoint into ``hub_cache`` (an ``HF_HUB_CACHE`` folder); idempotent."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _tokenizer_files(Path(tmp))
+        files["config.json"] = (json.dumps(CONFIG, indent=2, sort_keys=True) + "\n").encode()
+        files["generation_config.json"] = b'{\n  "bos_token_id": 0,\n  "eos_token_id": 0\n}\n'
+        files["model.safetensors"] = _weights(seed)
+    return _write_cache(hub_cache, repo, files)
+
+
+def write_spec(folder: Path, revision: str, output: str, repo: str = TINY_REPO) -> Path:
+    """A spec for the tiny checkpoint (the three prompts of the real reference)."""
+    path = folder / "tiny-qwen3.toml"
+    path.write_text(
+        f"""schema = 1
+
+[reference]
+name = "tiny-qwen3-forward"
+output = "{output}"
+
+[model]
+repo = "{repo}"
+revision = "{revision}"
+dtype = "float32"
+attn_implementation = "sdpa"
+
+[run]
+prompts = ["The capital of France is", "Two plus two equals", "Once upon a time, there was a"]
+top_k = 10
+"""
+    )
+    return path
+
+
+def _weights(seed: int) -> bytes:
+    import torch
+    from safetensors.torch import save
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(Qwen3Config(**CONFIG))
+    rng = np.random.Generator(np.random.PCG64(seed))
+    tensors = {}
+    for name, param in sorted(model.state_dict().items()):
+        if name == "lm_head.weight":  # tied to the embeddings, as in Qwen3-1.7B
+            continue
+        shape = tuple(param.shape)
+        if name.endswith("norm.weight"):
+            values = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            values = 0.08 * rng.standard_normal(shape)
+        tensors[name] = torch.from_numpy(values.astype(np.float32)).to(torch.bfloat16)
+    return save(tensors, metadata={"format": "pt"})
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's byte-to-unicode table, which byte-level BPE vocabularies are written in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def _learn_merges(alphabet: list[str]) -> list[tuple[str, str]]:
+    """Plain BPE on the corpus, ties broken by the pair's text, so the result is fixed."""
+    words = Counter()
+    for i, word in enumerate(CORPUS.split(" ")):
+        text = ("" if i == 0 else " ") + word
+        words[tuple(alphabet[b] for b in text.encode())] += 1
+    merges: list[tuple[str, str]] = []
+    for _ in range(NUM_MERGES):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:], strict=False):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        merged: Counter[tuple[str, ...]] = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words = merged
+    return merges
+
+
+def _tokenizer_files(folder: Path) -> dict[str, bytes]:
+    from transformers import Qwen2Tokenizer
+
+    alphabet = _byte_alphabet()
+    merges = _learn_merges(alphabet)
+    vocab = {token: i for i, token in enumerate(alphabet)}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer.save_pretrained(folder)
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _write_cache(hub_cache: Path, repo: str, files: dict[str, bytes]) -> TinyCheckpoint:
+    """The layout huggingface_hub writes: content-addressed blobs, snapshot symlinks, a ref."""
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    revision = hashlib.sha1(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    repo_dir = hub_cache / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / revision
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        blob = repo_dir / "blobs" / digests[name]
+        if not blob.exists():
+            blob.write_bytes(data)
+        link = snapshot / name
+        if not link.is_symlink():
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    return TinyCheckpoint(repo, revision, snapshot)
