@@ -26,7 +26,7 @@ from refgen.errors import RefgenError
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "urn:refgen:buildtype:forward-reference:v1"
-"""The template: ``refgen generate --spec <externalParameters.spec>`` under the determinism profile."""
+"""The template: ``refgen generate --spec <externalParameters.spec>``, determinism profile on."""
 BUILDER_LOCAL = "urn:refgen:builder:local:v1"
 BUILDER_CONTAINER = "urn:refgen:builder:container:v1"
 """SLSA: each mode of a builder with different trust must have its own ``builder.id``."""
@@ -55,6 +55,16 @@ def _need(mapping: Mapping[str, Any], key: str, where: str) -> Any:
 
 def _sha256(entry: Mapping[str, Any], where: str) -> dict[str, str]:
     return {"sha256": str(_need(entry, "sha256", where))}
+
+
+def _spec_name(spec: Mapping[str, Any]) -> str:
+    """The spec's file as the manifest records it (``file``; ``path`` in early drafts)."""
+    name = spec.get("file") or spec.get("path")
+    if not name:
+        raise ProvenanceError(
+            "manifest has no 'spec.file'; regenerate the reference with `refgen generate`."
+        )
+    return str(name)
 
 
 def _image_digest(ref: str) -> dict[str, str]:
@@ -94,13 +104,14 @@ def resolved_dependencies(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
             dep["annotations"] = {"size": f["size"]}
         deps.append(dep)
     spec = _need(manifest, "spec", "")
-    deps.append({"name": str(_need(spec, "path", "spec.")), "digest": _sha256(spec, "spec.")})
-    lock = spec.get("lock") if isinstance(spec, Mapping) else None
-    if isinstance(lock, Mapping) and "sha256" in lock:
-        deps.append({"name": str(lock.get("path", "model-lock")), "digest": _sha256(lock, "")})
+    deps.append({"name": _spec_name(spec), "digest": _sha256(spec, "spec.")})
+    if model.get("lock_sha256"):
+        lock_name = str(model.get("lock_file") or "model-lock")
+        deps.append({"name": lock_name, "digest": {"sha256": str(model["lock_sha256"])}})
     req = manifest.get("requirements_lock")
     if isinstance(req, Mapping) and req.get("sha256"):
-        deps.append({"name": str(req.get("path", "requirements.lock")), "digest": _sha256(req, "")})
+        name = str(req.get("file") or req.get("path") or "requirements.lock")
+        deps.append({"name": name, "digest": _sha256(req, "")})
     gen = manifest.get("generator")
     if isinstance(gen, Mapping):
         digest: dict[str, str] = {}
@@ -169,12 +180,12 @@ def build_statement(
             }
             for o in outputs
         ),
-        key=lambda s: s["name"],
+        key=lambda s: str(s["name"]),
     )
     spec = _need(manifest, "spec", "")
     model = _need(manifest, "model", "")
     external: dict[str, Any] = {
-        "spec": str(_need(spec, "path", "spec.")),
+        "spec": _spec_name(spec),
         "model": str(_need(model, "repo", "model.")),
         "revision": str(_need(model, "revision", "model.")),
     }
@@ -183,10 +194,11 @@ def build_statement(
         external["specContent"] = dict(content)
     internal = {
         key: manifest[key]
-        for key in ("determinism", "packages", "platform")
+        for key in ("determinism", "packages", "torch_build", "platform")
         if manifest.get(key) is not None
     }
-    gen = manifest.get("generator") if isinstance(manifest.get("generator"), Mapping) else {}
+    gen_entry = manifest.get("generator")
+    gen: Mapping[str, Any] = gen_entry if isinstance(gen_entry, Mapping) else {}
     container = manifest.get("container")
     builder: dict[str, Any] = {
         "id": BUILDER_CONTAINER if isinstance(container, Mapping) else BUILDER_LOCAL,
@@ -228,5 +240,5 @@ def render(statement: Mapping[str, Any]) -> bytes:
 
 
 def statement_bytes(manifest: Mapping[str, Any], **kwargs: Any) -> bytes:
-    """``render(build_statement(manifest, **kwargs))``: what the generator writes to X.intoto.json."""
+    """``render(build_statement(manifest, **kwargs))``: the bytes of ``X.intoto.json``."""
     return render(build_statement(manifest, **kwargs))
