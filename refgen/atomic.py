@@ -19,8 +19,9 @@ def write_files(files: Mapping[Path, bytes]) -> None:
     try:
         for target, data in files.items():
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            temps.append((Path(tmp), target))
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            tmp = Path(name)
+            temps.append((tmp, target))
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -29,12 +30,12 @@ def write_files(files: Mapping[Path, bytes]) -> None:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
-        for tmp, target in temps:
-            os.replace(tmp, target)
+        for done, target in temps:
+            os.replace(done, target)
         _fsync_dir(next(iter(files)).parent)
     finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
+        for leftover, _ in temps:
+            leftover.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

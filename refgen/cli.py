@@ -43,8 +43,12 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="build references from specs (offline, verified)")
     gen.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
-    gen.add_argument("--specs-dir", type=Path, default=Path("specs"),
-                     help="without --spec, build every *.toml here (default: specs)")
+    gen.add_argument(
+        "--specs-dir",
+        type=Path,
+        default=Path("specs"),
+        help="without --spec, build every *.toml here (default: specs)",
+    )
     gen.add_argument("--output-dir", type=Path, help="write here instead of the spec's output path")
     gen.add_argument("--force", action="store_true", help="rebuild even if up to date")
     gen.set_defaults(func=cmd_generate)
@@ -56,8 +60,11 @@ def _parser() -> argparse.ArgumentParser:
 
     lock = sub.add_parser("lock", help="record the SHA-256 of a spec's model files")
     lock.add_argument("--spec", type=Path, required=True)
-    lock.add_argument("--offline", action="store_true",
-                      help="hash a snapshot already in the local cache instead of downloading")
+    lock.add_argument(
+        "--offline",
+        action="store_true",
+        help="hash a snapshot already in the local cache instead of downloading",
+    )
     lock.set_defaults(func=cmd_lock)
 
     demo = sub.add_parser("demo", help="the whole pipeline on a tiny local checkpoint, offline")
@@ -101,8 +108,13 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     result = hub.lock(spec, offline=args.offline)
-    log.info("locked %d files of %s@%s in %s", len(result.files), spec.repo, spec.revision,
-             spec.lock_path)
+    log.info(
+        "locked %d files of %s@%s in %s",
+        len(result.files),
+        spec.repo,
+        spec.revision,
+        spec.lock_path,
+    )
     return 0
 
 

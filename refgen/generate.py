@@ -155,7 +155,7 @@ def compute_reference(spec: Spec, model_dir: Path, timings: Timings) -> dict[str
 
 
 def _rope_theta(config: Any) -> float:
-    """transformers 5 moved rope_theta into ``rope_parameters``; older configs keep the attribute."""
+    """transformers 5 moved rope_theta into ``rope_parameters``; older ones kept the attribute."""
     params = getattr(config, "rope_parameters", None) or {}
     theta = params.get("rope_theta", getattr(config, "rope_theta", None))
     if theta is None:

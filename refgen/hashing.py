@@ -19,7 +19,9 @@ def sha256_file(path: Path, progress: bool = True) -> tuple[str, int]:
     show = None if progress and total > 64 * CHUNK else True
     with (
         path.open("rb") as f,
-        tqdm(total=total, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=show) as bar,
+        tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=show
+        ) as bar,
     ):
         while chunk := f.read(CHUNK):
             digest.update(chunk)

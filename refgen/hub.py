@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ IGNORED = ("*.md", "LICENSE*", ".gitattributes", "*.png", "*.jpg", "*.gif", "*.p
 class LockedFile:
     path: str
     sha256: str
-    size: int
+    size: int | None  # None: not recorded (a lock transcribed from a published hash list)
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class ModelLock:
 
 
 def fetch_hint(spec: Spec) -> str:
-    return f"`nox -s fetch -- --spec {spec.path.name}` (needs network access to the Hub)"
+    return f"`nox -s fetch -- --spec {spec.display}` (needs network access to the Hub)"
 
 
 def read_lock(spec: Spec) -> ModelLock:
@@ -60,26 +59,31 @@ def read_lock(spec: Spec) -> ModelLock:
     if not path.exists():
         raise LockError(
             f"no model lock for {spec.path.name}: expected {path.name} next to it. Record the file "
-            f"hashes with `nox -s lock -- --spec {spec.path.name}` (add `--offline` to hash a "
+            f"hashes with `nox -s lock-model -- --spec {spec.display}` (add `--offline` to hash a "
             "snapshot already in the local cache) and commit it."
         )
     try:
         data = json.loads(path.read_text())
         files = tuple(
-            LockedFile(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in data["files"]
+            LockedFile(
+                str(f["path"]), str(f["sha256"]), None if f["size"] is None else int(f["size"])
+            )
+            for f in data["files"]
         )
         lock = ModelLock(str(data["repo"]), str(data["revision"]), files)
     except (ValueError, KeyError, TypeError) as exc:
-        raise LockError(f"{path.name} is malformed ({exc!r}); regenerate it with `nox -s lock`.") from None
+        raise LockError(
+            f"{path.name} is malformed ({exc!r}); regenerate it with `nox -s lock-model`."
+        ) from None
     if data.get("schema") != LOCK_SCHEMA:
         raise LockError(f"{path.name}: schema {data.get('schema')!r} is not {LOCK_SCHEMA!r}.")
     if (lock.repo, lock.revision) != (spec.repo, spec.revision):
         raise LockError(
             f"{path.name} locks {lock.repo}@{lock.revision} but {spec.path.name} asks for "
-            f"{spec.repo}@{spec.revision}. Run `nox -s lock -- --spec {spec.path.name}` again."
+            f"{spec.repo}@{spec.revision}. Run `nox -s lock-model -- --spec {spec.display}` again."
         )
     if not files:
-        raise LockError(f"{path.name} lists no files; regenerate it with `nox -s lock`.")
+        raise LockError(f"{path.name} lists no files; regenerate it with `nox -s lock-model`.")
     return lock
 
 
@@ -116,7 +120,7 @@ def verify_snapshot(spec: Spec, lock: ModelLock, folder: Path) -> None:
     problems = []
     for f in lock.files:
         actual, size = sha256_file(folder / f.path)
-        if actual != f.sha256 or size != f.size:
+        if actual != f.sha256 or f.size not in (None, size):
             problems.append(
                 f"  {f.path}: expected sha256 {f.sha256} ({f.size} bytes), "
                 f"got {actual} ({size} bytes)"
@@ -125,8 +129,8 @@ def verify_snapshot(spec: Spec, lock: ModelLock, folder: Path) -> None:
         raise IntegrityError(
             f"model files of {spec.repo}@{spec.revision} do not match {spec.lock_path.name}:\n"
             + "\n".join(problems)
-            + f"\nThe cached copy is corrupt or was modified. Delete it (`hf cache delete` or remove "
-            f"the repo folder under {_cache_dir()}) and run {fetch_hint(spec)}."
+            + "\nThe cached copy is corrupt or was modified. Delete it (`hf cache delete`, or "
+            f"remove the repo folder under {_cache_dir()}) and run {fetch_hint(spec)}."
         )
 
 
@@ -148,7 +152,9 @@ def fetch(spec: Spec) -> Path:
 
     lock = read_lock(spec)
     folder = Path(
-        snapshot_download(spec.repo, revision=spec.revision, allow_patterns=[f.path for f in lock.files])
+        snapshot_download(
+            spec.repo, revision=spec.revision, allow_patterns=[f.path for f in lock.files]
+        )
     )
     verify_snapshot(spec, lock, folder)
     return folder

@@ -106,7 +106,7 @@ def generator_identity() -> dict[str, Any]:
 
 
 def packages() -> dict[str, Any]:
-    versions = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

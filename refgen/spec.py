@@ -67,6 +67,14 @@ class Spec:
     tolerance: float
 
     @property
+    def display(self) -> str:
+        """The spec's path as the user would type it from here (for messages only)."""
+        try:
+            return self.path.relative_to(Path.cwd()).as_posix()
+        except ValueError:
+            return str(self.path)
+
+    @property
     def lock_path(self) -> Path:
         """The model lock lives next to the spec: ``NAME.toml`` -> ``NAME.lock.json``."""
         return self.path.with_suffix(".lock.json")
@@ -88,12 +96,14 @@ class Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec; every problem is a :class:`SpecError` naming the key and the fix."""
+    """Read and validate a spec; each problem is a :class:`SpecError` naming the key and the fix."""
     path = Path(path).resolve()
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise SpecError(f"spec file not found: {path}. Pass an existing TOML file to --spec.") from None
+        raise SpecError(
+            f"spec file not found: {path}. Pass an existing TOML file to --spec."
+        ) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -119,12 +129,16 @@ def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
             raise SpecError(f"{where}: [{table}] must be a table, got {type(section).__name__}.")
         extra = sorted(set(section) - set(keys))
         if extra:
-            raise SpecError(f"{where}: unknown key(s) {extra} in [{table}]; allowed: {sorted(keys)}.")
+            raise SpecError(
+                f"{where}: unknown key(s) {extra} in [{table}]; allowed: {sorted(keys)}."
+            )
         values[table] = {}
         for key, (kind, required, default) in keys.items():
             if key not in section:
                 if required:
-                    raise SpecError(f"{where}: missing required key '{table}.{key}'. Add it to [{table}].")
+                    raise SpecError(
+                        f"{where}: missing required key '{table}.{key}'. Add it to [{table}]."
+                    )
                 values[table][key] = default
                 continue
             value = section[key]
@@ -149,7 +163,9 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
             f"{model['revision']!r}. Pin the exact commit, not a branch or tag."
         )
     if model["dtype"] not in DTYPES:
-        raise SpecError(f"{where}: 'model.dtype' must be one of {list(DTYPES)}, got {model['dtype']!r}.")
+        raise SpecError(
+            f"{where}: 'model.dtype' must be one of {list(DTYPES)}, got {model['dtype']!r}."
+        )
     if model["attn_implementation"] not in ATTN_IMPLEMENTATIONS:
         raise SpecError(
             f"{where}: 'model.attn_implementation' must be one of {list(ATTN_IMPLEMENTATIONS)}, "
@@ -160,7 +176,9 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         raise SpecError(f"{where}: 'run.prompts' is empty. List at least one prompt.")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str) or not prompt:
-            raise SpecError(f"{where}: 'run.prompts[{i}]' must be a non-empty string, got {prompt!r}.")
+            raise SpecError(
+                f"{where}: 'run.prompts[{i}]' must be a non-empty string, got {prompt!r}."
+            )
     if run["top_k"] < 1:
         raise SpecError(f"{where}: 'run.top_k' must be at least 1, got {run['top_k']}.")
     tolerance = float(v["verify"]["tolerance"])
@@ -191,5 +209,7 @@ def find_specs(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     specs = sorted(folder.glob("*.toml"))
     if not specs:
-        raise SpecError(f"no spec (*.toml) found in {folder}. Pass --spec PATH or add a spec there.")
+        raise SpecError(
+            f"no spec (*.toml) found in {folder}. Pass --spec PATH or add a spec there."
+        )
     return specs

@@ -9,18 +9,20 @@ RNG, so their bytes (and so the lock's hashes) do not change with torch's versio
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 TINY_REPO = "refgen-test/tiny-qwen3"
 SEED = 20260101
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "architectures": ["Qwen3ForCausalLM"],
     "model_type": "qwen3",
     "hidden_size": 64,
@@ -127,15 +129,15 @@ def _byte_alphabet() -> list[str]:
 
 def _learn_merges(alphabet: list[str]) -> list[tuple[str, str]]:
     """Plain BPE on the corpus, ties broken by the pair's text, so the result is fixed."""
-    words = Counter()
-    for i, word in enumerate(CORPUS.split(" ")):
-        text = ("" if i == 0 else " ") + word
+    words: Counter[tuple[str, ...]] = Counter()
+    for i, piece in enumerate(CORPUS.split(" ")):
+        text = ("" if i == 0 else " ") + piece
         words[tuple(alphabet[b] for b in text.encode())] += 1
     merges: list[tuple[str, str]] = []
     for _ in range(NUM_MERGES):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, count in words.items():
-            for pair in zip(word, word[1:], strict=False):
+            for pair in itertools.pairwise(word):
                 pairs[pair] += count
         if not pairs:
             break
@@ -143,7 +145,8 @@ def _learn_merges(alphabet: list[str]) -> list[tuple[str, str]]:
         merges.append(best)
         merged: Counter[tuple[str, ...]] = Counter()
         for word, count in words.items():
-            out, i = [], 0
+            out: list[str] = []
+            i = 0
             while i < len(word):
                 if i + 1 < len(word) and (word[i], word[i + 1]) == best:
                     out.append(word[i] + word[i + 1])
@@ -164,7 +167,7 @@ def _tokenizer_files(folder: Path) -> dict[str, bytes]:
     vocab = {token: i for i, token in enumerate(alphabet)}
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
     tokenizer.save_pretrained(folder)
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 

@@ -1,0 +1,89 @@
+"""Sessions for building, checking and testing reference artifacts.
+
+`make` fronts these. Run with `--no-venv` (as the Makefile and the container do) to use the
+current interpreter as is: sessions then install nothing, which is what an offline image needs.
+"""
+
+from __future__ import annotations
+
+import nox
+
+PYTHON = "3.11"
+LOCK = "requirements.lock"
+LOCK_INPUT = "requirements.in"
+LINT_PATHS = ["refgen", "tests", "scripts", "noxfile.py"]
+PIP_COMPILE_ARGS = [
+    "--generate-hashes",
+    "--allow-unsafe",
+    "--strip-extras",
+    "--no-emit-index-url",
+    "--no-emit-find-links",
+]
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+
+def install(session: nox.Session) -> None:
+    """Install the hash-locked dependencies and the project, unless there is no virtualenv."""
+    if session.venv_backend == "none":
+        session.log("no virtualenv: using the current interpreter and its packages as they are")
+        return
+    session.install("--require-hashes", "-r", LOCK)
+    session.install("--no-deps", "--no-build-isolation", "-e", ".")
+
+
+def refgen(session: nox.Session, *args: str) -> None:
+    session.run("python", "-m", "refgen", *args, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def generate(session: nox.Session) -> None:
+    """Build every spec's reference offline; `-- --spec PATH [--output-dir DIR]` for one."""
+    install(session)
+    refgen(session, "generate")
+
+
+@nox.session(python=PYTHON, default=False)
+def fetch(session: nox.Session) -> None:
+    """Download the pinned model files of every spec (or `-- --spec PATH`) and verify them."""
+    install(session)
+    refgen(session, "fetch")
+
+
+@nox.session(name="lock-model", python=PYTHON, default=False)
+def lock_model(session: nox.Session) -> None:
+    """Record the SHA-256 of a spec's model files: `-- --spec PATH [--offline]`."""
+    install(session)
+    refgen(session, "lock")
+
+
+@nox.session(python=PYTHON, default=False)
+def lock(session: nox.Session) -> None:
+    """Recompile requirements.lock (with hashes) from requirements.in; `-- --upgrade` to bump."""
+    install(session)
+    session.run("pip-compile", *PIP_COMPILE_ARGS, "-o", LOCK, LOCK_INPUT, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The offline test suite (tiny checkpoints built on the fly; container tests need Docker)."""
+    install(session)
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff, mypy and hadolint."""
+    install(session)
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON, default=False)
+def demo(session: nox.Session) -> None:
+    """The whole pipeline on a tiny local checkpoint, offline, in under a minute (build/demo)."""
+    install(session)
+    refgen(session, "demo")
