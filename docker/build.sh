@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Stage the context (wheels by hash, verified model snapshots) and build the image offline.
+#
+#   docker/build.sh [--no-cache] [--spec PATH]...      (no --spec: every specs/*.toml)
+#
+# Environment: IMAGE (tag, default refgen:local), BASE_IMAGE (default: the digest-pinned
+# python:3.11-slim-bookworm in the Dockerfile), PYTHON (a host interpreter with refgen's
+# dependencies, default .venv/bin/python), REFGEN_DOCKER_CONTEXT (staging folder, default
+# docker/context/image), SOURCE_DATE_EPOCH (default: the last commit's time), DOCKER (client).
+# Network: only the first run needs it (wheels from the package index; the model must already be
+# in the local HF cache: `nox -s fetch`). The build itself runs with --network none.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$ROOT"
+
+no_cache=()
+specs=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --no-cache) no_cache=(--no-cache); shift ;;
+        --spec) [[ $# -ge 2 ]] || die "--spec needs a path"; specs+=(--spec "$2"); shift 2 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+
+PYTHON="${PYTHON:-}"
+if [[ -z "$PYTHON" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+CONTEXT="${REFGEN_DOCKER_CONTEXT:-$ROOT/docker/context/image}"
+
+require_engine
+
+"$PYTHON" docker/stage.py --context "$CONTEXT" "${specs[@]}"
+
+# Disk: a cold build holds the context, the installed venv (~5x the wheels) and two copies of
+# the normalized tree (build stage + final image). Checked up front rather than failing halfway.
+docker_root="$("$DOCKER" info --format '{{.DockerRootDir}}' 2>/dev/null || true)"
+if [[ -n "$docker_root" ]] && free_kb="$(df -Pk "$docker_root" 2>/dev/null | awk 'NR==2 {print $4}')"; then
+    wheels_kb="$(du -skL "$CONTEXT/wheels" | cut -f1)"
+    models_kb="$(du -skL "$CONTEXT/hf" | cut -f1)"
+    need_kb=$(( 6 * wheels_kb + 3 * models_kb + 1048576 ))
+    if (( free_kb < need_kb )); then
+        die "not enough disk space for the image build: $((free_kb / 1048576)) GB free under $docker_root, about $((need_kb / 1048576 + 1)) GB needed. Free space ('docker image prune', 'docker builder prune', or remove old refgen images) and run again."
+    fi
+fi
+
+base_args=()
+if [[ -n "${BASE_IMAGE:-}" ]]; then
+    base="$BASE_IMAGE"
+    base_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+else
+    base="$(sed -n 's/^ARG BASE_IMAGE=//p' docker/Dockerfile)"
+fi
+if ! "$DOCKER" image inspect "$base" >/dev/null 2>&1; then
+    log "pulling the base image $base"
+    "$DOCKER" pull --platform linux/amd64 "$base" >&2 \
+        || die "cannot get the base image $base (no registry access?). Pull it where the network allows and 'docker load' it, or build a local stand-in with .ci/docker-setup.sh and pass BASE_IMAGE=<it>."
+fi
+base_id="$("$DOCKER" image inspect --format '{{.Id}}' "$base")"
+
+epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
+revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+source_url="$(git remote get-url origin 2>/dev/null || true)"
+[[ "$source_url" == https://* ]] || source_url=unknown
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)"
+
+log_file="$(mktemp)"
+trap 'rm -f "$log_file"' EXIT
+log "building $IMAGE from $base (network disabled)"
+if ! "$DOCKER" build "${no_cache[@]}" --network none --platform linux/amd64 \
+        -f docker/Dockerfile -t "$IMAGE" "${base_args[@]}" \
+        --build-arg "SOURCE_DATE_EPOCH=$epoch" --build-arg "VCS_REF=$revision" \
+        --build-arg "VERSION=$version" --build-arg "SOURCE_URL=$source_url" \
+        --label "io.refgen.base.id=$base_id" \
+        "$CONTEXT" 2>&1 | tee "$log_file" >&2; then
+    if grep -qi 'no space left on device' "$log_file"; then
+        die "the image build ran out of disk space. Free space ('docker image prune', 'docker builder prune') and run again."
+    fi
+    die "the image build failed (output above)."
+fi
+
+# The legacy builder leaves each build's multi-GB build stage as a dangling image. Keep the newest
+# (tagged, so the next build reuses its cached layers) and drop older ones and replaced images.
+stage_id="$("$DOCKER" images -q --filter dangling=true --filter label=io.refgen.stage=build | head -n1)"
+if [[ -n "$stage_id" ]]; then
+    "$DOCKER" tag "$stage_id" "${IMAGE}-build"
+fi
+"$DOCKER" image prune -f --filter label=io.refgen.stage=build >/dev/null
+"$DOCKER" image prune -f --filter label=org.opencontainers.image.title=refgen >/dev/null
+
+log "built $IMAGE: $("$DOCKER" image inspect --format '{{.Id}} ({{.Size}} bytes)' "$IMAGE")"

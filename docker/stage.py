@@ -1,0 +1,179 @@
+"""Stage the image's build context on the host, where the network and the caches are.
+
+The image build itself must work with ``--network none``, so everything it installs is put in the
+context first, checked against a lock:
+
+* ``wheels/``: every wheel of ``requirements.lock``, fetched with ``pip download --require-hashes``
+  into a shared wheelhouse that later runs reuse while the lock is unchanged;
+* ``hf/``: an ``HF_HOME`` holding exactly the locked files of each spec's pinned revision, taken
+  from the local Hugging Face cache and verified against the spec's model lock;
+* ``app/``: the generator's sources, ``noxfile.py``, ``requirements.lock`` and the specs.
+
+The context is assembled in a temporary folder next to the target and renamed into place, so a
+failed run never leaves a half-staged context. Blobs and wheels are hard-linked when possible.
+Usage: ``python docker/stage.py [--context DIR] [--spec PATH ...]`` (no --spec: every specs/*.toml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the refgen package of this checkout, not an installed one
+
+from refgen import hub  # noqa: E402
+from refgen.errors import RefgenError  # noqa: E402
+from refgen.spec import Spec, find_specs, load_spec  # noqa: E402
+
+LOCK = ROOT / "requirements.lock"
+WHEELHOUSE = ROOT / "docker" / "context" / "wheels"
+DEFAULT_CONTEXT = ROOT / "docker" / "context" / "image"
+APP_FILES = ("noxfile.py", "pyproject.toml", "requirements.lock")
+STAMP = ".requirements.lock.sha256"
+
+
+class StageError(Exception):
+    """A staging problem, with the fix in its message."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--context", type=Path, default=DEFAULT_CONTEXT)
+    parser.add_argument("--spec", type=Path, action="append", help="a spec to bake (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        specs = [load_spec(p) for p in (args.spec or find_specs(ROOT / "specs"))]
+        if not specs:
+            raise StageError("no specs to bake: pass --spec PATH or add one under specs/")
+        wheels = fetch_wheels(WHEELHOUSE)
+        stage(args.context.resolve(), specs, wheels)
+    except (RefgenError, StageError) as exc:
+        print(f"stage: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            print(
+                f"stage: error: no space left on device ({exc.filename}). The context needs "
+                "the wheels (~300 MB) plus each spec's model; free space or point --context "
+                "at a larger disk.",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    return 0
+
+
+def locked_hashes(lock: Path) -> set[str]:
+    """Every sha256 that requirements.lock allows, for any package and platform."""
+    return set(re.findall(r"--hash=sha256:([0-9a-f]{64})", lock.read_text()))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_wheels(wheelhouse: Path) -> list[Path]:
+    """The lock's wheels, downloaded by hash once and reused while the lock is unchanged."""
+    lock_digest = sha256(LOCK)
+    stamp = wheelhouse / STAMP
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    pinned = len(re.findall(r"^\S+==\S+", LOCK.read_text(), re.MULTILINE))
+    fresh = stamp.is_file() and stamp.read_text().strip() == lock_digest
+    if not (fresh and len(list(wheelhouse.glob("*.whl"))) == pinned):
+        stamp.unlink(missing_ok=True)
+        print(f"stage: downloading the wheels of {LOCK.name} into {wheelhouse}", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "-qq", "--require-hashes"]
+        cmd += ["--no-deps", "-r", str(LOCK), "-d", str(wheelhouse)]
+        if subprocess.run(cmd, check=False).returncode != 0:
+            raise StageError(
+                f"pip could not download the wheels of {LOCK.name} (message above). If it says "
+                "the hashes do not match, the index serves other files than the lock pins: "
+                "regenerate the lock with `nox -s lock` or fix the index; if it cannot reach the "
+                "index, this first fetch needs network access to it."
+            )
+        allowed = locked_hashes(LOCK)
+        for wheel in wheelhouse.glob("*.whl"):  # wheels of an older lock
+            if sha256(wheel) not in allowed:
+                wheel.unlink()
+        stamp.write_text(lock_digest + "\n")
+    wheels = sorted(wheelhouse.glob("*.whl"))
+    if not any(w.name.startswith("pip-") for w in wheels):
+        raise StageError(f"{LOCK.name} must pin pip (pip-compile --allow-unsafe) to bootstrap it")
+    return wheels
+
+
+def stage(context: Path, specs: Iterable[Spec], wheels: Iterable[Path]) -> None:
+    """Assemble the whole context in a sibling temp folder, then swap it in."""
+    context.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{context.name}.", dir=context.parent))
+    try:
+        for wheel in wheels:
+            link_or_copy(wheel, tmp / "wheels" / wheel.name)
+        app = tmp / "app"
+        shutil.copytree(
+            ROOT / "refgen", app / "refgen", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+        for name in APP_FILES:
+            shutil.copy2(ROOT / name, app / name)
+        (tmp / "hf" / "hub").mkdir(parents=True)
+        for spec in specs:
+            stage_spec(spec, app / "specs", tmp / "hf" / "hub")
+        old = context.with_name(f".{context.name}.old")
+        if context.exists():
+            context.rename(old)
+        tmp.rename(context)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"stage: context ready in {context}", file=sys.stderr)
+
+
+def stage_spec(spec: Spec, specs_dir: Path, hub_cache: Path) -> None:
+    """Copy a spec, its lock and its verified model files (HF cache layout, symlinks kept)."""
+    lock = hub.read_lock(spec)
+    folder = hub.cached_snapshot(spec, lock)
+    print(f"stage: verifying {spec.repo}@{spec.revision[:12]}", file=sys.stderr)
+    hub.verify_snapshot(spec, lock, folder)
+    specs_dir.mkdir(parents=True, exist_ok=True)
+    for source in (spec.path, spec.lock_path):
+        if (specs_dir / source.name).exists():
+            raise StageError(f"two specs named {source.name}: rename one")
+        shutil.copy2(source, specs_dir / source.name)
+    repo_dir = hub_cache / f"models--{spec.repo.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / spec.revision
+    for f in lock.files:
+        blob = (folder / f.path).resolve()
+        target = repo_dir / "blobs" / blob.name
+        if not target.exists():
+            link_or_copy(blob, target)
+        link = snapshot / f.path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(target, link.parent))
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copy2(source, target)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
