@@ -28,13 +28,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RefgenError as exc:
         print(f"refgen: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         print("refgen: interrupted; no output was changed", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that ``finally`` blocks clean up."""
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def _parser() -> argparse.ArgumentParser:

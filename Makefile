@@ -1,0 +1,37 @@
+# Fronts for the nox sessions. `make help` lists them.
+# The project venv (.venv) holds the hash-locked dependencies; nox runs in it with --no-venv,
+# so nothing is installed twice.
+
+PYTHON ?= python3
+VENV := .venv
+NOX := $(VENV)/bin/nox --no-venv
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup reference reference-native fetch test lint demo
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --require-hashes -r requirements.lock
+	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(STAMP) ## create .venv with the hash-locked dependencies
+
+reference-native: $(STAMP) ## build every spec's reference on this host (model must be fetched)
+	$(NOX) -s generate
+
+fetch: $(STAMP) ## download and verify the pinned model files of every spec (network)
+	$(NOX) -s fetch
+
+test: $(STAMP) ## run the test suite
+	$(NOX) -s tests
+
+lint: $(STAMP) ## ruff, mypy, hadolint
+	$(NOX) -s lint
+
+demo: $(STAMP) ## the whole pipeline on a tiny local checkpoint, offline (build/demo)
+	$(NOX) -s demo

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny Qwen3 checkpoint in a temporary HF cache, a spec and lock for it,
+and a way to run the CLI as its own process (the determinism profile must precede torch)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from refgen import tiny
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class TinySetup:
+    hf_home: Path
+    checkpoint: tiny.TinyCheckpoint
+    spec: Path  # spec + lock in a folder of their own; output goes to ../out/ of it
+
+    @property
+    def lock(self) -> Path:
+        return self.spec.with_suffix(".lock.json")
+
+
+def run_refgen(
+    *args: str | Path,
+    hf_home: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m refgen ARGS`` in a clean process with HF_HOME set; extra env on top."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
+    full_env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT)})
+    full_env.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-m", "refgen", *map(str, args)],
+        env=full_env,
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"refgen {args} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> TinySetup:
+    """Built once per test session; tests that damage files work on a copy (``tiny_copy``)."""
+    base = tmp_path_factory.mktemp("tiny")
+    return _make_setup(base)
+
+
+@pytest.fixture
+def tiny_copy(tiny_setup: TinySetup, tmp_path: Path) -> TinySetup:
+    """A private copy of the tiny setup, safe to damage."""
+    shutil.copytree(tiny_setup.hf_home.parent, tmp_path / "tiny", symlinks=True)
+    base = tmp_path / "tiny"
+    old = tiny_setup.checkpoint
+    snapshot = base / old.snapshot.relative_to(tiny_setup.hf_home.parent)
+    checkpoint = tiny.TinyCheckpoint(old.repo, old.revision, snapshot)
+    return TinySetup(base / "hf-home", checkpoint, base / "specs" / tiny_setup.spec.name)
+
+
+def _make_setup(base: Path) -> TinySetup:
+    hf_home = base / "hf-home"
+    checkpoint = tiny.build(hf_home / "hub")
+    specs = base / "specs"
+    specs.mkdir()
+    spec = tiny.write_spec(specs, checkpoint.revision, "../out/tiny_qwen3_reference.json")
+    run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home)
+    return TinySetup(hf_home, checkpoint, spec)

@@ -1,0 +1,245 @@
+"""The generator on the tiny checkpoint: contract, numbers, manifest, reproducibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import ROOT, TinySetup, run_refgen
+from qwen3_numpy import forward, read_safetensors
+from tokenizers import Tokenizer
+
+NAME = "tiny_qwen3_reference"
+
+
+@pytest.fixture(scope="session")
+def generated(tiny_setup: TinySetup, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("generated")
+    run_refgen(
+        "generate", "--spec", tiny_setup.spec, "--output-dir", out, hf_home=tiny_setup.hf_home
+    )
+    return out
+
+
+def load(folder: Path, suffix: str = ".json") -> Any:
+    return json.loads((folder / f"{NAME}{suffix}").read_text())
+
+
+def test_json_follows_the_consumer_contract(generated: Path, tiny_setup: TinySetup) -> None:
+    ref = load(generated)
+    config = json.loads((tiny_setup.checkpoint.snapshot / "config.json").read_text())
+    assert ref["model_repo"] == tiny_setup.checkpoint.repo
+    assert ref["model_revision"] == tiny_setup.checkpoint.revision
+    for key in ("hidden_size", "num_layers", "vocab_size", "head_dim"):
+        assert type(ref[key]) is int and ref[key] > 0
+    assert ref["hidden_size"] == config["hidden_size"]
+    assert ref["num_layers"] == config["num_hidden_layers"]
+    assert ref["head_dim"] == config["head_dim"]
+    assert ref["vocab_size"] == config["vocab_size"]
+    assert ref["num_kv_heads"] == config["num_key_value_heads"]
+    assert ref["use_qk_norm"] is True
+    assert ref["rope_theta"] == config["rope_theta"]  # the real number, not null
+    assert "platform" not in ref  # host facts belong in the manifest
+    prompts = ["The capital of France is", "Two plus two equals", "Once upon a time, there was a"]
+    assert [case["prompt"] for case in ref["test_cases"]] == prompts
+    for case in ref["test_cases"]:
+        assert case["tokens"] and all(type(t) is int and t >= 0 for t in case["tokens"])
+        top = case["top_10"]
+        assert len(top) == 10
+        assert all(type(e["index"]) is int and type(e["logit"]) is float for e in top)
+        logits = [e["logit"] for e in top]
+        assert logits == sorted(logits, reverse=True)
+        assert len(case["last_residual_f32"]) == ref["hidden_size"]
+        # every float is a float32 value written as its float64 repr
+        assert all(float(np.float32(x)) == x for x in logits + case["last_residual_f32"])
+
+
+def test_numbers_agree_with_an_independent_implementation(
+    generated: Path, tiny_setup: TinySetup
+) -> None:
+    snapshot = tiny_setup.checkpoint.snapshot
+    weights = read_safetensors(snapshot / "model.safetensors")
+    config = json.loads((snapshot / "config.json").read_text())
+    tokenizer = Tokenizer.from_file(str(snapshot / "tokenizer.json"))
+    for case in load(generated)["test_cases"]:
+        assert case["tokens"] == tokenizer.encode(case["prompt"]).ids
+        logits, residual = forward(weights, config, case["tokens"])
+        expected_top = np.argsort(-logits, kind="stable")[:10]
+        assert [e["index"] for e in case["top_10"]] == expected_top.tolist()
+        got = np.array([e["logit"] for e in case["top_10"]])
+        np.testing.assert_allclose(got, logits[expected_top], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(case["last_residual_f32"], residual, atol=1e-4, rtol=0)
+
+
+def test_manifest_hashes_match_and_sha256sum_checks(generated: Path, tiny_setup: TinySetup) -> None:
+    manifest = load(generated, ".manifest.json")
+    data = (generated / f"{NAME}.json").read_bytes()
+    assert manifest["outputs"] == [
+        {"path": f"{NAME}.json", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    ]
+    lock = json.loads(tiny_setup.lock.read_text())
+    assert manifest["model"]["files"] == lock["files"]
+    assert manifest["model"]["revision"] == tiny_setup.checkpoint.revision
+    spec_bytes = tiny_setup.spec.read_bytes()
+    assert manifest["spec"]["sha256"] == hashlib.sha256(spec_bytes).hexdigest()
+    lock_file = (ROOT / "requirements.lock").read_bytes()
+    assert manifest["requirements_lock"]["sha256"] == hashlib.sha256(lock_file).hexdigest()
+    assert manifest["determinism"]["torch"]["num_threads"] == 1
+    assert manifest["determinism"]["torch"]["deterministic_algorithms"] is True
+    for key in ("torch", "transformers", "tokenizers", "safetensors", "huggingface_hub", "numpy"):
+        assert manifest["packages"][key]
+    assert manifest["platform"]["machine"] and manifest["torch_build"]["blas"]
+    checked = subprocess.run(
+        ["sha256sum", "-c", f"{NAME}.sha256"], cwd=generated, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count(": OK") == 2
+
+
+def test_bytes_do_not_depend_on_the_caller(
+    generated: Path, tiny_setup: TinySetup, tmp_path: Path
+) -> None:
+    """Another cwd, locale, time zone, HOME, and caller-set thread and ISA variables."""
+    hostile = {
+        "TZ": "Pacific/Kiritimati",
+        "LANG": "tr_TR.UTF-8",
+        "LC_ALL": "C",
+        "HOME": str(tmp_path),
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_CBWR": "AUTO",
+        "ONEDNN_MAX_CPU_ISA": "ALL",
+    }
+    out = tmp_path / "out"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    cmd = ["generate", "--spec", tiny_setup.spec, "--output-dir", out]
+    run_refgen(*cmd, hf_home=tiny_setup.hf_home, env=hostile, cwd=cwd)
+    for suffix in (".json", ".manifest.json", ".sha256"):
+        assert (out / f"{NAME}{suffix}").read_bytes() == (
+            generated / f"{NAME}{suffix}"
+        ).read_bytes()
+    # One visible core: torch would otherwise follow the core count.
+    taskset_out = tmp_path / "taskset"
+    subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-m", "refgen", *map(str, cmd[:-1]), taskset_out],
+        env={"HF_HOME": str(tiny_setup.hf_home), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+    assert (taskset_out / f"{NAME}.json").read_bytes() == (generated / f"{NAME}.json").read_bytes()
+
+
+@pytest.mark.parametrize("victim", ["model.safetensors", "config.json", "tokenizer.json"])
+def test_a_changed_byte_in_a_model_file_is_refused(tiny_copy: TinySetup, victim: str) -> None:
+    blob = (tiny_copy.checkpoint.snapshot / victim).resolve()
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    out = tiny_copy.spec.parent.parent / "out"
+    result = run_refgen(
+        "generate", "--spec", tiny_copy.spec, hf_home=tiny_copy.hf_home, check=False
+    )
+    expected = next(
+        f for f in json.loads(tiny_copy.lock.read_text())["files"] if f["path"] == victim
+    )
+    assert result.returncode == 3
+    assert victim in result.stderr
+    assert expected["sha256"] in result.stderr
+    assert hashlib.sha256(bytes(data)).hexdigest() in result.stderr
+    assert "nox -s fetch" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_missing_model_says_how_to_fetch(tiny_setup: TinySetup, tmp_path: Path) -> None:
+    result = run_refgen("generate", "--spec", tiny_setup.spec, hf_home=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "is not in the Hugging Face cache" in result.stderr
+    assert "nox -s fetch -- --spec" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_revision_names_the_cached_ones(tiny_copy: TinySetup) -> None:
+    wrong = "0" * 40
+    spec_text = tiny_copy.spec.read_text().replace(tiny_copy.checkpoint.revision, wrong)
+    tiny_copy.spec.write_text(spec_text)
+    lock = json.loads(tiny_copy.lock.read_text())
+    tiny_copy.lock.write_text(json.dumps({**lock, "revision": wrong}))
+    result = run_refgen(
+        "generate", "--spec", tiny_copy.spec, hf_home=tiny_copy.hf_home, check=False
+    )
+    assert result.returncode == 2
+    assert f"at revision {wrong} is not in the Hugging Face cache" in result.stderr
+    assert tiny_copy.checkpoint.revision in result.stderr  # what *is* cached
+    assert "nox -s fetch" in result.stderr
+
+
+def test_lock_offline_records_every_file_hash(tiny_setup: TinySetup) -> None:
+    lock = json.loads(tiny_setup.lock.read_text())
+    snapshot = tiny_setup.checkpoint.snapshot
+    expected = [
+        {
+            "path": p.name,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+            "size": p.stat().st_size,
+        }
+        for p in sorted(snapshot.iterdir())
+    ]
+    assert lock["files"] == expected
+    assert {f["path"] for f in expected} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    assert (lock["repo"], lock["revision"]) == (
+        tiny_setup.checkpoint.repo,
+        tiny_setup.checkpoint.revision,
+    )
+
+
+def test_a_file_missing_from_the_lock_is_never_read(tiny_copy: TinySetup, generated: Path) -> None:
+    """A file added to the snapshot behind the lock's back cannot change the output."""
+    (tiny_copy.checkpoint.snapshot / "chat_template.jinja").write_text("{{ 'injected' }}")
+    out = tiny_copy.spec.parent / "out"
+    run_refgen("generate", "--spec", tiny_copy.spec, "--output-dir", out, hf_home=tiny_copy.hf_home)
+    assert (out / f"{NAME}.json").read_bytes() == (generated / f"{NAME}.json").read_bytes()
+
+
+def test_legacy_script_forwards_to_the_generator(
+    generated: Path, tiny_setup: TinySetup, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "qwen3_forward_validation.py"),
+            "--spec",
+            str(tiny_setup.spec),
+            "--output-dir",
+            str(tmp_path),
+        ],
+        env={"HF_HOME": str(tiny_setup.hf_home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / f"{NAME}.json").read_bytes() == (generated / f"{NAME}.json").read_bytes()
+
+
+def test_demo_runs_offline_and_matches(generated: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "refgen", "demo", "--output-dir", str(tmp_path)],
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sha256sum -c" in result.stdout
+    # Same model, same prompts: the demo's JSON is the generated one, byte for byte.
+    assert (tmp_path / f"{NAME}.json").read_bytes() == (generated / f"{NAME}.json").read_bytes()
+    checked = subprocess.run(["sha256sum", "-c", f"{NAME}.sha256"], cwd=tmp_path)
+    assert checked.returncode == 0
