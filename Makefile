@@ -21,6 +21,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP) ## create .venv with the hash-locked dependencies
 
+reference: fetch reference-native ## fetch + verify the model, then build every spec's reference
+
 reference-native: $(STAMP) ## build every spec's reference on this host (model must be fetched)
 	$(NOX) -s generate
 

@@ -132,7 +132,6 @@ def torch_build() -> dict[str, Any]:
         "mkl": find(r"Math Kernel Library Version ([^\n]+)"),
         "onednn": find(r"MKL-DNN (v[^\n]+)"),
         "openmp": find(r"OpenMP (\d+)"),
-        "cpu_capability_max": find(r"CPU capability usage: (\w+)"),
     }
 
 
@@ -144,6 +143,7 @@ def host_platform() -> dict[str, Any]:
         "machine": platform.machine(),
         "libc": f"{libc} {libc_version}".strip() or None,
         "cpu_model": _cpu_model(),
+        "cpu_isa": _cpu_isa(),
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
@@ -170,6 +170,20 @@ def _cpu_model() -> str | None:
         return platform.processor() or None
     match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
     return match.group(1).strip() if match else None
+
+
+def _cpu_isa() -> list[str]:
+    """The vector extensions the CPU has, whatever the profile caps torch to."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    match = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = set(match.group(1).split()) if match else set()
+    return sorted(f for f in flags if f in _ISA_FLAGS or f.startswith(("avx512", "amx")))
+
+
+_ISA_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni"})
 
 
 def _run(cmd: list[str]) -> str | None:
