@@ -1,0 +1,494 @@
+"""The auditor's flow on the tiny checkpoint: verdicts, tamper cases, interruption, determinism.
+
+Every generator run is a real ``python -m refgen generate`` process (the determinism profile must
+be applied before torch is imported), on a tiny Qwen3 checkpoint built once per module.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from refgen import compare, provenance, tiny, verify
+from refgen.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+REF = "tiny_qwen3_reference.json"
+MANIFEST = "tiny_qwen3_reference.manifest.json"
+SUMS = "tiny_qwen3_reference.sha256"
+SPEC = "specs/tiny-qwen3.toml"
+LOCK = "specs/tiny-qwen3.lock.json"
+
+
+def base_env(hf_home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
+    env.update(HF_HOME=str(hf_home), PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def run(
+    cmd: list[str], env: dict[str, str], cwd: Path = ROOT, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A folder with specs/ and the generated artifact, plus the HF cache it was made from."""
+
+    root: Path
+    hf_home: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.root / SPEC
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return base_env(self.hf_home, **extra)
+
+    def copy(self, dest: Path, with_cache: bool = False) -> Workspace:
+        shutil.copytree(self.root, dest / "ws")
+        hf_home = self.hf_home
+        if with_cache:
+            hf_home = dest / "hf-home"
+            shutil.copytree(self.hf_home, hf_home, symlinks=True)
+        return Workspace(dest / "ws", hf_home)
+
+    def verify(self, *args: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        cmd = [sys.executable, "-m", "refgen.verify", "--spec", str(self.spec), "--json", *args]
+        proc = run(cmd, self.env(**kw), cwd=self.root, check=False)
+        assert proc.returncode in (0, 10, 11), proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """Tiny checkpoint in a private HF cache, its spec and lock, and one generated artifact."""
+    base = tmp_path_factory.mktemp("verify")
+    hf_home = base / "hf-home"
+    checkpoint = tiny.build(hf_home / "hub")
+    root = base / "ws"
+    (root / "specs").mkdir(parents=True)
+    tiny.write_spec(root / "specs", checkpoint.revision, f"../{REF}")
+    env = base_env(hf_home)
+    run([sys.executable, "-m", "refgen", "lock", "--spec", str(root / SPEC), "--offline"], env)
+    run([sys.executable, "-m", "refgen", "generate", "--spec", str(root / SPEC)], env)
+    return Workspace(root, hf_home)
+
+
+def resign(ws: Workspace, doc: dict[str, Any]) -> None:
+    """Write a changed reference *with* a consistent manifest and sums file, as a publisher whose
+    host produced other numbers would: only the rebuild can then tell the difference."""
+    from refgen.generate import dump_reference
+    from refgen.hashing import sha256_bytes
+    from refgen.manifest import dump, sha256sums
+
+    data = dump_reference(doc)
+    (ws.root / REF).write_bytes(data)
+    manifest = json.loads((ws.root / MANIFEST).read_bytes())
+    manifest["outputs"] = [{"path": REF, "sha256": sha256_bytes(data), "size": len(data)}]
+    manifest_bytes = dump(manifest)
+    (ws.root / MANIFEST).write_bytes(manifest_bytes)
+    (ws.root / SUMS).write_bytes(sha256sums({REF: data, MANIFEST: manifest_bytes}))
+
+
+def load_ref(ws: Workspace) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((ws.root / REF).read_bytes())
+    return doc
+
+
+def subjects(findings: list[dict[str, Any]]) -> list[str]:
+    """The files named, once each (a file can fail against the manifest and the sums file)."""
+    return list(dict.fromkeys(f["subject"] for f in findings))
+
+
+# --- verdicts -----------------------------------------------------------------------------------
+
+
+def test_fresh_artifact_is_reproduced_bit_for_bit(workspace: Workspace, tmp_path: Path) -> None:
+    ws = workspace.copy(tmp_path)
+    cmd = [sys.executable, "-m", "refgen.verify", "--spec", str(ws.spec)]
+    proc = run(cmd, ws.env(), cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = proc.stdout.splitlines()[0]
+    sha = json.loads((ws.root / MANIFEST).read_bytes())["outputs"][0]["sha256"]
+    assert first == f"REPRODUCED BIT FOR BIT: {REF} - the rebuild has the same SHA-256 {sha}"
+    assert "Integrity of the committed files: ok" in proc.stdout
+    assert "Inputs now vs. the manifest: ok" in proc.stdout
+
+
+def test_float_off_by_1e_7_is_within_tolerance(workspace: Workspace, tmp_path: Path) -> None:
+    ws = workspace.copy(tmp_path)
+    doc = load_ref(ws)
+    original = doc["test_cases"][1]["top_10"][3]["logit"]
+    doc["test_cases"][1]["top_10"][3]["logit"] = original + 1e-7
+    resign(ws, doc)
+
+    code, report = ws.verify()
+
+    assert code == 10, report["summary"]
+    assert report["verdict"] == "WITHIN_TOLERANCE"
+    assert report["summary"].startswith("REPRODUCED WITHIN TOLERANCE")
+    assert "test_cases[1].top_10[3].logit" in report["summary"]
+    stats = {f["field"]: f for f in report["comparison"]["fields"]}
+    assert stats["top_10.logit"]["max_abs_path"] == "test_cases[1].top_10[3].logit"
+    assert stats["top_10.logit"]["max_abs"] == pytest.approx(abs(original + 1e-7 - original))
+    assert stats["last_residual_f32"]["max_abs"] == 0.0
+    cases = {c["case"]: {f["field"]: f for f in c["fields"]} for c in report["comparison"]["cases"]}
+    assert cases[1]["top_10.logit"]["max_abs"] > 0
+    assert cases[0]["top_10.logit"]["max_abs"] == cases[2]["top_10.logit"]["max_abs"] == 0.0
+
+
+def test_swapped_top_k_entries_are_not_reproduced_and_named(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    ws = workspace.copy(tmp_path)
+    doc = load_ref(ws)
+    top = doc["test_cases"][0]["top_10"]
+    a, b = top[2]["index"], top[3]["index"]
+    top[2], top[3] = top[3], top[2]
+    resign(ws, doc)
+
+    code, report = ws.verify()
+
+    assert code == 11
+    assert report["integrity"] == [] and report["inputs"] == []
+    swaps = [d for d in report["comparison"]["differences"] if d["kind"] == "swap"]
+    assert [d["path"] for d in swaps] == ["test_cases[0].top_10[2]"]
+    assert f"index {b} and index {a}" in swaps[0]["detail"]
+    assert "test_cases[0].top_10[2]" in report["summary"]
+
+
+# --- tamper and fault cases ---------------------------------------------------------------------
+
+
+def _flip_digit(data: bytes, after: bytes) -> bytes:
+    """Change the first decimal digit of the first number after ``after`` (JSON stays valid)."""
+    pos = data.index(b".", data.index(after)) + 1
+    digit = data[pos : pos + 1]
+    assert digit.isdigit()
+    return data[:pos] + (b"7" if digit != b"7" else b"3") + data[pos + 1 :]
+
+
+def tamper_json_byte(ws: Workspace) -> None:
+    path = ws.root / REF
+    path.write_bytes(_flip_digit(path.read_bytes(), b'"last_residual_f32": ['))
+
+
+def tamper_manifest_byte(ws: Workspace) -> None:
+    path = ws.root / MANIFEST
+    data = path.read_bytes()
+    pos = data.index(b'"system": "') + len(b'"system": "')
+    path.write_bytes(data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1 :])
+
+
+def tamper_weight_byte(ws: Workspace) -> None:
+    snapshot = next((ws.hf_home / "hub").glob("models--*/snapshots/*"))
+    blob = (snapshot / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    blob.write_bytes(bytes(data))
+
+
+def tamper_remove_test_case(ws: Workspace) -> None:
+    doc = load_ref(ws)
+    del doc["test_cases"][2]
+    resign(ws, doc)
+
+
+def tamper_edit_prompt(ws: Workspace) -> None:
+    spec = ws.spec
+    spec.write_text(spec.read_text().replace('"Two plus two equals"', '"Two plus two makes"'))
+
+
+def tamper_edit_lock(ws: Workspace) -> None:
+    lock = ws.root / LOCK
+    data = json.loads(lock.read_text())
+    entry = next(f for f in data["files"] if f["path"] == "tokenizer.json")
+    entry["sha256"] = "0" * 64
+    lock.write_text(json.dumps(data, indent=2) + "\n")
+
+
+TAMPERS = {
+    # name: (tamper, needs its own HF cache, expected integrity subjects, expected input subjects)
+    "json-byte": (tamper_json_byte, False, [REF], []),
+    "manifest-byte": (tamper_manifest_byte, False, [MANIFEST], []),
+    "weight-byte": (tamper_weight_byte, True, [], ["model file model.safetensors"]),
+    "test-case-removed": (tamper_remove_test_case, False, [], []),
+    "prompt-edited": (tamper_edit_prompt, False, [], ["spec tiny-qwen3.toml"]),
+    "lock-edited": (tamper_edit_lock, False, [], ["model lock tiny-qwen3.lock.json"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERS))
+def test_tampering_is_caught_and_named(workspace: Workspace, tmp_path: Path, case: str) -> None:
+    tamper, own_cache, integrity, inputs = TAMPERS[case]
+    ws = workspace.copy(tmp_path, with_cache=own_cache)
+    tamper(ws)
+
+    code, report = ws.verify()
+
+    assert code == 11, report["summary"]
+    assert report["verdict"] == "NOT_REPRODUCED"
+    assert subjects(report["integrity"]) == integrity
+    assert subjects(report["inputs"]) == inputs
+    for name in integrity + inputs:
+        assert name in report["summary"]
+    if case == "json-byte":
+        diffs = report["comparison"]["differences"]
+        assert diffs and diffs[0]["path"] == "test_cases[0].last_residual_f32[0]"
+    if case == "test-case-removed":
+        assert report["comparison"]["differences"][0]["path"] == "test_cases"
+        assert "test_cases[2]" in [d["path"] for d in report["comparison"]["differences"]]
+    if case == "prompt-edited":
+        assert "run.prompts[1]" in report["inputs"][0]["detail"]
+        paths = [d["path"] for d in report["comparison"]["differences"]]
+        assert "test_cases[1].prompt" in paths
+    if case == "lock-edited":
+        assert "tokenizer.json" in report["inputs"][0]["detail"]
+    if case in ("weight-byte", "lock-edited"):
+        # the generator refuses to run on files that do not match the lock, naming the file
+        assert report["rebuild_error"] and "IntegrityError" not in report["rebuild_error"]
+        expected = "model.safetensors" if case == "weight-byte" else "tokenizer.json"
+        assert expected in report["rebuild_error"]
+        assert report["comparison"] is None
+
+
+def test_changed_requirements_lock_is_named_even_when_bytes_match(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    ws = workspace.copy(tmp_path)
+    other = tmp_path / "requirements.lock"
+    other.write_bytes((ROOT / "requirements.lock").read_bytes() + b"# edited\n")
+    code, report = ws.verify(REFGEN_REQUIREMENTS_LOCK=str(other))
+    assert code == 11
+    assert subjects(report["inputs"]) == ["requirements.lock"]
+    assert report["comparison"]["verdict"] == "IDENTICAL"
+    assert "the rebuild itself was reproduced bit for bit" in report["summary"]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_verify_leaves_nothing_behind(
+    workspace: Workspace, tmp_path: Path, sig: signal.Signals
+) -> None:
+    ws = workspace.copy(tmp_path)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    cmd = [sys.executable, "-m", "refgen.verify", "--spec", str(ws.spec)]
+    proc = subprocess.Popen(
+        cmd,
+        env=ws.env(TMPDIR=str(tmpdir)),
+        cwd=ws.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    # wait until the rebuild is under way: its temporary folder exists and the generator runs
+    while not (
+        list(tmpdir.glob(verify.REBUILD_PREFIX + "*")) and _processes_mentioning(str(tmpdir))
+    ):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the rebuild never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert list(tmpdir.iterdir()) == []
+    assert _processes_mentioning(str(tmpdir)) == []
+    # the artifact under verification is untouched
+    assert (ws.root / REF).read_bytes() == (workspace.root / REF).read_bytes()
+
+
+# --- incremental runs ---------------------------------------------------------------------------
+
+
+def test_up_to_date(workspace: Workspace, tmp_path: Path) -> None:
+    ws = workspace.copy(tmp_path)
+    spec = load_spec(ws.spec)
+    manifest = ws.root / MANIFEST
+    assert verify.up_to_date(spec, manifest) == verify.UpToDate(True, ())
+
+    tamper_edit_prompt(ws)
+    stale = verify.up_to_date(load_spec(ws.spec), manifest)
+    assert not stale.current
+    assert any("spec tiny-qwen3.toml" in r and "run.prompts[1]" in r for r in stale.reasons)
+
+    ws = workspace.copy(tmp_path / "b")
+    tamper_edit_lock(ws)
+    reasons = verify.up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
+    assert any("model lock tiny-qwen3.lock.json" in r for r in reasons)
+
+    ws = workspace.copy(tmp_path / "c")
+    (ws.root / REF).unlink()
+    reasons = verify.up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
+    assert any(REF in r and "missing" in r for r in reasons)
+
+    (ws.root / MANIFEST).unlink()
+    assert not verify.up_to_date(load_spec(ws.spec), ws.root / MANIFEST).current
+
+
+def test_up_to_date_notices_generator_changes(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from refgen import manifest as manifest_mod
+
+    real = manifest_mod.generator_identity()
+    monkeypatch.setattr(
+        manifest_mod, "generator_identity", lambda: {**real, "sources_sha256": "0" * 64}
+    )
+    ws = workspace.copy(tmp_path)
+    status = verify.up_to_date(load_spec(ws.spec), ws.root / MANIFEST)
+    assert status.reasons == ("generator sources changed since the manifest was written",)
+
+
+# --- provenance and diff on a real artifact ------------------------------------------------------
+
+
+def test_statement_of_a_real_manifest_is_valid(workspace: Workspace) -> None:
+    from test_provenance import validate
+
+    manifest = json.loads((workspace.root / MANIFEST).read_bytes())
+    statement = provenance.build_statement(manifest, environ={})
+    validate(statement)
+    ref_sha = manifest["outputs"][0]["sha256"]
+    assert statement["subject"] == [{"name": REF, "digest": {"sha256": ref_sha}}]
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    uris = {d.get("uri") for d in deps}
+    for f in manifest["model"]["files"]:
+        assert (
+            f"hf://{manifest['model']['repo']}@{manifest['model']['revision']}/{f['path']}" in uris
+        )
+
+
+def test_diff_between_two_real_references(
+    workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = workspace.copy(tmp_path)
+    doc = load_ref(ws)
+    changed = copy.deepcopy(doc)
+    changed["test_cases"][2]["last_residual_f32"][7] += 2e-7
+    other = tmp_path / "other.json"
+    from refgen.generate import dump_reference
+
+    other.write_bytes(dump_reference(changed))
+    assert compare.main([str(ws.root / REF), str(other), "--spec", str(ws.spec), "--json"]) == 10
+    report = json.loads(capsys.readouterr().out)
+    stats = {f["field"]: f for f in report["fields"]}
+    assert stats["last_residual_f32"]["max_abs_path"] == "test_cases[2].last_residual_f32[7]"
+
+
+# --- determinism evidence -----------------------------------------------------------------------
+
+
+def _cores() -> tuple[str, str]:
+    cores = sorted(os.sched_getaffinity(0))
+    return str(cores[0]), ",".join(map(str, cores))
+
+
+def _conditions() -> dict[str, dict[str, Any]]:
+    one, every = _cores()
+    return {
+        "taskset-one-core": {"prefix": ["taskset", "-c", one]},
+        "taskset-all-cores": {"prefix": ["taskset", "-c", every]},
+        "caller-threads": {"env": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}},
+        "aten-default": {"env": {"ATEN_CPU_CAPABILITY": "default"}},
+        "aten-avx512": {"env": {"ATEN_CPU_CAPABILITY": "avx512"}},
+        "mkl-cbwr-auto": {"env": {"MKL_CBWR": "AUTO"}},
+        "umask-077": {"prefix": ["sh", "-c", 'umask 077 && exec "$@"', "sh"]},
+        "tz-lang-home": {
+            "env": {"TZ": "Pacific/Chatham", "LANG": "tr_TR.UTF-8", "LC_ALL": "tr_TR.UTF-8"},
+            "home": True,
+        },
+        "other-cwd": {"cwd": True},
+        "repo-copy": {"repo_copy": True},
+    }
+
+
+@pytest.mark.parametrize("condition", sorted(_conditions()))
+def test_generator_bytes_do_not_depend_on_the_caller(
+    workspace: Workspace, tmp_path: Path, condition: str
+) -> None:
+    how = _conditions()[condition]
+    out = tmp_path / "out"
+    env = workspace.env(**how.get("env", {}))
+    cwd = ROOT
+    if how.get("home"):
+        env["HOME"] = str(tmp_path / "home")
+    if how.get("cwd"):
+        cwd = tmp_path
+    if how.get("repo_copy"):
+        copy_root = tmp_path / "elsewhere" / "project"
+        shutil.copytree(
+            ROOT / "refgen", copy_root / "refgen", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        for name in ("requirements.lock", "pyproject.toml"):
+            shutil.copy2(ROOT / name, copy_root / name)
+        env["PYTHONPATH"] = str(copy_root)
+        cwd = copy_root
+    cmd = [
+        *how.get("prefix", []),
+        sys.executable,
+        "-m",
+        "refgen",
+        "generate",
+        "--spec",
+        str(workspace.spec),
+        "--output-dir",
+        str(out),
+    ]
+    run(cmd, env, cwd=cwd)
+    assert (out / REF).read_bytes() == (workspace.root / REF).read_bytes()
+    expected = json.loads((workspace.root / MANIFEST).read_bytes())
+    actual = json.loads((out / MANIFEST).read_bytes())
+    if how.get("repo_copy"):
+        # a copy without .git has no commit to report (which shows the copy ran); the hash of
+        # its sources must still agree
+        assert actual["generator"]["git_commit"] is None
+        for manifest in (expected, actual):
+            manifest["generator"].pop("git_commit")
+            manifest["generator"].pop("git_dirty")
+        assert actual == expected
+    else:
+        assert (out / MANIFEST).read_bytes() == (workspace.root / MANIFEST).read_bytes()
+        assert (out / SUMS).read_bytes() == (workspace.root / SUMS).read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_rebuild_folders() -> Iterator[None]:
+    """No test may leave a rebuild folder in the system temp dir."""
+    import tempfile
+
+    tmp = Path(tempfile.gettempdir())
+    before = set(tmp.glob(verify.REBUILD_PREFIX + "*"))
+    yield
+    assert set(tmp.glob(verify.REBUILD_PREFIX + "*")) <= before
