@@ -36,7 +36,8 @@ from refgen.errors import RefgenError  # noqa: E402
 from refgen.spec import Spec, find_specs, load_spec  # noqa: E402
 
 LOCK = ROOT / "requirements.lock"
-WHEELHOUSE = ROOT / "docker" / "context" / "wheels"
+# Shared by every context; CI points it at a cache that outlives its clean clones.
+WHEELHOUSE = Path(os.environ.get("REFGEN_WHEELHOUSE") or ROOT / "docker" / "context" / "wheels")
 DEFAULT_CONTEXT = ROOT / "docker" / "context" / "image"
 APP_FILES = ("noxfile.py", "pyproject.toml", "requirements.lock")
 STAMP = ".requirements.lock.sha256"
@@ -55,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = [load_spec(p) for p in (args.spec or find_specs(ROOT / "specs"))]
         if not specs:
             raise StageError("no specs to bake: pass --spec PATH or add one under specs/")
+        models = [verified_model(spec) for spec in specs]  # before any download or copy
         wheels = fetch_wheels(WHEELHOUSE)
-        stage(args.context.resolve(), specs, wheels)
+        stage(args.context.resolve(), models, wheels)
     except (RefgenError, StageError) as exc:
         print(f"stage: error: {exc}", file=sys.stderr)
         return 1
@@ -110,13 +112,39 @@ def fetch_wheels(wheelhouse: Path) -> list[Path]:
             if sha256(wheel) not in allowed:
                 wheel.unlink()
         stamp.write_text(lock_digest + "\n")
+    check_wheels(wheelhouse, LOCK)
     wheels = sorted(wheelhouse.glob("*.whl"))
     if not any(w.name.startswith("pip-") for w in wheels):
         raise StageError(f"{LOCK.name} must pin pip (pip-compile --allow-unsafe) to bootstrap it")
     return wheels
 
 
-def stage(context: Path, specs: Iterable[Spec], wheels: Iterable[Path]) -> None:
+def check_wheels(wheelhouse: Path, lock: Path) -> None:
+    """Every staged wheel must hash to a value the lock allows (pip checks again in the build)."""
+    allowed = locked_hashes(lock)
+    bad = [(w, sha256(w)) for w in sorted(wheelhouse.glob("*.whl"))]
+    bad = [(w, digest) for w, digest in bad if digest not in allowed]
+    if bad:
+        listing = "\n".join(f"  {w.name}: sha256 {digest}" for w, digest in bad)
+        raise StageError(
+            f"wheels in {wheelhouse} do not match any hash in {lock.name}:\n{listing}\n"
+            f"They are corrupt or were replaced. Delete them (or the whole folder) and run "
+            "again to download them by hash."
+        )
+
+
+def verified_model(spec: Spec) -> tuple[Spec, hub.ModelLock, Path]:
+    """The spec's lock and cached snapshot, every locked file checked against the lock."""
+    lock = hub.read_lock(spec)
+    folder = hub.cached_snapshot(spec, lock)
+    print(f"stage: verifying {spec.repo}@{spec.revision[:12]}", file=sys.stderr)
+    hub.verify_snapshot(spec, lock, folder)
+    return spec, lock, folder
+
+
+def stage(
+    context: Path, models: Iterable[tuple[Spec, hub.ModelLock, Path]], wheels: Iterable[Path]
+) -> None:
     """Assemble the whole context in a sibling temp folder, then swap it in."""
     context.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{context.name}.", dir=context.parent))
@@ -130,8 +158,8 @@ def stage(context: Path, specs: Iterable[Spec], wheels: Iterable[Path]) -> None:
         for name in APP_FILES:
             shutil.copy2(ROOT / name, app / name)
         (tmp / "hf" / "hub").mkdir(parents=True)
-        for spec in specs:
-            stage_spec(spec, app / "specs", tmp / "hf" / "hub")
+        for spec, lock, folder in models:
+            stage_model(spec, lock, folder, app / "specs", tmp / "hf" / "hub")
         old = context.with_name(f".{context.name}.old")
         if context.exists():
             context.rename(old)
@@ -142,12 +170,10 @@ def stage(context: Path, specs: Iterable[Spec], wheels: Iterable[Path]) -> None:
     print(f"stage: context ready in {context}", file=sys.stderr)
 
 
-def stage_spec(spec: Spec, specs_dir: Path, hub_cache: Path) -> None:
+def stage_model(
+    spec: Spec, lock: hub.ModelLock, folder: Path, specs_dir: Path, hub_cache: Path
+) -> None:
     """Copy a spec, its lock and its verified model files (HF cache layout, symlinks kept)."""
-    lock = hub.read_lock(spec)
-    folder = hub.cached_snapshot(spec, lock)
-    print(f"stage: verifying {spec.repo}@{spec.revision[:12]}", file=sys.stderr)
-    hub.verify_snapshot(spec, lock, folder)
     specs_dir.mkdir(parents=True, exist_ok=True)
     for source in (spec.path, spec.lock_path):
         if (specs_dir / source.name).exists():
