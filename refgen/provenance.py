@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,6 +33,7 @@ BUILDER_CONTAINER = "urn:refgen:builder:container:v1"
 """SLSA: each mode of a builder with different trust must have its own ``builder.id``."""
 STATEMENT_SUFFIX = ".intoto.json"
 INVOCATION_ENV = "REFGEN_INVOCATION_ID"
+_DIGEST = re.compile(r"(?:^|@)sha256:([0-9a-f]{64})\b")
 
 
 class ProvenanceError(RefgenError):
@@ -68,10 +70,14 @@ def _spec_name(spec: Mapping[str, Any]) -> str:
 
 
 def _image_digest(ref: str) -> dict[str, str]:
-    """``name@sha256:HEX`` or ``sha256:HEX`` -> ``{"sha256": HEX}``; else no digest."""
-    tail = ref.rsplit("@", 1)[-1]
-    algo, _, value = tail.partition(":")
-    return {algo: value} if algo == "sha256" and value else {}
+    """``name@sha256:HEX``, ``sha256:HEX`` or ``name@sha256:HEX (image sha256:ID)`` (as the
+    container runner records a base image) -> ``{"sha256": HEX}`` of the reference itself."""
+    match = _DIGEST.search(ref)
+    return {"sha256": match.group(1)} if match else {}
+
+
+def _image_uri(ref: str) -> str:
+    return "docker://" + ref.split()[0]
 
 
 def _started_on(source_date_epoch: str | None) -> str | None:
@@ -141,13 +147,13 @@ def _container_dependencies(container: Mapping[str, Any]) -> list[dict[str, Any]
     deps: list[dict[str, Any]] = []
     base = container.get("base_image")
     if base:
-        entry: dict[str, Any] = {"name": f"base-image:{base}", "uri": f"docker://{base}"}
+        entry: dict[str, Any] = {"name": f"base-image:{base}", "uri": _image_uri(str(base))}
         if _image_digest(str(base)):
             entry["digest"] = _image_digest(str(base))
         deps.append(entry)
     image = container.get("image_id")
     if image:
-        entry = {"name": "image", "uri": f"docker://{image}"}
+        entry = {"name": "image", "uri": _image_uri(str(image))}
         if _image_digest(str(image)):
             entry["digest"] = _image_digest(str(image))
         deps.append(entry)

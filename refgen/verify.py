@@ -17,7 +17,7 @@ the artifact was made from the manifest's. Exit codes are :class:`refgen.compare
 (0 bit for bit, 10 within tolerance, 11 not reproduced); 2 when verification could not run
 (no spec, model not in the cache).
 
-:func:`up_to_date` is the same input check, cheap (no hashing of model files: the generator
+:func:`is_up_to_date` is the same input check, cheap (no hashing of model files: the generator
 verifies them against the lock anyway), for ``generate`` to skip work when nothing changed.
 """
 
@@ -380,8 +380,11 @@ class UpToDate:
     current: bool
     reasons: tuple[str, ...]
 
+    def __bool__(self) -> bool:
+        return self.current
 
-def up_to_date(spec: Spec, manifest_path: Path) -> UpToDate:
+
+def is_up_to_date(spec: Spec, manifest_path: Path) -> UpToDate:
     """True when the spec, its model lock, ``requirements.lock`` and the generator's sources are
     those the manifest records and the outputs it lists are intact; cheap (no model hashing)."""
     from refgen import manifest as manifest_mod

@@ -165,7 +165,12 @@ def sample_manifest(container: bool = False) -> dict[str, Any]:
         "container": (
             {
                 "image_id": "sha256:" + "9" * 64,
-                "base_image": "python:3.11-slim@sha256:" + "8" * 64,
+                # as docker/run.sh records it: reference, then the local image ID
+                "base_image": "python:3.11-slim@sha256:"
+                + "8" * 64
+                + " (image sha256:"
+                + "5" * 64
+                + ")",
                 "layers": ["sha256:" + "7" * 64, "sha256:" + "6" * 64],
             }
             if container
@@ -236,7 +241,9 @@ def test_subject_and_dependencies_carry_the_manifest_hashes() -> None:
     assert deps["requirements.lock"]["digest"] == {"sha256": SHA_D}
     assert deps["refgen"]["digest"] == {"gitCommit": "1" * 40, "sha256": "f" * 64}
     assert deps["image"]["digest"] == {"sha256": "9" * 64}
-    assert deps["base-image:python:3.11-slim@sha256:" + "8" * 64]["digest"] == {"sha256": "8" * 64}
+    (base,) = [d for d in deps.values() if d["name"].startswith("base-image:")]
+    assert base["digest"] == {"sha256": "8" * 64}
+    assert base["uri"] == "docker://python:3.11-slim@sha256:" + "8" * 64
     assert deps["image-layer-000"]["digest"] == {"sha256": "7" * 64}
     assert deps["image-layer-001"]["digest"] == {"sha256": "6" * 64}
     run = statement["predicate"]["runDetails"]

@@ -336,25 +336,26 @@ def test_up_to_date(workspace: Workspace, tmp_path: Path) -> None:
     ws = workspace.copy(tmp_path)
     spec = load_spec(ws.spec)
     manifest = ws.root / MANIFEST
-    assert verify.up_to_date(spec, manifest) == verify.UpToDate(True, ())
+    status = verify.is_up_to_date(spec, manifest)
+    assert status == verify.UpToDate(True, ()) and status
 
     tamper_edit_prompt(ws)
-    stale = verify.up_to_date(load_spec(ws.spec), manifest)
+    stale = verify.is_up_to_date(load_spec(ws.spec), manifest)
     assert not stale.current
     assert any("spec tiny-qwen3.toml" in r and "run.prompts[1]" in r for r in stale.reasons)
 
     ws = workspace.copy(tmp_path / "b")
     tamper_edit_lock(ws)
-    reasons = verify.up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
+    reasons = verify.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
     assert any("model lock tiny-qwen3.lock.json" in r for r in reasons)
 
     ws = workspace.copy(tmp_path / "c")
     (ws.root / REF).unlink()
-    reasons = verify.up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
+    reasons = verify.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
     assert any(REF in r and "missing" in r for r in reasons)
 
     (ws.root / MANIFEST).unlink()
-    assert not verify.up_to_date(load_spec(ws.spec), ws.root / MANIFEST).current
+    assert not verify.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).current
 
 
 def test_up_to_date_notices_generator_changes(
@@ -367,7 +368,7 @@ def test_up_to_date_notices_generator_changes(
         manifest_mod, "generator_identity", lambda: {**real, "sources_sha256": "0" * 64}
     )
     ws = workspace.copy(tmp_path)
-    status = verify.up_to_date(load_spec(ws.spec), ws.root / MANIFEST)
+    status = verify.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST)
     assert status.reasons == ("generator sources changed since the manifest was written",)
 
 
