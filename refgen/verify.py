@@ -561,8 +561,12 @@ def run_verify(args: argparse.Namespace) -> int:
     return max(r.exit_code for r in results)
 
 
+class _Terminated(BaseException):
+    """SIGTERM as an exception, so ``finally`` blocks stop the rebuild and remove its folder."""
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+    raise _Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -580,9 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RefgenError as exc:
         print(f"refgen verify: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as exc:
         print("refgen verify: interrupted; temporary files removed", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
 
 
 if __name__ == "__main__":

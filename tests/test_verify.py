@@ -70,7 +70,7 @@ class Workspace:
         return Workspace(dest / "ws", hf_home)
 
     def verify(self, *args: str, **kw: Any) -> tuple[int, dict[str, Any]]:
-        cmd = [sys.executable, "-m", "refgen.verify", "--spec", str(self.spec), "--json", *args]
+        cmd = [sys.executable, "-m", "refgen", "verify", "--spec", str(self.spec), "--json", *args]
         proc = run(cmd, self.env(**kw), cwd=self.root, check=False)
         assert proc.returncode in (0, 10, 11), proc.stderr
         return proc.returncode, json.loads(proc.stdout)
@@ -122,7 +122,7 @@ def subjects(findings: list[dict[str, Any]]) -> list[str]:
 
 def test_fresh_artifact_is_reproduced_bit_for_bit(workspace: Workspace, tmp_path: Path) -> None:
     ws = workspace.copy(tmp_path)
-    cmd = [sys.executable, "-m", "refgen.verify", "--spec", str(ws.spec)]
+    cmd = [sys.executable, "-m", "refgen", "verify", "--spec", str(ws.spec)]
     proc = run(cmd, ws.env(), cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     first = proc.stdout.splitlines()[0]
@@ -294,14 +294,17 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("sig", "entry"),
+    [(signal.SIGTERM, ["refgen", "verify"]), (signal.SIGINT, ["refgen.verify"])],
+)
 def test_interrupted_verify_leaves_nothing_behind(
-    workspace: Workspace, tmp_path: Path, sig: signal.Signals
+    workspace: Workspace, tmp_path: Path, sig: signal.Signals, entry: list[str]
 ) -> None:
     ws = workspace.copy(tmp_path)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    cmd = [sys.executable, "-m", "refgen.verify", "--spec", str(ws.spec)]
+    cmd = [sys.executable, "-m", *entry, "--spec", str(ws.spec)]
     proc = subprocess.Popen(
         cmd,
         env=ws.env(TMPDIR=str(tmpdir)),
@@ -321,7 +324,7 @@ def test_interrupted_verify_leaves_nothing_behind(
     time.sleep(0.5)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == (143 if sig == signal.SIGTERM else 130), err
     assert "interrupted" in err
     assert list(tmpdir.iterdir()) == []
     assert _processes_mentioning(str(tmpdir)) == []
