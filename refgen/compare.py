@@ -74,7 +74,7 @@ class Verdict(enum.Enum):
 class Tolerance:
     """A float pair ``(a, b)`` matches when ``|a - b| <= atol + rtol * |a|`` (numpy's isclose).
 
-    The relative part matters: a logit near 32 has a float32 spacing of about 4e-6, so a pure
+    The relative part matters: a logit near 30 has a float32 spacing of about 2e-6, so a pure
     1e-6 absolute bar would reject a one-ulp difference there.
     """
 
