@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             print(
-                f"stage: error: no space left on device ({exc.filename}). The context needs "
-                "the wheels (~300 MB) plus each spec's model; free space or point --context "
-                "at a larger disk.",
+                f"stage: error: no space left on device while staging into {args.context} "
+                "(nothing was kept). The context needs the wheels (~300 MB) plus each spec's "
+                "model files; free space there or point --context (REFGEN_DOCKER_CONTEXT) at a "
+                "larger disk.",
                 file=sys.stderr,
             )
             return 1

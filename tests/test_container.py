@@ -1,0 +1,212 @@
+"""The container path for real: build the image offline from a local base, run the generator in it
+with ``--network none`` on the tiny checkpoint, and compare with a native run, byte for byte.
+
+Needs a Docker engine and a base image (``REFGEN_BASE_IMAGE_FOR_TESTS``; ``.ci/run`` provides
+both through ``.ci/docker-setup.sh``). Outside CI they are skipped when missing; under ``CI=true``
+a missing engine or base is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from conftest import TinySetup, run_refgen
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "refgen-test:ci"
+STANDIN = "refgen-standin-base:bookworm"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}: CI must run the container tests (see .ci/run)")
+    pytest.skip(reason)
+
+
+def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, timeout=120
+    )
+
+
+def _script(
+    name: str, *args: str | Path, env: Mapping[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run docker/NAME with ``env`` on top of ours; the output is kept for failure messages."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "docker" / name), *map(str, args)],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker/{name} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@dataclass(frozen=True)
+class Built:
+    image_id: str
+    layers: list[str]
+
+
+@pytest.fixture(scope="module")
+def base_image() -> str:
+    """The base to build from: what .ci/docker-setup.sh made, or the stand-in if it exists."""
+    if shutil.which("docker") is None:
+        _unavailable("no docker client on PATH")
+    info = _docker("info", check=False)
+    if info.returncode != 0:
+        _unavailable(f"the Docker daemon does not answer ({info.stderr.strip()[:200]})")
+    base = os.environ.get("REFGEN_BASE_IMAGE_FOR_TESTS") or STANDIN
+    if _docker("image", "inspect", base, check=False).returncode != 0:
+        _unavailable(f"base image {base} is not present; build it with .ci/docker-setup.sh")
+    return base
+
+
+def _build(base: str, spec: Path, context: Path, *flags: str) -> Built:
+    env = {
+        "IMAGE": IMAGE,
+        "BASE_IMAGE": base,
+        "PYTHON": sys.executable,
+        "REFGEN_DOCKER_CONTEXT": str(context),
+        "SOURCE_DATE_EPOCH": "1767225600",  # fixed, so the two builds share every input
+    }
+    _script("build.sh", *flags, "--spec", spec, env=env)
+    out = _docker("image", "inspect", "--format", "{{.Id}} {{json .RootFS.Layers}}", IMAGE).stdout
+    image_id, layers = out.strip().split(" ", 1)
+    return Built(image_id, json.loads(layers))
+
+
+@pytest.fixture(scope="module")
+def two_builds(
+    base_image: str, tiny_setup: TinySetup, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Built, Built]:
+    """A normal build (reusing a previous run's cache when inputs are unchanged) and a --no-cache
+    rebuild from the same inputs. The image under test is the second one."""
+    context = tmp_path_factory.mktemp("context") / "image"
+    first = _build(base_image, tiny_setup.spec, context)
+    second = _build(base_image, tiny_setup.spec, context, "--no-cache")
+    return first, second
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_rebuild_gives_identical_layers(two_builds: tuple[Built, Built]) -> None:
+    first, second = two_builds
+    assert len(second.layers) >= 2
+    assert first.layers == second.layers, "a --no-cache rebuild changed the image's layers"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_container_output_equals_native(
+    two_builds: tuple[Built, Built], tiny_setup: TinySetup, tmp_path: Path
+) -> None:
+    native = tmp_path / "native"
+    run_refgen(
+        "generate", "--spec", tiny_setup.spec, "--output-dir", native, hf_home=tiny_setup.hf_home
+    )
+    # The runner mounts this folder and writes as the caller, offline (--network none).
+    out = tmp_path / "container"
+    run = _script(
+        "run.sh", out, "--spec", f"/app/specs/{tiny_setup.spec.name}", env={"IMAGE": IMAGE}
+    )
+    name = "tiny_qwen3_reference"
+    container_json = (out / f"{name}.json").read_bytes()
+    assert container_json == (native / f"{name}.json").read_bytes(), run.stderr
+
+    for path in out.iterdir():
+        assert path.stat().st_uid == os.getuid(), f"{path.name} is not owned by the caller"
+    sums = subprocess.run(["sha256sum", "-c", f"{name}.sha256"], cwd=out, capture_output=True)
+    assert sums.returncode == 0, sums.stdout
+
+    manifest = json.loads((out / f"{name}.manifest.json").read_text())
+    image = two_builds[1]
+    assert manifest["container"]["image_id"] == image.image_id
+    assert manifest["container"]["layers"] == image.layers
+    assert manifest["container"]["base_image"].startswith(
+        os.environ.get("REFGEN_BASE_IMAGE_FOR_TESTS") or STANDIN
+    )
+    assert manifest["outputs"][0]["sha256"] == hashlib.sha256(container_json).hexdigest()
+
+
+# Failure paths: each must name the problem and the fix, and stage nothing.
+
+
+def _stage_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("refgen_docker_stage", ROOT / "docker/stage.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_client_is_named(tmp_path: Path) -> None:
+    result = _script("build.sh", env={"DOCKER": str(tmp_path / "no-docker")}, check=False)
+    assert result.returncode != 0
+    assert "no Docker client" in result.stderr and "docker.io" in result.stderr
+
+
+def test_stopped_daemon_is_named(tmp_path: Path) -> None:
+    # A client whose daemon is down: what `docker info` prints then.
+    client = tmp_path / "docker"
+    client.write_text(
+        "#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock.'"
+        " >&2\nexit 1\n"
+    )
+    client.chmod(0o755)
+    for script in ("build.sh", "run.sh"):
+        args = [tmp_path / "out"] if script == "run.sh" else []
+        result = _script(script, *args, env={"DOCKER": str(client)}, check=False)
+        assert result.returncode != 0
+        assert "daemon is not running" in result.stderr, result.stderr
+        assert "systemctl start docker" in result.stderr
+
+
+def test_tampered_wheel_is_refused(tmp_path: Path) -> None:
+    stage = _stage_module()
+    (tmp_path / "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl").write_bytes(b"not a wheel")
+    with pytest.raises(stage.StageError, match="do not match any hash") as info:
+        stage.check_wheels(tmp_path, ROOT / "requirements.lock")
+    assert "torch-2.13.0+cpu" in str(info.value) and "Delete them" in str(info.value)
+
+
+def test_tampered_model_file_stops_staging(tiny_copy: TinySetup, tmp_path: Path) -> None:
+    weights = tiny_copy.checkpoint.snapshot / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.resolve().write_bytes(bytes(data))
+    context = tmp_path / "context"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "docker/stage.py"),
+            "--context",
+            str(context),
+            "--spec",
+            str(tiny_copy.spec),
+        ],
+        env={**os.environ, "HF_HOME": str(tiny_copy.hf_home)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1
+    assert "model.safetensors" in result.stderr and "do not match" in result.stderr
+    assert not context.exists(), "a failed staging left a context behind"
+    assert not list(tmp_path.glob(".context.*")), "a failed staging left a temp folder behind"
