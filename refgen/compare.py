@@ -242,7 +242,7 @@ class _Stats:
 
 
 class _Walker:
-    """Walks A and B in parallel, in document order with sorted keys, collecting everything."""
+    """Walks A and B in parallel, in A's document order, collecting everything."""
 
     def __init__(self, tolerance: Tolerance) -> None:
         self.tol = tolerance
@@ -270,7 +270,9 @@ class _Walker:
     def walk_object(
         self, a: dict[str, Any], b: dict[str, Any], path: str, case: int | None
     ) -> None:
-        for key in sorted(set(a) | set(b)):
+        # A's own key order (the generator's: prompt, tokens, top-k, residual), then B's extras
+        # sorted: deterministic, and the first difference shown is the most telling one.
+        for key in [*a, *sorted(k for k in b if k not in a)]:
             sub = f"{path}.{key}" if path else key
             if key not in b:
                 self.diff(sub, "missing", _short(a[key]), None, "present in A, missing in B")

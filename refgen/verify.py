@@ -127,7 +127,7 @@ class VerifyResult:
                 first = self.comparison.differences[0] if self.comparison.differences else None
                 parts.append(
                     f"{self.comparison.difference_count} difference(s) in the rebuild"
-                    + (f", first at {first.path}" if first else "")
+                    + (f", first at {first.path}: {first.detail}" if first else "")
                 )
             else:
                 parts.append(f"the rebuild itself was {self.comparison.verdict.value}")
@@ -442,8 +442,11 @@ def rebuild(spec: Spec) -> Iterator[tuple[Path | None, str | None]]:
                     proc.wait()
         built = Path(tmp) / spec.output.name
         if proc.returncode != 0 or not built.is_file():
-            tail = "\n".join(line for line in log.splitlines() if "it/s]" not in line)[-2000:]
-            yield None, f"`refgen generate` exited with {proc.returncode}:\n{tail.strip()}"
+            lines = [line for line in log.splitlines() if "it/s]" not in line]
+            # from the generator's error message on (it names the file and the fix), else all
+            start = next((i for i, line in enumerate(lines) if "error" in line.lower()), 0)
+            shown = "\n".join(lines[start:])[-4000:].strip()
+            yield None, f"`refgen generate` exited with {proc.returncode}:\n{shown}"
         else:
             yield built, None
 
