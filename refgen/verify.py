@@ -493,6 +493,14 @@ def verify(
     inputs = check_inputs(spec, manifest, model_files=True) if manifest is not None else []
     if manifest is not None and not artifact.statement.is_file():
         notes.append(f"no provenance statement {artifact.statement.name} next to the reference")
+    if manifest is not None and isinstance(manifest.get("container"), Mapping):
+        from refgen import manifest as manifest_mod
+
+        if manifest_mod.container() is None:
+            notes.append(
+                f"the artifact was built in image {manifest['container'].get('image_id')}; this "
+                "rebuild ran outside any image (`make verify` runs it in the pinned image)"
+            )
     comparison = None
     with rebuild(spec) as (built, error):
         if built is not None:

@@ -282,6 +282,27 @@ def test_changed_requirements_lock_is_named_even_when_bytes_match(
     assert "the rebuild itself was reproduced bit for bit" in report["summary"]
 
 
+def test_container_image_is_an_input(workspace: Workspace, tmp_path: Path) -> None:
+    """An artifact made in an image: verified elsewhere it is a note, in another image a finding."""
+    ws = workspace.copy(tmp_path)
+    made_in = "sha256:" + "a" * 64
+    cmd = [sys.executable, "-m", "refgen", "generate", "--spec", str(ws.spec), "--force"]
+    run(
+        cmd,
+        ws.env(REFGEN_CONTAINER_IMAGE=made_in, REFGEN_IMAGE_LAYERS='["sha256:' + "b" * 64 + '"]'),
+    )
+    assert json.loads((ws.root / MANIFEST).read_bytes())["container"]["image_id"] == made_in
+
+    code, report = ws.verify()
+    assert code == 0, report["summary"]
+    assert any(made_in in note and "outside any image" in note for note in report["notes"])
+
+    code, report = ws.verify(REFGEN_CONTAINER_IMAGE="sha256:" + "c" * 64)
+    assert code == 11
+    assert subjects(report["inputs"]) == ["container image"]
+    assert made_in in report["inputs"][0]["detail"]
+
+
 def _processes_mentioning(text: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
