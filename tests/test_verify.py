@@ -282,6 +282,27 @@ def test_changed_requirements_lock_is_named_even_when_bytes_match(
     assert "the rebuild itself was reproduced bit for bit" in report["summary"]
 
 
+def test_provenance_statement_is_checked(workspace: Workspace, tmp_path: Path) -> None:
+    """A statement next to the artifact must attest what the manifest records."""
+    ws = workspace.copy(tmp_path)
+    manifest = json.loads((ws.root / MANIFEST).read_bytes())
+    statement = provenance.build_statement(manifest, environ={})
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    weights = next(d for d in deps if d.get("uri", "").endswith("/model.safetensors"))
+    weights["digest"]["sha256"] = "0" * 64  # claims other weights than the manifest
+    path = provenance.statement_path(ws.root / REF)
+    path.write_bytes(provenance.render(statement))
+
+    code, report = ws.verify()
+
+    assert code == 11
+    # (when the generator also lists the statement in the sums file, that check fails too)
+    assert subjects(report["integrity"]) == [path.name]
+    details = [f["detail"] for f in report["integrity"]]
+    assert "resolvedDependencies differ from the manifest" in details
+    assert path.name in report["summary"]
+
+
 def test_container_image_is_an_input(workspace: Workspace, tmp_path: Path) -> None:
     """An artifact made in an image: verified elsewhere it is a note, in another image a finding."""
     ws = workspace.copy(tmp_path)
