@@ -78,15 +78,16 @@ def base_image() -> str:
     return base
 
 
-def _build(base: str, spec: Path, context: Path, *flags: str) -> Built:
+def _build(base: str, setup: TinySetup, context: Path, *flags: str) -> Built:
     env = {
+        "HF_HOME": str(setup.hf_home),  # where staging finds the model to bake in
         "IMAGE": IMAGE,
         "BASE_IMAGE": base,
         "PYTHON": sys.executable,
         "REFGEN_DOCKER_CONTEXT": str(context),
         "SOURCE_DATE_EPOCH": "1767225600",  # fixed, so the two builds share every input
     }
-    _script("build.sh", *flags, "--spec", spec, env=env)
+    _script("build.sh", *flags, "--spec", setup.spec, env=env)
     out = _docker("image", "inspect", "--format", "{{.Id}} {{json .RootFS.Layers}}", IMAGE).stdout
     image_id, layers = out.strip().split(" ", 1)
     return Built(image_id, json.loads(layers))
@@ -99,8 +100,8 @@ def two_builds(
     """A normal build (reusing a previous run's cache when inputs are unchanged) and a --no-cache
     rebuild from the same inputs. The image under test is the second one."""
     context = tmp_path_factory.mktemp("context") / "image"
-    first = _build(base_image, tiny_setup.spec, context)
-    second = _build(base_image, tiny_setup.spec, context, "--no-cache")
+    first = _build(base_image, tiny_setup, context)
+    second = _build(base_image, tiny_setup, context, "--no-cache")
     return first, second
 
 
