@@ -104,7 +104,15 @@ def resign(ws: Workspace, doc: dict[str, Any]) -> None:
     manifest["outputs"] = [{"path": REF, "sha256": sha256_bytes(data), "size": len(data)}]
     manifest_bytes = dump(manifest)
     (ws.root / MANIFEST).write_bytes(manifest_bytes)
-    (ws.root / SUMS).write_bytes(sha256sums({REF: data, MANIFEST: manifest_bytes}))
+    files = {REF: data, MANIFEST: manifest_bytes}
+    statement = provenance.statement_path(ws.root / REF)
+    if statement.is_file():  # re-attest too, as the publisher's generator would have
+        files[statement.name] = provenance.statement_bytes(
+            manifest, manifest_name=MANIFEST, manifest_sha256=sha256_bytes(manifest_bytes)
+        )
+        statement.write_bytes(files[statement.name])
+    listed = [line.split("  ", 1)[1] for line in (ws.root / SUMS).read_text().splitlines()]
+    (ws.root / SUMS).write_bytes(sha256sums({name: files[name] for name in listed}))
 
 
 def load_ref(ws: Workspace) -> dict[str, Any]:
