@@ -51,6 +51,7 @@ BENCH_REPO = "refgen-bench/Qwen3-1.7B-Base-random"
 FORMAT_VERSION = 1  # bump when the bytes this module writes change
 WEIGHT_STD = 0.02
 CHUNK_ELEMENTS = 1 << 24  # values generated per step: 64 MB of float32
+FRESH_BUILDS = 0  # how many checkpoints this process wrote (0: all came from the cache)
 
 # Text the byte-level BPE tokenizer is trained on; also the source of long benchmark prompts.
 CORPUS = (
@@ -205,6 +206,8 @@ def build(
     weights = snapshot / "model.safetensors"
     if ref.is_file() and ref.read_text() == revision and weights.exists():
         return revision, snapshot  # finished before: the ref is written last
+    global FRESH_BUILDS
+    FRESH_BUILDS += 1
     blobs = repo_dir / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
     snapshot.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,9 @@
 
 ``os.wait4`` returns the child's own resource usage, so its ``ru_maxrss`` is that child's peak
 resident set (file-backed mmap pages included), not a maximum over every child we ever ran, and
-nothing is sampled: a short peak between two polls cannot be missed.
+nothing is sampled: a short peak between two polls cannot be missed. One caveat: the kernel
+starts an exec'd child's high-water mark at its parent's RSS at fork time, so the measuring
+process must stay small (the benchmark's parent never imports torch).
 """
 
 from __future__ import annotations

@@ -1,0 +1,5 @@
+import sys
+
+from refgen.bench.run import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""``refgen generate`` for one spec with its phase timings written out (a benchmark child).
+
+``python -m refgen.bench.child SPEC OUTPUT_DIR TIMINGS_JSON [--no-verify]`` does what
+``python -m refgen generate --spec SPEC --output-dir OUTPUT_DIR --force`` does and also writes
+the generator's own phase timings. ``--no-verify`` trusts the lock without hashing, only to
+measure what verification costs; it never runs outside the benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+
+
+def _skip_verification() -> None:
+    """Replace the hash checks by no-ops (whichever the generator uses)."""
+    from refgen import hub
+
+    hub.verify_snapshot = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        from refgen import fastload
+    except ImportError:
+        return
+
+    class Trusting(fastload.Verifier):
+        def _run(self) -> None:
+            self.actual = dict(self.expected)
+            self.sizes = {name: 0 for name in self.expected}
+
+    fastload.Verifier = Trusting  # type: ignore[misc]
+
+
+def main(argv: list[str]) -> None:
+    from refgen import determinism
+
+    determinism.apply_environment()
+    spec_path, output_dir, timings_path, *flags = argv
+    if "--no-verify" in flags:
+        _skip_verification()
+    from refgen.generate import Timings, generate
+    from refgen.spec import load_spec
+
+    timings = Timings()
+    generate(load_spec(spec_path), Path(output_dir), timings)
+    phases = dict(timings.phases)
+    phases["total_in_process"] = time.perf_counter() - START
+    Path(timings_path).write_text(json.dumps(phases, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,240 @@
+"""Load a checkpoint in F32 with the BF16 bytes never resident, verifying hashes alongside.
+
+``from_pretrained`` on a BF16 checkpoint memory-maps the file, so its pages stay in the process
+next to the F32 copy (peak RSS = F32 + BF16 = 1.5x the F32 weights), and verifying the lock
+before it reads every byte a second time, on the critical path. Here:
+
+* a background thread hashes every locked file with plain reads into one reused buffer. It starts
+  before torch is imported, so the hashing overlaps the import and the up-cast (the two cores of
+  a small machine are both busy) instead of adding to them;
+* the tensors are read with ``preadv`` into small reused staging buffers and up-cast chunk by
+  chunk into their F32 tensors, on two threads; the file's pages stay in the page cache, which
+  is not our RSS, so the peak is the F32 weights plus a few staging buffers;
+* transformers builds the model itself from that state dict (``from_pretrained(None,
+  config=..., state_dict=...)`` assigns the tensors without copying), so module construction,
+  buffers, weight tying and eval mode are exactly ``from_pretrained``'s and so is every output
+  byte. The model is returned only after every file's SHA-256 matched the lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refgen.errors import IntegrityError
+
+HASH_BLOCK = 8 * 1024 * 1024  # read and hashed per step
+STAGING_BYTES = 32 * 1024 * 1024  # BF16 bytes read per up-cast step, per worker
+WORKERS = 2
+MAX_HEADER = 100 * 1024 * 1024
+# safetensors dtype names -> torch dtype attribute names
+DTYPES = {
+    "BF16": "bfloat16",
+    "F16": "float16",
+    "F32": "float32",
+    "F64": "float64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+class Verifier:
+    """Hashes the locked files of a snapshot on a background thread, started at construction.
+
+    :meth:`result` waits and raises :class:`IntegrityError` naming each file whose SHA-256
+    differs from the lock, with the expected and the actual hash.
+    """
+
+    def __init__(self, folder: Path, expected: Mapping[str, str], progress: bool = True) -> None:
+        self.folder = folder
+        self.expected = dict(sorted(expected.items()))
+        self.actual: dict[str, str] = {}
+        self.sizes: dict[str, int] = {}
+        self._error: BaseException | None = None
+        self._progress = progress
+        self._thread = threading.Thread(target=self._run, name="refgen-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            from tqdm.auto import tqdm
+
+            total = sum((self.folder / n).stat().st_size for n in self.expected)
+            buffer = bytearray(HASH_BLOCK)
+            view = memoryview(buffer)
+            # disable=None: a bar on a terminal, nothing in CI logs.
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc="sha256",
+                disable=None if self._progress else True,
+            ) as bar:
+                for name in self.expected:
+                    digest = hashlib.sha256()
+                    size = 0
+                    with open(self.folder / name, "rb", buffering=0) as f:
+                        while n := f.readinto(view):
+                            digest.update(view[:n])  # releases the GIL: runs beside torch
+                            size += n
+                            bar.update(n)
+                    self.actual[name] = digest.hexdigest()
+                    self.sizes[name] = size
+        except BaseException as exc:  # re-raised by result()
+            self._error = exc
+
+    def result(self, hint: str = "") -> dict[str, str]:
+        """The actual SHA-256 of every locked file, once all match; else IntegrityError."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        problems = [
+            f"  {name}: expected sha256 {want}, got {self.actual[name]} ({self.sizes[name]} bytes)"
+            for name, want in self.expected.items()
+            if self.actual[name] != want
+        ]
+        if problems:
+            raise IntegrityError(
+                f"model files in {self.folder} do not match the lock:\n"
+                + "\n".join(problems)
+                + (f"\n{hint}" if hint else "")
+            )
+        return dict(self.actual)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # absolute, in the file
+    nbytes: int
+
+
+def read_header(path: Path) -> list[TensorEntry]:
+    """The tensors of a safetensors file (u64 header size, JSON header, raw data), by offset."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        if size > MAX_HEADER:
+            raise ValueError(f"{path.name}: a safetensors header of {size} bytes is not plausible")
+        header = json.loads(f.read(size))
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        if info["dtype"] not in DTYPES:
+            raise ValueError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
+        shape = tuple(info["shape"])
+        entries.append(TensorEntry(name, info["dtype"], shape, 8 + size + start, end - start))
+    return sorted(entries, key=lambda e: e.offset)
+
+
+def load_state_dict(files: Iterable[Path], dtype: str, progress: bool = True) -> dict[str, Any]:
+    """Every tensor of the safetensors *files*, floating ones up-cast to *dtype*.
+
+    Each tensor gets its own freshly allocated tensor, as ``from_pretrained`` would give it;
+    the file bytes only pass through per-thread staging buffers.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    target = getattr(torch, dtype)
+    jobs = [(path, entry) for path in files for entry in read_header(path)]
+    local = threading.local()
+    fds = {path: os.open(path, os.O_RDONLY) for path in {p for p, _ in jobs}}
+
+    def load(job: tuple[Path, TensorEntry]) -> tuple[str, Any]:
+        path, entry = job
+        source_dtype = getattr(torch, DTYPES[entry.dtype])
+        into = target if source_dtype.is_floating_point else source_dtype
+        tensor = torch.empty(entry.shape, dtype=into)
+        if not hasattr(local, "staging"):
+            local.staging = bytearray(STAGING_BYTES)  # once per thread, then reused
+        staging = local.staging
+        flat = tensor.view(-1)
+        itemsize = source_dtype.itemsize
+        step = STAGING_BYTES // itemsize
+        for first in range(0, flat.numel(), step):
+            count = min(step, flat.numel() - first)
+            with memoryview(staging)[: count * itemsize] as view:
+                done = 0
+                while done < len(view):  # preadv may return short reads
+                    offset = entry.offset + first * itemsize + done
+                    n = os.preadv(fds[path], [view[done:]], offset)
+                    if n == 0:
+                        raise ValueError(f"{path.name} ends inside tensor {entry.name}")
+                    done += n
+            source = torch.frombuffer(staging, dtype=source_dtype, count=count)
+            flat[first : first + count].copy_(source)  # the up-cast; releases the GIL
+        bar.update(entry.nbytes)
+        return entry.name, tensor
+
+    total = sum(entry.nbytes for _, entry in jobs)
+    try:
+        with (
+            tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc="load",
+                disable=None if progress else True,
+            ) as bar,
+            ThreadPoolExecutor(WORKERS, thread_name_prefix="refgen-load") as pool,
+        ):
+            return dict(pool.map(load, jobs))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def load_verified_model(
+    folder: Path,
+    expected: Mapping[str, str] | Verifier,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    hint: str = "",
+) -> tuple[Any, dict[str, str]]:
+    """The causal LM of *folder* in *dtype*, built as ``AutoModelForCausalLM.from_pretrained``
+    builds it, and the actual SHA-256 of every locked file; IntegrityError on any mismatch.
+
+    Pass a :class:`Verifier` started earlier (before importing torch) to overlap the hashing
+    with the import; a mapping of expected hashes starts one now.
+    """
+    verifier = expected if isinstance(expected, Verifier) else Verifier(folder, expected)
+    weights = [folder / n for n in verifier.expected if n.endswith(".safetensors")]
+    try:
+        state = load_state_dict(weights, dtype)
+    except (ValueError, KeyError, TypeError, OSError, struct.error):
+        verifier.result(hint)  # a damaged file: report its hash, the real cause
+        raise
+    digests = verifier.result(hint)  # nothing from the files is used before this
+    import torch
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = model_class.from_pretrained(
+        None,
+        config=config,
+        state_dict=state,
+        dtype=getattr(torch, dtype),
+        local_files_only=True,
+        **kwargs,
+    )
+    model.eval()
+    return model, digests
