@@ -42,7 +42,7 @@ if [[ -n "$docker_root" ]] && free_kb="$(df -Pk "$docker_root" 2>/dev/null | awk
     models_kb="$(du -skL "$CONTEXT/hf" | cut -f1)"
     need_kb=$(( 6 * wheels_kb + 3 * models_kb + 1048576 ))
     if (( free_kb < need_kb )); then
-        die "not enough disk space for the image build: $((free_kb / 1048576)) GB free under $docker_root, about $((need_kb / 1048576 + 1)) GB needed. Free space ('docker image prune', 'docker builder prune', or remove old refgen images) and run again."
+        die "not enough disk space for the image build: $((free_kb / 1024)) MB free under $docker_root, about $((need_kb / 1024)) MB needed. Free space ('docker image prune', 'docker builder prune', or remove old refgen images) and run again."
     fi
 fi
 
