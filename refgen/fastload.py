@@ -22,7 +22,9 @@ import hashlib
 import json
 import os
 import struct
+import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,10 +66,13 @@ class Verifier:
         self.sizes: dict[str, int] = {}
         self._error: BaseException | None = None
         self._progress = progress
+        self.hashing_s = 0.0  # how long the thread hashed (overlapped with other work)
+        self.waited_s = 0.0  # how long result() blocked: what verification added to the wall
         self._thread = threading.Thread(target=self._run, name="refgen-sha256", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        start = time.perf_counter()
         try:
             from tqdm.auto import tqdm
 
@@ -94,10 +99,13 @@ class Verifier:
                     self.sizes[name] = size
         except BaseException as exc:  # re-raised by result()
             self._error = exc
+        self.hashing_s = time.perf_counter() - start
 
     def result(self, hint: str = "") -> dict[str, str]:
         """The actual SHA-256 of every locked file, once all match; else IntegrityError."""
+        start = time.perf_counter()
         self._thread.join()
+        self.waited_s += time.perf_counter() - start
         if self._error is not None:
             raise self._error
         problems = [
@@ -225,6 +233,10 @@ def load_verified_model(
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+    if not sys.stderr.isatty():  # transformers' own bar would fill CI logs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refgen import determinism, hub, manifest
+from refgen import determinism, fastload, hub, manifest
 from refgen.atomic import write_files
 from refgen.spec import Spec
 
@@ -69,10 +69,13 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
     outputs = output_paths(spec, output_dir)
     lock = hub.read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
-    with timings.phase("verify"):
-        hub.verify_snapshot(spec, lock, folder)
+    # Hashing runs on a thread from here on, beside the torch import and the load; the model
+    # is handed out only once every file matched the lock (refgen.fastload).
+    verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock.files})
     with hub.verified_view(folder, lock) as view:
-        reference = compute_reference(spec, view, timings)
+        reference = compute_reference(spec, view, timings, verifier)
+    timings.phases["verify_wait"] = verifier.waited_s
+    timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
         reference_bytes = dump_reference(reference)
         manifest_bytes = manifest.dump(
@@ -92,23 +95,30 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
     return outputs
 
 
-def compute_reference(spec: Spec, model_dir: Path, timings: Timings) -> dict[str, Any]:
+def compute_reference(
+    spec: Spec, model_dir: Path, timings: Timings, verifier: fastload.Verifier
+) -> dict[str, Any]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will."""
     with timings.phase("import"):
         import torch
         import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         determinism.configure_torch()
     with timings.phase("load"):
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
+        # What AutoModelForCausalLM.from_pretrained builds, from bytes hashed as they are read;
+        # raises IntegrityError before any file content is used if a hash differs.
+        model, _ = fastload.load_verified_model(
             model_dir,
-            dtype=getattr(torch, spec.dtype),
-            attn_implementation=spec.attn_implementation,
-            local_files_only=True,
+            verifier,
+            spec.dtype,
+            spec.attn_implementation,
+            hint=(
+                "The cached copy is corrupt or was modified. Delete it (`hf cache delete`) and "
+                f"run {hub.fetch_hint(spec)}."
+            ),
         )
-        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     config = model.config
     cases = []
     vocab_size = None
