@@ -238,7 +238,7 @@ def load_verified_model(
 
         hf_logging.disable_progress_bar()
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = model_class.from_pretrained(
         None,

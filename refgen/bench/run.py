@@ -182,7 +182,9 @@ class Bench:
         argv = [PY, "-m", "refgen", "generate", "--spec", str(self.main_spec)]
         return [*argv, "--output-dir", str(out), *(["--force"] if force else [])]
 
-    def instrumented(self, spec: Path, tag: str, verify: bool = True) -> tuple[ChildRun, dict]:
+    def instrumented(
+        self, spec: Path, tag: str, verify: bool = True
+    ) -> tuple[ChildRun, dict[str, Any]]:
         out = self.work / tag
         timings = self.work / f"{tag}.timings.json"
         argv = [PY, "-m", "refgen.bench.child", str(spec), str(out), str(timings)]
