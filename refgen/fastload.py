@@ -1,15 +1,16 @@
-"""Load a checkpoint in F32 with the BF16 bytes never resident, verifying hashes alongside.
+"""Load a checkpoint in F32 with the BF16 pages never resident, verifying hashes alongside.
 
-``from_pretrained`` on a BF16 checkpoint memory-maps the file, so its pages stay in the process
-next to the F32 copy (peak RSS = F32 + BF16 = 1.5x the F32 weights), and verifying the lock
-before it reads every byte a second time, on the critical path. Here:
+``from_pretrained`` on a BF16 checkpoint memory-maps the file and keeps its pages mapped next to
+the F32 copy (peak RSS = F32 + BF16 = 1.5x the F32 weights), and verifying the lock before it
+reads every byte once more, on the critical path. Here:
 
-* a background thread hashes every locked file with plain reads into one reused buffer. It starts
-  before torch is imported, so the hashing overlaps the import and the up-cast (the two cores of
-  a small machine are both busy) instead of adding to them;
-* the tensors are read with ``preadv`` into small reused staging buffers and up-cast chunk by
-  chunk into their F32 tensors, on two threads; the file's pages stay in the page cache, which
-  is not our RSS, so the peak is the F32 weights plus a few staging buffers;
+* a background thread hashes every locked file. It starts before torch is imported, so hashing
+  overlaps the import and the up-cast (both cores of a small machine busy) instead of adding to
+  them;
+* the tensors are up-cast chunk by chunk, on two threads, straight from the mapped page cache
+  (no copy through a buffer); each chunk is unmapped (``MADV_DONTNEED``) as soon as it is used,
+  and so is each block the hashing thread has hashed. The pages stay in the page cache, which is
+  not our RSS, so the peak is the F32 weights plus a few chunks;
 * transformers builds the model itself from that state dict (``from_pretrained(None,
   config=..., state_dict=...)`` assigns the tensors without copying), so module construction,
   buffers, weight tying and eval mode are exactly ``from_pretrained``'s and so is every output
@@ -18,14 +19,16 @@ before it reads every byte a second time, on the critical path. Here:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import mmap
 import os
 import struct
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +36,8 @@ from typing import Any
 
 from refgen.errors import IntegrityError
 
-HASH_BLOCK = 8 * 1024 * 1024  # read and hashed per step
-STAGING_BYTES = 32 * 1024 * 1024  # BF16 bytes read per up-cast step, per worker
+HASH_BLOCK = 8 * 1024 * 1024  # hashed, then unmapped, per step
+CHUNK_BYTES = 16 * 1024 * 1024  # source bytes up-cast, then unmapped, per step
 WORKERS = 2
 MAX_HEADER = 100 * 1024 * 1024
 # safetensors dtype names -> torch dtype attribute names
@@ -77,8 +80,6 @@ class Verifier:
             from tqdm.auto import tqdm
 
             total = sum((self.folder / n).stat().st_size for n in self.expected)
-            buffer = bytearray(HASH_BLOCK)
-            view = memoryview(buffer)
             # disable=None: a bar on a terminal, nothing in CI logs.
             with tqdm(
                 total=total,
@@ -89,14 +90,14 @@ class Verifier:
             ) as bar:
                 for name in self.expected:
                     digest = hashlib.sha256()
-                    size = 0
-                    with open(self.folder / name, "rb", buffering=0) as f:
-                        while n := f.readinto(view):
-                            digest.update(view[:n])  # releases the GIL: runs beside torch
-                            size += n
-                            bar.update(n)
+                    with mapped(self.folder / name) as data:
+                        for start in range(0, len(data), HASH_BLOCK):
+                            with memoryview(data)[start : start + HASH_BLOCK] as block:
+                                digest.update(block)  # releases the GIL: runs beside torch
+                                drop_pages(data, start, len(block))
+                                bar.update(len(block))
+                        self.sizes[name] = len(data)
                     self.actual[name] = digest.hexdigest()
-                    self.sizes[name] = size
         except BaseException as exc:  # re-raised by result()
             self._error = exc
         self.hashing_s = time.perf_counter() - start
@@ -161,51 +162,70 @@ def load_state_dict(files: Iterable[Path], dtype: str, progress: bool = True) ->
 
     target = getattr(torch, dtype)
     jobs = [(path, entry) for path in files for entry in read_header(path)]
-    local = threading.local()
-    fds = {path: os.open(path, os.O_RDONLY) for path in {p for p, _ in jobs}}
 
     def load(job: tuple[Path, TensorEntry]) -> tuple[str, Any]:
         path, entry = job
+        data = maps[path]
+        if entry.offset + entry.nbytes > len(data):
+            raise ValueError(f"{path.name} ends inside tensor {entry.name}")
         source_dtype = getattr(torch, DTYPES[entry.dtype])
         into = target if source_dtype.is_floating_point else source_dtype
         tensor = torch.empty(entry.shape, dtype=into)
-        if not hasattr(local, "staging"):
-            local.staging = bytearray(STAGING_BYTES)  # once per thread, then reused
-        staging = local.staging
         flat = tensor.view(-1)
         itemsize = source_dtype.itemsize
-        step = STAGING_BYTES // itemsize
+        step = CHUNK_BYTES // itemsize
         for first in range(0, flat.numel(), step):
             count = min(step, flat.numel() - first)
-            with memoryview(staging)[: count * itemsize] as view:
-                done = 0
-                while done < len(view):  # preadv may return short reads
-                    offset = entry.offset + first * itemsize + done
-                    n = os.preadv(fds[path], [view[done:]], offset)
-                    if n == 0:
-                        raise ValueError(f"{path.name} ends inside tensor {entry.name}")
-                    done += n
-            source = torch.frombuffer(staging, dtype=source_dtype, count=count)
+            offset = entry.offset + first * itemsize
+            source = torch.frombuffer(data, dtype=source_dtype, count=count, offset=offset)
             flat[first : first + count].copy_(source)  # the up-cast; releases the GIL
+            del source
+            drop_pages(data, offset, count * itemsize)
         bar.update(entry.nbytes)
         return entry.name, tensor
 
     total = sum(entry.nbytes for _, entry in jobs)
-    try:
-        with (
+    with contextlib.ExitStack() as stack:
+        maps = {p: stack.enter_context(mapped(p, writable=True)) for p in {p for p, _ in jobs}}
+        bar = stack.enter_context(
             tqdm(
                 total=total,
                 unit="B",
                 unit_scale=True,
                 desc="load",
                 disable=None if progress else True,
-            ) as bar,
-            ThreadPoolExecutor(WORKERS, thread_name_prefix="refgen-load") as pool,
-        ):
-            return dict(pool.map(load, jobs))
+            )
+        )
+        pool = stack.enter_context(ThreadPoolExecutor(WORKERS, thread_name_prefix="refgen-load"))
+        return dict(pool.map(load, jobs))
+
+
+@contextlib.contextmanager
+def mapped(path: Path, writable: bool = False) -> Iterator[mmap.mmap | bytes]:
+    """The file's page-cache pages mapped into memory: read in place, never copied.
+
+    ``writable`` gives a private (copy-on-write) mapping, which torch.frombuffer wants; nothing
+    writes to it. Empty files cannot be mapped and come back as ``b""``.
+    """
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield b""
+            return
+        access = mmap.ACCESS_COPY if writable else mmap.ACCESS_READ
+        data = mmap.mmap(f.fileno(), 0, access=access)
+    try:
+        data.madvise(mmap.MADV_SEQUENTIAL)
+        yield data
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        with contextlib.suppress(BufferError):  # a tensor still views it (error path only)
+            data.close()
+
+
+def drop_pages(data: mmap.mmap | bytes, start: int, length: int) -> None:
+    """Unmap pages already used, so they leave our RSS (they stay in the page cache)."""
+    if isinstance(data, mmap.mmap) and length:
+        first = start - start % mmap.PAGESIZE
+        data.madvise(mmap.MADV_DONTNEED, first, start + length - first)
 
 
 def load_verified_model(
