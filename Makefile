@@ -6,9 +6,11 @@ PYTHON ?= python3
 VENV := .venv
 NOX := $(VENV)/bin/nox --no-venv
 STAMP := $(VENV)/.installed
+# Sessions run tools (ruff, pytest, ...) by name: find the venv's first.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup reference reference-native fetch test lint demo
+.PHONY: help setup reference reference-native fetch test lint demo verify verify-native
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,3 +39,9 @@ lint: $(STAMP) ## ruff, mypy, hadolint
 
 demo: $(STAMP) ## the whole pipeline on a tiny local checkpoint, offline (build/demo)
 	$(NOX) -s demo
+
+verify: ## rebuild every committed reference in the pinned image and compare (exit 0/10/11)
+	docker/verify.sh
+
+verify-native: $(STAMP) ## the same on this host, without the image
+	$(NOX) -s verify

@@ -97,11 +97,18 @@ def _specs(args: argparse.Namespace) -> list[Path]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     determinism.apply_environment()
-    from refgen.generate import generate
+    from refgen.generate import generate, output_paths
     from refgen.spec import load_spec
+    from refgen.verify import is_up_to_date
 
     specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
     for spec in specs:
+        if not args.force:
+            status = is_up_to_date(spec, output_paths(spec, args.output_dir).manifest)
+            if status:
+                log.info("%s is up to date, nothing to do (--force rebuilds)", spec.name)
+                continue
+            log.info("%s needs a build: %s", spec.name, "; ".join(status.reasons))
         log.info("generating %s (%s@%s)", spec.name, spec.repo, spec.revision)
         outputs = generate(spec, args.output_dir)
         log.info("wrote %s, %s, %s", outputs.reference, outputs.manifest.name, outputs.sums.name)

@@ -11,16 +11,21 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refgen import determinism, fastload, hub, manifest
+from tqdm.auto import tqdm
+
+from refgen import determinism, fastload, hub, manifest, provenance
 from refgen.atomic import write_files
+from refgen.hashing import sha256_bytes
 from refgen.spec import Spec
 
 log = logging.getLogger("refgen")
+FORWARD_WORKERS = 2  # prompts in flight at once; speed only, the bytes do not depend on it
 
 METHODOLOGY = (
     "transformers AutoModelForCausalLM in {dtype} on CPU, weights verified against the model "
@@ -49,6 +54,7 @@ class Timings:
 class Outputs:
     reference: Path
     manifest: Path
+    statement: Path
     sums: Path
 
 
@@ -59,6 +65,7 @@ def output_paths(spec: Spec, output_dir: Path | None = None) -> Outputs:
     return Outputs(
         reference=reference,
         manifest=stem.with_name(stem.name + ".manifest.json"),
+        statement=provenance.statement_path(reference),
         sums=stem.with_name(stem.name + ".sha256"),
     )
 
@@ -78,17 +85,27 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
         reference_bytes = dump_reference(reference)
-        manifest_bytes = manifest.dump(
-            manifest.build(spec, lock, {outputs.reference.name: reference_bytes})
+        record = manifest.build(spec, lock, {outputs.reference.name: reference_bytes})
+        manifest_bytes = manifest.dump(record)
+        # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
+        statement_bytes = provenance.statement_bytes(
+            record,
+            manifest_name=outputs.manifest.name,
+            manifest_sha256=sha256_bytes(manifest_bytes),
         )
         sums = manifest.sha256sums(
-            {outputs.reference.name: reference_bytes, outputs.manifest.name: manifest_bytes}
+            {
+                outputs.reference.name: reference_bytes,
+                outputs.manifest.name: manifest_bytes,
+                outputs.statement.name: statement_bytes,
+            }
         )
         # The sums file is what `sha256sum -c` trusts, so it is renamed into place last.
         write_files(
             {
                 outputs.reference: reference_bytes,
                 outputs.manifest: manifest_bytes,
+                outputs.statement: statement_bytes,
                 outputs.sums: sums,
             }
         )
@@ -120,28 +137,42 @@ def compute_reference(
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     config = model.config
-    cases = []
-    vocab_size = None
-    with timings.phase("forward"), torch.inference_mode():
-        for prompt in spec.prompts:
+    # Tokenized up front: a fast tokenizer must not be called from two threads at once.
+    inputs = [(p, tokenizer(p, return_tensors="pt")["input_ids"]) for p in spec.prompts]
+
+    def run(prompt: str, input_ids: Any) -> tuple[dict[str, Any], int]:
+        with torch.inference_mode():  # grad mode is per thread
             log.info("forward: %r", prompt)
-            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
             out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
             logits = out.logits[0, -1]
-            vocab_size = int(logits.shape[-1])
             values, indices = torch.topk(logits, spec.top_k)
             residual = out.hidden_states[-1][0, -1].to(torch.float32)
-            cases.append(
-                {
-                    "prompt": prompt,
-                    "tokens": [int(t) for t in input_ids[0].tolist()],
-                    f"top_{spec.top_k}": [
-                        {"index": int(i), "logit": float(v)}
-                        for i, v in zip(indices.tolist(), values.tolist(), strict=True)
-                    ],
-                    "last_residual_f32": [float(x) for x in residual.tolist()],
-                }
-            )
+        case = {
+            "prompt": prompt,
+            "tokens": [int(t) for t in input_ids[0].tolist()],
+            f"top_{spec.top_k}": [
+                {"index": int(i), "logit": float(v)}
+                for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+            ],
+            "last_residual_f32": [float(x) for x in residual.tolist()],
+        }
+        return case, int(logits.shape[-1])
+
+    # Prompts are independent, so FORWARD_WORKERS of them run at once on Python threads. Each
+    # forward stays single-threaded inside torch (the profile's thread count) and runs exactly
+    # the kernels a sequential run would, so every number is the same bit for bit; the second
+    # core runs a forward instead of idling.
+    with (
+        timings.phase("forward"),
+        ThreadPoolExecutor(FORWARD_WORKERS, thread_name_prefix="refgen-forward") as pool,
+        tqdm(total=len(inputs), desc="forward", unit="prompt", disable=None) as bar,
+    ):
+        results = []
+        for result in pool.map(lambda item: run(*item), inputs):
+            results.append(result)
+            bar.update(1)
+    cases = [case for case, _ in results]
+    vocab_size = results[-1][1] if results else None
     attention = model.model.layers[0].self_attn
     return {
         "model_repo": spec.repo,

@@ -106,7 +106,7 @@ def cached_snapshot(spec: Spec, lock: ModelLock | None = None) -> Path:
             "point HF_HOME at a cache that holds it."
         ) from None
     if lock:
-        missing = [f.path for f in lock.files if not (folder / f.path).is_file()]
+        missing = [f.path for f in lock.files if not (folder / f.path).exists()]
         if missing:
             raise ModelNotFoundError(
                 f"{spec.repo}@{spec.revision} is in the cache but lacks {missing}. "

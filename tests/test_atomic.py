@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -74,10 +75,17 @@ sys.exit(main(["generate", "--spec", {str(tiny_setup.spec)!r}, "--output-dir", {
 
 
 def test_sigterm_during_a_run_keeps_the_previous_artifact(
-    tiny_setup: TinySetup, tmp_path: Path
+    tiny_copy: TinySetup, tmp_path: Path
 ) -> None:
+    """SIGTERM (docker stop, a CI timeout) while the run is stuck reading the weights."""
     out = tmp_path / "out"
     seed_old_artifact(out)
+    # A FIFO nobody writes to: the run blocks on it at a known point, so the signal's timing
+    # does not matter.
+    weights = tiny_copy.checkpoint.snapshot / "model.safetensors"
+    blob = weights.resolve()
+    blob.unlink()
+    os.mkfifo(blob)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -85,15 +93,19 @@ def test_sigterm_during_a_run_keeps_the_previous_artifact(
             "refgen",
             "generate",
             "--spec",
-            str(tiny_setup.spec),
+            str(tiny_copy.spec),
             "--output-dir",
             str(out),
         ],
-        env={"HF_HOME": str(tiny_setup.hf_home), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={"HF_HOME": str(tiny_copy.hf_home), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)  # well inside the imports: a run takes seconds
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "generating" in line:
+            break
+    time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr

@@ -99,7 +99,7 @@ def test_manifest_hashes_match_and_sha256sum_checks(generated: Path, tiny_setup:
         ["sha256sum", "-c", f"{NAME}.sha256"], cwd=generated, capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout.count(": OK") == 2
+    assert checked.stdout.count(": OK") == 3
 
 
 def test_bytes_do_not_depend_on_the_caller(
