@@ -91,10 +91,10 @@ class Verifier:
                 for name in self.expected:
                     digest = hashlib.sha256()
                     with mapped(self.folder / name) as data:
-                        for start in range(0, len(data), HASH_BLOCK):
-                            with memoryview(data)[start : start + HASH_BLOCK] as block:
+                        for offset in range(0, len(data), HASH_BLOCK):
+                            with memoryview(data)[offset : offset + HASH_BLOCK] as block:
                                 digest.update(block)  # releases the GIL: runs beside torch
-                                drop_pages(data, start, len(block))
+                                drop_pages(data, offset, len(block))
                                 bar.update(len(block))
                         self.sizes[name] = len(data)
                     self.actual[name] = digest.hexdigest()
