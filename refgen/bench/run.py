@@ -295,7 +295,9 @@ def fmt_table(r: dict[str, Any]) -> str:
         f"| ratio ours / baseline | {o['wall_s'] / b['wall_s']:.2f}x | | | "
         f"{o['max_rss_gb'] / b['max_rss_gb']:.2f}x | |",
         "",
-        f"- walls (s): baseline {b['walls_s']}, ours {o['walls_s']}",
+        f"- walls (s): baseline {b['walls_s']}, ours {o['walls_s']}; 1-min load average "
+        f"{r['load_average_1min'][0]:.1f} at start, {r['load_average_1min'][1]:.1f} at end "
+        "(other work on the machine inflates every figure; the ratios are the comparable part)",
         f"- sha256 (hashlib, 8 MiB reads, page cache): {r['sha256']['gb_per_s']:.2f} GB/s "
         f"({r['sha256']['bytes'] / 1e9:.2f} GB in {r['sha256']['seconds']:.2f} s)",
         f"- up-to-date no-op run (no --force): {r['noop']['wall_s']:.2f} s median "
@@ -313,6 +315,8 @@ def fmt_table(r: dict[str, Any]) -> str:
         lines += [
             f"- split of our run (s, median of 2 instrumented runs): {split}; "
             f"in-process total {p['total_in_process']:.2f}, wall {p['wall_s']:.2f}",
+            f"- hashing ran {p.get('verify_thread', 0.0):.2f} s on its own thread, beside import "
+            f"and load; the load waited {p.get('verify_wait', 0.0):.2f} s for it",
             f"- verification overhead: wall {p['wall_s']:.2f} s with hashing vs "
             f"{q['wall_s']:.2f} s without = {overhead * 100:+.1f}%",
         ]
@@ -340,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    load_before = os.getloadavg()[0]
     bench = Bench(
         args.cache.resolve(),
         checkpoint.QWEN3_1_7B_BASE_CONFIG if args.shape == "real" else TINY_CONFIG,
@@ -351,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_scaling:
         bench.scaling()
     bench.results["bench_seconds"] = time.perf_counter() - start
+    bench.results["load_average_1min"] = [load_before, os.getloadavg()[0]]
     table = fmt_table(bench.results)
     (bench.cache / "results.json").write_text(json.dumps(bench.results, indent=2))
     (bench.cache / "results.md").write_text(table + "\n")
