@@ -6,7 +6,8 @@
 # Environment: IMAGE (tag, default refgen:local), BASE_IMAGE (default: the digest-pinned
 # python:3.11-slim-bookworm in the Dockerfile), PYTHON (a host interpreter with refgen's
 # dependencies, default .venv/bin/python), REFGEN_DOCKER_CONTEXT (staging folder, default
-# docker/context/image), SOURCE_DATE_EPOCH (default: the last commit's time), DOCKER (client).
+# docker/context/image), SOURCE_DATE_EPOCH (default: the last commit's time), DOCKER (client),
+# REFGEN_BUILDER (docker, default; or buildah, whose --timestamp makes the image ID reproducible).
 # Network: only the first run needs it (wheels from the package index; the model must already be
 # in the local HF cache: `nox -s fetch`). The build itself runs with --network none.
 set -euo pipefail
@@ -19,7 +20,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-cache) no_cache=(--no-cache); shift ;;
         --spec) [[ $# -ge 2 ]] || die "--spec needs a path"; specs+=(--spec "$2"); shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
@@ -31,6 +32,14 @@ fi
 CONTEXT="${REFGEN_DOCKER_CONTEXT:-$ROOT/docker/context/image}"
 
 require_engine
+builder="${REFGEN_BUILDER:-docker}"
+case "$builder" in
+    docker) ;;
+    buildah)
+        command -v buildah >/dev/null 2>&1 \
+            || die "REFGEN_BUILDER=buildah but buildah is not installed (Debian: 'apt-get install buildah')." ;;
+    *) die "REFGEN_BUILDER must be 'docker' or 'buildah', not '$builder'." ;;
+esac
 
 "$PYTHON" docker/stage.py --context "$CONTEXT" "${specs[@]}"
 
@@ -59,6 +68,11 @@ if ! "$DOCKER" image inspect "$base" >/dev/null 2>&1; then
         || die "cannot get the base image $base (no registry access?). Pull it where the network allows and 'docker load' it, or build a local stand-in with .ci/docker-setup.sh and pass BASE_IMAGE=<it>."
 fi
 base_id="$("$DOCKER" image inspect --format '{{.Id}}' "$base")"
+if [[ "$builder" == buildah ]] && ! buildah inspect --type image "$base" >/dev/null 2>&1; then
+    log "copying the base image $base from Docker to buildah's storage"
+    buildah pull -q "docker-daemon:$base" >/dev/null \
+        || die "buildah cannot read $base from the Docker daemon; 'buildah pull' it or use a name:tag reference."
+fi
 
 epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
@@ -68,17 +82,27 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)"
 
 log_file="$(mktemp)"
 trap 'rm -f "$log_file"' EXIT
-log "building $IMAGE from $base (network disabled)"
-if ! "$DOCKER" build "${no_cache[@]}" --network none --platform linux/amd64 \
-        -f docker/Dockerfile -t "$IMAGE" "${base_args[@]}" \
-        --build-arg "SOURCE_DATE_EPOCH=$epoch" --build-arg "VCS_REF=$revision" \
-        --build-arg "VERSION=$version" --build-arg "SOURCE_URL=$source_url" \
-        --label "io.refgen.base.id=$base_id" \
-        "$CONTEXT" 2>&1 | tee "$log_file" >&2; then
+build_args=(--network none --platform linux/amd64 -f docker/Dockerfile -t "$IMAGE" "${base_args[@]}"
+    --build-arg "SOURCE_DATE_EPOCH=$epoch" --build-arg "VCS_REF=$revision"
+    --build-arg "VERSION=$version" --build-arg "SOURCE_URL=$source_url"
+    --label "io.refgen.base.id=$base_id")
+log "building $IMAGE from $base with $builder (network disabled)"
+if [[ "$builder" == buildah ]]; then
+    # --timestamp pins every created time and file mtime, so the image ID itself is reproducible;
+    # the image is then handed to Docker, which keeps buildah's ID.
+    build=(buildah build "${no_cache[@]}" --pull-never --timestamp "$epoch" "${build_args[@]}" "$CONTEXT")
+else
+    build=("$DOCKER" build "${no_cache[@]}" "${build_args[@]}" "$CONTEXT")
+fi
+if ! "${build[@]}" 2>&1 | tee "$log_file" >&2; then
     if grep -qi 'no space left on device' "$log_file"; then
-        die "the image build ran out of disk space. Free space ('docker image prune', 'docker builder prune') and run again."
+        die "the image build ran out of disk space. Free space ('docker image prune', 'docker builder prune', 'buildah rmi --prune') and run again."
     fi
     die "the image build failed (output above)."
+fi
+if [[ "$builder" == buildah ]]; then
+    buildah push -q "$IMAGE" "docker-daemon:$IMAGE" >/dev/null || die "could not hand $IMAGE from buildah to Docker."
+    buildah rmi "$IMAGE" >/dev/null  # Docker holds it now; no second multi-GB copy
 fi
 
 # The legacy builder leaves each build's multi-GB build stage as a dangling image. Keep the newest
