@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,16 +161,19 @@ def compute_reference(
     # Prompts are independent, so FORWARD_WORKERS of them run at once on Python threads. Each
     # forward stays single-threaded inside torch (the profile's thread count) and runs exactly
     # the kernels a sequential run would, so every number is the same bit for bit; the second
-    # core runs a forward instead of idling.
+    # core runs a forward instead of idling. Longest prompts start first, so the threads end
+    # together; results keep the spec's order.
+    longest_first = sorted(range(len(inputs)), key=lambda i: -int(inputs[i][1].shape[-1]))
     with (
         timings.phase("forward"),
         ThreadPoolExecutor(FORWARD_WORKERS, thread_name_prefix="refgen-forward") as pool,
         tqdm(total=len(inputs), desc="forward", unit="prompt", disable=None) as bar,
     ):
-        results = []
-        for result in pool.map(lambda item: run(*item), inputs):
-            results.append(result)
+        futures = {i: pool.submit(run, *inputs[i]) for i in longest_first}
+        for future in as_completed(futures.values()):
+            future.result()
             bar.update(1)
+        results = [futures[i].result() for i in range(len(inputs))]
     cases = [case for case, _ in results]
     vocab_size = results[-1][1] if results else None
     attention = model.model.layers[0].self_attn
