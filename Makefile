@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup reference reference-native fetch test lint demo verify verify-native
+.PHONY: help setup reference reference-native fetch test lint demo verify verify-native bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -45,3 +45,7 @@ verify: ## rebuild every committed reference in the pinned image and compare (ex
 
 verify-native: $(STAMP) ## the same on this host, without the image
 	$(NOX) -s verify
+
+# --- issue 5 (benchmark) ---
+bench: $(STAMP) ## baseline vs generate at the real shape (random 3.4 GB checkpoint in .cache/bench)
+	$(NOX) -s bench

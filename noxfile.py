@@ -119,3 +119,19 @@ def diff(session: nox.Session) -> None:
 
 
 # --- end of issue 4 block -------------------------------------------------------------------------
+
+
+# --- issue 5 (benchmark) --------------------------------------------------------------------------
+
+
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Baseline (the original script's from_pretrained) vs `refgen generate` at the real
+    Qwen3-1.7B-Base shape, alternating runs; prints wall time, peak RSS, ratios, hashing speed,
+    the no-op time, the phase split and the scaling table. Builds a random-weight 3.4 GB
+    checkpoint into .cache/bench once. `-- --runs N`, `-- --no-scaling`."""
+    install(session)
+    session.run("python", "-m", "refgen.bench", *session.posargs)
+
+
+# --- end of issue 5 block -------------------------------------------------------------------------
