@@ -229,3 +229,20 @@ def build(
     ref.parent.mkdir(parents=True, exist_ok=True)
     ref.write_text(revision)
     return revision, snapshot
+
+
+def main(argv: list[str]) -> None:
+    """``python -m refgen.bench.checkpoint HUB_CACHE CONFIG_JSON``: build, print the result.
+
+    The benchmark builds in a child so that its own process stays small: a measured child's
+    peak RSS starts at its parent's RSS at fork time.
+    """
+    hub_cache, config_json = argv
+    revision, snapshot = build(Path(hub_cache), json.loads(config_json))
+    print(json.dumps({"revision": revision, "snapshot": str(snapshot), "built": FRESH_BUILDS}))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

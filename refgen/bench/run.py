@@ -143,15 +143,16 @@ class Bench:
         return run
 
     def prepare(self) -> None:
-        start = time.perf_counter()
-        revision, self.snapshot = checkpoint.build(self.cache / "hub", self.config)
-        existed = checkpoint.FRESH_BUILDS == 0
+        argv = [PY, "-m", "refgen.bench.checkpoint", str(self.cache / "hub")]
+        built = self.child("checkpoint", [*argv, json.dumps(self.config)])
+        info = json.loads(built.stdout)
+        revision, self.snapshot = info["revision"], Path(info["snapshot"])
         self.revision = revision
         self.results["checkpoint"] = {
             "repo": checkpoint.BENCH_REPO,
             "revision": revision,
-            "seconds": time.perf_counter() - start,
-            "reused": existed,
+            "seconds": built.wall_s,
+            "reused": info["built"] == 0,
             "weights_bytes": (self.snapshot / "model.safetensors").stat().st_size,
         }
         log(f"checkpoint {checkpoint.BENCH_REPO}@{revision} ready")
@@ -202,19 +203,27 @@ class Bench:
         }
         log(f"sha256 (hashlib) {gbps:.2f} GB/s")
         baseline: list[ChildRun] = []
+        base_phases: list[dict[str, float]] = []
         ours: list[ChildRun] = []
         digests = set()
         for i in range(self.runs):
             base_out = self.work / f"baseline-{i}.json"
             ours_out = self.work / f"ours-{i}"
             base_argv = [PY, "-m", "refgen.bench.baseline", str(self.snapshot), str(base_out)]
+            base_env = {**self.env, "REFGEN_BENCH_TIMINGS": str(base_out) + ".timings"}
             for which in ("baseline", "ours") if i % 2 == 0 else ("ours", "baseline"):
                 if which == "baseline":
-                    baseline.append(self.child(f"baseline {i + 1}", base_argv))
+                    baseline.append(self.child(f"baseline {i + 1}", base_argv, env=base_env))
+                    base_phases.append(
+                        json.loads(Path(base_env["REFGEN_BENCH_TIMINGS"]).read_text())
+                    )
                 else:
                     ours.append(self.child(f"ours {i + 1}", self.ours_cli(ours_out)))
             digests.add(outputs_digest(ours_out))
         self.results["baseline"] = summarize(baseline)
+        self.results["baseline_phases"] = {
+            k: statistics.median(p[k] for p in base_phases) for k in sorted(base_phases[0])
+        }
         self.results["ours"] = summarize(ours)
         self.results["ours_outputs_identical_across_runs"] = len(digests) == 1
 
@@ -312,9 +321,15 @@ def fmt_table(r: dict[str, Any]) -> str:
         order = [k for k in ("import", "verify", "load", "forward", "write") if k in p]
         split = ", ".join(f"{k} {p[k]:.2f}" for k in order)
         overhead = (p["wall_s"] - q["wall_s"]) / q["wall_s"]
+        bp = r["baseline_phases"]
+        base_split = ", ".join(f"{k} {bp[k]:.2f}" for k in ("import", "load", "forward", "write"))
+        floor = p["import"] + p["forward"]
         lines += [
             f"- split of our run (s, median of 2 instrumented runs): {split}; "
             f"in-process total {p['total_in_process']:.2f}, wall {p['wall_s']:.2f}",
+            f"- split of the baseline (s, median of its timed runs): {base_split}",
+            f"- our import + forward alone (nothing left to optimise in loading) is {floor:.2f} s "
+            f"= {floor / b['wall_s']:.2f}x the baseline's median wall",
             f"- hashing ran {p.get('verify_thread', 0.0):.2f} s on its own thread, beside import "
             f"and load; the load waited {p.get('verify_wait', 0.0):.2f} s for it",
             f"- verification overhead: wall {p['wall_s']:.2f} s with hashing vs "
@@ -336,7 +351,7 @@ def fmt_table(r: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refgen.bench", description=__doc__)
-    parser.add_argument("--runs", type=int, default=3, help="alternating runs of each (default 3)")
+    parser.add_argument("--runs", type=int, default=5, help="alternating runs of each (default 5)")
     parser.add_argument(
         "--cache", type=Path, default=DEFAULT_CACHE, help="checkpoint + work folder"
     )
