@@ -2,7 +2,7 @@
 # Make a Docker engine and a local stand-in base image available for the container test.
 #
 # CI machines have no running engine and cannot pull images, so this script:
-#   1. installs Debian's docker.io (20.10, legacy builder) and debootstrap when missing,
+#   1. installs Debian's docker.io (20.10, legacy builder), debootstrap and buildah when missing,
 #   2. starts dockerd when no daemon answers,
 #   3. builds a stand-in for the pinned python:3.11-slim-bookworm base with debootstrap + docker import
 #      (bookworm's python3 is 3.11, which is what requirements.lock is compiled for),
@@ -19,11 +19,14 @@ die() { printf 'docker-setup: error: %s\n' "$*" >&2; exit 1; }
 # Debian's client talks to Debian's daemon with the legacy builder; a newer client without buildx cannot.
 DOCKER=/usr/bin/docker
 
-if [[ ! -x "$DOCKER" ]] || ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
-    [[ "$(id -u)" == 0 ]] || die "docker.io/debootstrap missing and not root: run 'sudo apt-get install docker.io debootstrap'"
-    log "installing docker.io and debootstrap from Debian's packages"
+# buildah: its --timestamp makes the image ID itself reproducible, which the tests check too.
+if [[ ! -x "$DOCKER" ]] || ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
+        || ! command -v buildah >/dev/null; then
+    [[ "$(id -u)" == 0 ]] \
+        || die "docker.io/debootstrap/buildah missing and not root: run 'sudo apt-get install docker.io debootstrap buildah'"
+    log "installing docker.io, debootstrap and buildah from Debian's packages"
     apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap buildah >&2
 fi
 
 if ! "$DOCKER" info >/dev/null 2>&1; then

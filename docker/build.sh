@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Stage the context (wheels by hash, verified model snapshots) and build the image offline.
 #
-#   docker/build.sh [--no-cache] [--spec PATH]...      (no --spec: every specs/*.toml)
+#   docker/build.sh [--no-cache] [--skip-stage] [--spec PATH]...   (no --spec: every specs/*.toml)
+#
+# --skip-stage builds from the context a previous run staged, as it is (same inputs, twice).
 #
 # Environment: IMAGE (tag, default refgen:local), BASE_IMAGE (default: the digest-pinned
 # python:3.11-slim-bookworm in the Dockerfile), PYTHON (a host interpreter with refgen's
 # dependencies, default .venv/bin/python), REFGEN_DOCKER_CONTEXT (staging folder, default
-# docker/context/image), SOURCE_DATE_EPOCH (default: the last commit's time), DOCKER (client),
+# docker/context/image), SOURCE_DATE_EPOCH (default: the last commit's time), VCS_REF (default:
+# the commit checked out), DOCKER (client),
 # REFGEN_BUILDER (docker, default; or buildah, whose --timestamp makes the image ID reproducible).
 # Network: only the first run needs it (wheels from the package index; the model must already be
 # in the local HF cache: `nox -s fetch`). The build itself runs with --network none.
@@ -16,11 +19,13 @@ cd "$ROOT"
 
 no_cache=()
 specs=()
+skip_stage=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-cache) no_cache=(--no-cache); shift ;;
+        --skip-stage) skip_stage=true; shift ;;
         --spec) [[ $# -ge 2 ]] || die "--spec needs a path"; specs+=(--spec "$2"); shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
@@ -41,7 +46,11 @@ case "$builder" in
     *) die "REFGEN_BUILDER must be 'docker' or 'buildah', not '$builder'." ;;
 esac
 
-"$PYTHON" docker/stage.py --context "$CONTEXT" "${specs[@]}"
+if [[ "$skip_stage" == true ]]; then
+    [[ -d "$CONTEXT/app" ]] || die "--skip-stage: nothing staged in $CONTEXT yet; run once without it."
+else
+    "$PYTHON" docker/stage.py --context "$CONTEXT" "${specs[@]}"
+fi
 
 # Disk: a cold build holds the context, the installed venv (~5x the wheels) and two copies of
 # the normalized tree (build stage + final image). Checked up front rather than failing halfway.
@@ -75,7 +84,7 @@ if [[ "$builder" == buildah ]] && ! buildah inspect --type image "$base" >/dev/n
 fi
 
 epoch="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}"
-revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+revision="${VCS_REF:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 source_url="$(git remote get-url origin 2>/dev/null || true)"
 [[ "$source_url" == https://* ]] || source_url=unknown
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)"
