@@ -111,7 +111,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             log.info("%s needs a build: %s", spec.name, "; ".join(status.reasons))
         log.info("generating %s (%s@%s)", spec.name, spec.repo, spec.revision)
         outputs = generate(spec, args.output_dir)
-        log.info("wrote %s, %s, %s", outputs.reference, outputs.manifest.name, outputs.sums.name)
+        log.info(
+            "wrote %s (+ %s, %s, %s)",
+            outputs.reference,
+            outputs.manifest.name,
+            outputs.statement.name,
+            outputs.sums.name,
+        )
     return 0
 
 
@@ -157,7 +163,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     hub.lock(spec, offline=True)
     outputs = generate(spec)
     print(f"demo outputs in {out}:")
-    for path in (spec.path, spec.lock_path, outputs.reference, outputs.manifest, outputs.sums):
+    shown = (spec.path, spec.lock_path, *vars(outputs).values())
+    for path in shown:
         print(f"  {path.relative_to(out)}")
     print(f"check them with: (cd {out} && sha256sum -c {outputs.sums.name})")
     return 0
