@@ -49,3 +49,13 @@ verify-native: $(STAMP) ## the same on this host, without the image
 # --- issue 5 (benchmark) ---
 bench: $(STAMP) ## baseline vs generate at the real shape (random 3.4 GB checkpoint in .cache/bench)
 	$(NOX) -s bench
+
+# --- issue 3 (container image) ---
+IMAGE ?= refgen:local
+.PHONY: image reference-container
+
+image: $(STAMP) ## build the offline image: locked wheels + verified models (docker/build.sh)
+	PYTHON=$(abspath $(VENV))/bin/python IMAGE=$(IMAGE) docker/build.sh
+
+reference-container: image ## build every spec's reference in the image, offline, into scripts/
+	IMAGE=$(IMAGE) docker/run.sh scripts
