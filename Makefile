@@ -1,4 +1,4 @@
-# Fronts for the nox sessions. `make help` lists them.
+# Fronts for the nox sessions and the container scripts. `make help` lists them.
 # The project venv (.venv) holds the hash-locked dependencies; nox runs in it with --no-venv,
 # so nothing is installed twice.
 
@@ -6,14 +6,16 @@ PYTHON ?= python3
 VENV := .venv
 NOX := $(VENV)/bin/nox --no-venv
 STAMP := $(VENV)/.installed
+IMAGE ?= refgen:local
 # Sessions run tools (ruff, pytest, ...) by name: find the venv's first.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup reference reference-native fetch test lint demo verify verify-native bench
+.PHONY: help setup reference reference-container reference-native image fetch verify \
+	verify-native test lint demo bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,39 +25,34 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP) ## create .venv with the hash-locked dependencies
 
-reference: fetch reference-native ## fetch + verify the model, then build every spec's reference
-
-reference-native: $(STAMP) ## build every spec's reference on this host (model must be fetched)
-	$(NOX) -s generate
+reference: fetch reference-container ## fetch + verify the model (network once), build the image, generate in it
 
 fetch: $(STAMP) ## download and verify the pinned model files of every spec (network)
 	$(NOX) -s fetch
-
-test: $(STAMP) ## run the test suite
-	$(NOX) -s tests
-
-lint: $(STAMP) ## ruff, mypy, hadolint
-	$(NOX) -s lint
-
-demo: $(STAMP) ## the whole pipeline on a tiny local checkpoint, offline (build/demo)
-	$(NOX) -s demo
-
-verify: ## rebuild every committed reference in the pinned image and compare (exit 0/10/11)
-	docker/verify.sh
-
-verify-native: $(STAMP) ## the same on this host, without the image
-	$(NOX) -s verify
-
-# --- issue 5 (benchmark) ---
-bench: $(STAMP) ## baseline vs generate at the real shape (random 3.4 GB checkpoint in .cache/bench)
-	$(NOX) -s bench
-
-# --- issue 3 (container image) ---
-IMAGE ?= refgen:local
-.PHONY: image reference-container
 
 image: $(STAMP) ## build the offline image: locked wheels + verified models (docker/build.sh)
 	PYTHON=$(abspath $(VENV))/bin/python IMAGE=$(IMAGE) docker/build.sh
 
 reference-container: image ## build every spec's reference in the image, offline, into scripts/
 	IMAGE=$(IMAGE) docker/run.sh scripts
+
+reference-native: $(STAMP) ## build every spec's reference on this host, without the image
+	$(NOX) -s generate
+
+verify: image ## rebuild every committed reference in the image and compare (exit 0/10/11)
+	IMAGE=$(IMAGE) docker/verify.sh
+
+verify-native: $(STAMP) ## the same on this host, without the image
+	$(NOX) -s verify
+
+test: $(STAMP) ## run the test suite
+	$(NOX) -s tests
+
+lint: $(STAMP) ## ruff, ruff format, mypy, hadolint
+	$(NOX) -s lint
+
+demo: $(STAMP) ## the whole pipeline on a tiny local checkpoint, offline (build/demo)
+	$(NOX) -s demo
+
+bench: $(STAMP) ## baseline vs generate at the real shape (random 3.4 GB checkpoint in .cache/bench)
+	$(NOX) -s bench

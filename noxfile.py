@@ -11,7 +11,7 @@ import nox
 PYTHON = "3.11"
 LOCK = "requirements.lock"
 LOCK_INPUT = "requirements.in"
-LINT_PATHS = ["refgen", "tests", "scripts", "noxfile.py"]
+LINT_PATHS = ["refgen", "tests", "scripts", "noxfile.py", "docker"]
 PIP_COMPILE_ARGS = [
     "--generate-hashes",
     "--allow-unsafe",
@@ -80,6 +80,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", *LINT_PATHS)
     session.run("ruff", "format", "--check", *LINT_PATHS)
     session.run("mypy")
+    session.run("hadolint", "docker/Dockerfile")
 
 
 @nox.session(python=PYTHON, default=False)
@@ -89,12 +90,9 @@ def demo(session: nox.Session) -> None:
     refgen(session, "demo")
 
 
-# --- issue 4 (auditor's rebuild and verdict) -----------------------------------------------------
-# nox would turn every failing exit code into 1; these sessions leave nox with refgen's own verdict
-# code instead: 0 bit for bit, 10 within tolerance, 11 not reproduced, 2 could not run.
-
-
 def refgen_verdict(session: nox.Session, command: str) -> None:
+    """nox turns every failing exit code into 1; keep refgen's verdict code instead
+    (0 bit for bit, 10 within tolerance, 11 not reproduced, 2 could not run)."""
     try:
         refgen(session, command)
     except nox.command.CommandFailed as exc:
@@ -118,12 +116,6 @@ def diff(session: nox.Session) -> None:
     refgen_verdict(session, "diff")
 
 
-# --- end of issue 4 block -------------------------------------------------------------------------
-
-
-# --- issue 5 (benchmark) --------------------------------------------------------------------------
-
-
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Baseline (the original script's from_pretrained) vs `refgen generate` at the real
@@ -132,6 +124,3 @@ def bench(session: nox.Session) -> None:
     checkpoint into .cache/bench once. `-- --runs N`, `-- --no-scaling`."""
     install(session)
     session.run("python", "-m", "refgen.bench", *session.posargs)
-
-
-# --- end of issue 5 block -------------------------------------------------------------------------

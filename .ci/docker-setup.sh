@@ -12,7 +12,15 @@
 set -euo pipefail
 
 STANDIN_TAG="${REFGEN_STANDIN_TAG:-refgen-standin-base:bookworm}"
-DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The mirror apt already uses on this host (deb822 or one-line sources); empty lets debootstrap
+# pick its default. DEBIAN_MIRROR overrides both.
+host_mirror() {
+    {
+        grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+        grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'
+    } | grep -v -- '-security' | head -n 1
+}
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-$(host_mirror)}"
 log() { printf 'docker-setup: %s\n' "$*" >&2; }
 die() { printf 'docker-setup: error: %s\n' "$*" >&2; exit 1; }
 
@@ -47,8 +55,8 @@ else
     rootfs="$(mktemp -d /var/tmp/refgen-rootfs.XXXXXX)"
     trap 'rm -rf "$rootfs"' EXIT
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-        bookworm "$rootfs" "$DEBIAN_MIRROR" >&2 \
-        || die "debootstrap failed (network to $DEBIAN_MIRROR? set DEBIAN_MIRROR to a reachable mirror)"
+        bookworm "$rootfs" ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"} >&2 \
+        || die "debootstrap failed (network to the Debian mirror? set DEBIAN_MIRROR to a reachable one)"
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
     tar -C "$rootfs" --numeric-owner -c . \
         | "$DOCKER" import --platform linux/amd64 \

@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from refgen.hashing import sha256_bytes
 from refgen.spec import Spec
 
 log = logging.getLogger("refgen")
-FORWARD_WORKERS = 2  # prompts in flight at once; speed only, the bytes do not depend on it
 
 METHODOLOGY = (
     "transformers AutoModelForCausalLM in {dtype} on CPU, weights verified against the model "
@@ -137,45 +135,33 @@ def compute_reference(
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     config = model.config
-    # Tokenized up front: a fast tokenizer must not be called from two threads at once.
-    inputs = [(p, tokenizer(p, return_tensors="pt")["input_ids"]) for p in spec.prompts]
-
-    def run(prompt: str, input_ids: Any) -> tuple[dict[str, Any], int]:
-        with torch.inference_mode():  # grad mode is per thread
-            log.info("forward: %r", prompt)
-            out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
-            logits = out.logits[0, -1]
-            values, indices = torch.topk(logits, spec.top_k)
-            residual = out.hidden_states[-1][0, -1].to(torch.float32)
-        case = {
-            "prompt": prompt,
-            "tokens": [int(t) for t in input_ids[0].tolist()],
-            f"top_{spec.top_k}": [
-                {"index": int(i), "logit": float(v)}
-                for i, v in zip(indices.tolist(), values.tolist(), strict=True)
-            ],
-            "last_residual_f32": [float(x) for x in residual.tolist()],
-        }
-        return case, int(logits.shape[-1])
-
-    # Prompts are independent, so FORWARD_WORKERS of them run at once on Python threads. Each
-    # forward stays single-threaded inside torch (the profile's thread count) and runs exactly
-    # the kernels a sequential run would, so every number is the same bit for bit; the second
-    # core runs a forward instead of idling. Longest prompts start first, so the threads end
-    # together; results keep the spec's order.
-    longest_first = sorted(range(len(inputs)), key=lambda i: -int(inputs[i][1].shape[-1]))
+    cases = []
+    vocab_size = None
     with (
         timings.phase("forward"),
-        ThreadPoolExecutor(FORWARD_WORKERS, thread_name_prefix="refgen-forward") as pool,
-        tqdm(total=len(inputs), desc="forward", unit="prompt", disable=None) as bar,
+        torch.inference_mode(),
+        tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
-        futures = {i: pool.submit(run, *inputs[i]) for i in longest_first}
-        for future in as_completed(futures.values()):
-            future.result()
+        for prompt in spec.prompts:
+            log.info("forward: %r", prompt)
+            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+            logits = out.logits[0, -1]
+            vocab_size = int(logits.shape[-1])
+            values, indices = torch.topk(logits, spec.top_k)
+            residual = out.hidden_states[-1][0, -1].to(torch.float32)
+            cases.append(
+                {
+                    "prompt": prompt,
+                    "tokens": [int(t) for t in input_ids[0].tolist()],
+                    f"top_{spec.top_k}": [
+                        {"index": int(i), "logit": float(v)}
+                        for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+                    ],
+                    "last_residual_f32": [float(x) for x in residual.tolist()],
+                }
+            )
             bar.update(1)
-        results = [futures[i].result() for i in range(len(inputs))]
-    cases = [case for case, _ in results]
-    vocab_size = results[-1][1] if results else None
     attention = model.model.layers[0].self_attn
     return {
         "model_repo": spec.repo,

@@ -507,7 +507,7 @@ def _conditions() -> dict[str, dict[str, Any]]:
     return {
         "taskset-one-core": {"prefix": ["taskset", "-c", one]},
         "taskset-all-cores": {"prefix": ["taskset", "-c", every]},
-        "caller-threads": {"env": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}},
+        "caller-threads": {"env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}},
         "aten-default": {"env": {"ATEN_CPU_CAPABILITY": "default"}},
         "aten-avx512": {"env": {"ATEN_CPU_CAPABILITY": "avx512"}},
         "mkl-cbwr-auto": {"env": {"MKL_CBWR": "AUTO"}},
