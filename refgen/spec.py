@@ -36,6 +36,7 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
 
+_TYPE_NAMES: dict[Any, str] = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
 # table -> key -> (type, required, default)
 _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
     "reference": {"name": (str, True, None), "output": (str, True, None)},
@@ -143,10 +144,10 @@ def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
                 continue
             value = section[key]
             if not isinstance(value, kind) or isinstance(value, bool):
-                expected = kind.__name__ if isinstance(kind, type) else "number"
+                expected = _TYPE_NAMES.get(kind, "number")
                 raise SpecError(
-                    f"{where}: '{table}.{key}' must be a {expected}, got {type(value).__name__} "
-                    f"({value!r})."
+                    f"{where}: '{table}.{key}' must be {expected}, got "
+                    f"{_TYPE_NAMES.get(type(value), type(value).__name__)} ({value!r})."
                 )
             values[table][key] = value
     return _build(path, sha256, values)

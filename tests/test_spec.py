@@ -42,7 +42,7 @@ def test_a_minimal_spec_gets_defaults(tmp_path: Path) -> None:
         (lambda t: t.replace('repo = "org/name"\n', ""), "missing required key 'model.repo'"),
         (lambda t: t.replace('prompts = ["hello"]', 'prompts = "hello"'), "'run.prompts' must be"),
         (lambda t: t + "top_k = 0\n", "'run.top_k' must be at least 1"),
-        (lambda t: t + 'top_k = "10"\n', "'run.top_k' must be a int, got str"),
+        (lambda t: t + 'top_k = "10"\n', "'run.top_k' must be an integer, got a string"),
         (lambda t: t.replace("0123456789abcdef", "main", 1), "full 40-character commit"),
         (lambda t: t.replace("schema = 1", "schema = 2"), "'schema' must be 1"),
         (lambda t: t + "promts = []\n", "unknown key(s) ['promts'] in [run]"),
