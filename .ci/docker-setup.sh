@@ -16,9 +16,9 @@ STANDIN_TAG="${REFGEN_STANDIN_TAG:-refgen-standin-base:bookworm}"
 # pick its default. DEBIAN_MIRROR overrides both.
 host_mirror() {
     {
-        grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-        grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}'
-    } | grep -v -- '-security' | head -n 1
+        grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+        grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null || true
+    } | awk '{print $2}' | { grep -v -- '-security' || true; } | head -n 1
 }
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-$(host_mirror)}"
 log() { printf 'docker-setup: %s\n' "$*" >&2; }
