@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", type=Path, default=Path("build/demo"))
     demo.set_defaults(func=cmd_demo)
 
-    # --- issue 4 (auditor's rebuild and verdict): `verify` and `diff`; exit codes 0 bit for bit,
-    # 10 within tolerance, 11 not reproduced (see refgen.compare). Imports are torch-free.
+    # `verify` and `diff` exit with the verdict: 0 bit for bit, 10 within tolerance, 11 not
+    # reproduced (see refgen.compare). Their imports are torch-free.
     from refgen import compare, verify
 
     ver = sub.add_parser("verify", help="rebuild committed references and compare (auditors)")
@@ -85,7 +85,6 @@ def _parser() -> argparse.ArgumentParser:
     diff = sub.add_parser("diff", help="numeric comparison of two references: A.json B.json")
     compare.add_diff_arguments(diff)
     diff.set_defaults(func=compare.run_diff)
-    # --- end of issue 4 block ---
     return parser
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from refgen import compare, provenance
@@ -572,32 +570,11 @@ def run_verify(args: argparse.Namespace) -> int:
     return max(r.exit_code for r in results)
 
 
-class _Terminated(BaseException):
-    """SIGTERM as an exception, so ``finally`` blocks stop the rebuild and remove its folder."""
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m refgen.verify --spec S``: usable without the main CLI."""
-    parser = argparse.ArgumentParser(
-        prog="refgen verify",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_verify_arguments(parser)
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return run_verify(args)
-    except RefgenError as exc:
-        print(f"refgen verify: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (KeyboardInterrupt, _Terminated) as exc:
-        print("refgen verify: interrupted; temporary files removed", file=sys.stderr)
-        return 143 if isinstance(exc, _Terminated) else 130
+    """``python -m refgen.verify ARGS`` is ``refgen verify ARGS``."""
+    from refgen.cli import main as cli_main
+
+    return cli_main(["verify", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
