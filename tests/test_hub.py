@@ -1,0 +1,111 @@
+"""The online paths of lock and fetch, with the Hub replaced by the local tiny snapshot.
+
+No test may reach the network: huggingface_hub's download and metadata calls are swapped for
+stand-ins that serve the tiny checkpoint and the SHA-256 values the Hub would publish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import huggingface_hub
+import pytest
+from conftest import TinySetup
+
+from refgen import hub
+from refgen.errors import IntegrityError
+from refgen.spec import load_spec
+
+
+@pytest.fixture
+def offline_hub(tiny_copy: TinySetup, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """snapshot_download serves the tiny snapshot; model_info publishes its LFS hashes."""
+    snapshot = tiny_copy.checkpoint.snapshot
+    calls: dict[str, Any] = {}
+    published = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in snapshot.iterdir()
+        if p.suffix == ".safetensors"
+    }
+
+    def snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        calls["snapshot_download"] = (repo_id, kwargs)
+        return str(snapshot)
+
+    class Api:
+        def model_info(self, repo_id: str, **kwargs: Any) -> Any:
+            calls["model_info"] = (repo_id, kwargs)
+            siblings = [
+                SimpleNamespace(rfilename=name, lfs=SimpleNamespace(sha256=digest))
+                for name, digest in published.items()
+            ]
+            return SimpleNamespace(siblings=siblings)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    return {"calls": calls, "published": published, "setup": tiny_copy}
+
+
+def test_lock_from_the_hub_hashes_and_cross_checks(offline_hub: dict[str, Any]) -> None:
+    setup: TinySetup = offline_hub["setup"]
+    setup.lock.unlink()
+    spec = load_spec(setup.spec)
+    lock = hub.lock(spec, offline=False)
+    repo, kwargs = offline_hub["calls"]["snapshot_download"]
+    assert (repo, kwargs["revision"]) == (spec.repo, spec.revision)
+    assert "*.md" in kwargs["ignore_patterns"]
+    assert offline_hub["calls"]["model_info"][1]["files_metadata"] is True
+    written = json.loads(setup.lock.read_text())
+    assert written["files"] == [vars(f) for f in lock.files]
+    weights = next(f for f in lock.files if f.path == "model.safetensors")
+    assert weights.sha256 == offline_hub["published"]["model.safetensors"]
+
+
+def test_lock_refuses_a_download_that_disagrees_with_the_hub(
+    offline_hub: dict[str, Any],
+) -> None:
+    setup: TinySetup = offline_hub["setup"]
+    before = setup.lock.read_bytes()
+    offline_hub["published"]["model.safetensors"] = "0" * 64
+    with pytest.raises(IntegrityError, match="the Hub publishes 0000"):
+        hub.lock(load_spec(setup.spec), offline=False)
+    assert setup.lock.read_bytes() == before  # the old lock survives
+
+
+def test_fetch_downloads_exactly_the_locked_files_and_verifies(
+    offline_hub: dict[str, Any],
+) -> None:
+    setup: TinySetup = offline_hub["setup"]
+    spec = load_spec(setup.spec)
+    folder = hub.fetch(spec)
+    assert folder == setup.checkpoint.snapshot
+    _, kwargs = offline_hub["calls"]["snapshot_download"]
+    locked = [f["path"] for f in json.loads(setup.lock.read_text())["files"]]
+    assert kwargs["allow_patterns"] == locked
+    assert kwargs["revision"] == spec.revision
+
+
+def test_fetch_refuses_a_corrupt_download(offline_hub: dict[str, Any]) -> None:
+    setup: TinySetup = offline_hub["setup"]
+    config = (setup.checkpoint.snapshot / "config.json").resolve()
+    shutil.copy(config, config.with_suffix(".bak"))
+    config.write_text(config.read_text().replace("64", "65", 1))
+    with pytest.raises(IntegrityError) as info:
+        hub.fetch(load_spec(setup.spec))
+    assert "config.json: expected sha256" in str(info.value)
+    assert "nox -s fetch" in str(info.value)
+
+
+def test_lock_offline_finds_nothing_without_a_snapshot(
+    tiny_copy: TinySetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(hub.ModelNotFoundError, match="nox -s fetch"):
+        hub.lock(load_spec(tiny_copy.spec), offline=True)
