@@ -101,11 +101,14 @@ def test_sigterm_during_a_run_keeps_the_previous_artifact(
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "generating" in line:
-            break
-    time.sleep(1.0)
+    # Signal only once the main thread waits in open() on the FIFO (after torch's import, whose
+    # C code may defer or swallow a signal): there the signal interrupts the call for certain.
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    deadline = time.monotonic() + 120
+    while wchan.read_text() != "wait_for_partner":
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never reached the weights"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
