@@ -13,6 +13,7 @@ from types import FrameType
 
 from refgen import determinism
 from refgen.errors import RefgenError
+from refgen.spec import add_spec_arguments
 
 log = logging.getLogger("refgen")
 
@@ -46,20 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="build references from specs (offline, verified)")
-    gen.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
-    gen.add_argument(
-        "--specs-dir",
-        type=Path,
-        default=Path("specs"),
-        help="without --spec, build every *.toml here (default: specs)",
-    )
+    add_spec_arguments(gen, "build")
     gen.add_argument("--output-dir", type=Path, help="write here instead of the spec's output path")
     gen.add_argument("--force", action="store_true", help="rebuild even if up to date")
     gen.set_defaults(func=cmd_generate)
 
     fetch = sub.add_parser("fetch", help="download the pinned model files and verify them")
-    fetch.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
-    fetch.add_argument("--specs-dir", type=Path, default=Path("specs"))
+    add_spec_arguments(fetch, "fetch the model of")
     fetch.set_defaults(func=cmd_fetch)
 
     lock = sub.add_parser("lock", help="record the SHA-256 of a spec's model files")

@@ -38,7 +38,7 @@ from refgen import compare, provenance
 from refgen.compare import Comparison, Tolerance, Verdict
 from refgen.errors import RefgenError
 from refgen.hashing import sha256_file
-from refgen.spec import Spec, load_spec
+from refgen.spec import Spec, add_spec_arguments, load_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REBUILD_PREFIX = "refgen-verify-"
@@ -532,13 +532,7 @@ def verify(
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``refgen verify``."""
-    parser.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
-    parser.add_argument(
-        "--specs-dir",
-        type=Path,
-        default=Path("specs"),
-        help="without --spec, verify the artifact of every *.toml here (default: specs)",
-    )
+    add_spec_arguments(parser, "verify the artifact of")
     parser.add_argument(
         "--reference", type=Path, help="the JSON to verify (default: the spec's output path)"
     )
