@@ -1,41 +1,157 @@
-"""Atomic writes: a failed or interrupted run never leaves a half-written artifact.
+"""Atomic writes of a set of files: readers see the whole previous set or the whole new one.
 
-Every file is written to a temporary sibling and fsynced first; only when all of them are
-complete are they renamed over the old ones (rename is atomic on POSIX). If anything fails before
-that point, the temporaries are removed and the previous artifact is untouched.
+1. **Stage**: every new file is written to a temporary sibling (``.NAME.*.tmp``) and fsynced. A
+   failure or an interruption here removes the temporaries; nothing else was touched.
+2. **Swap**, with SIGINT and SIGTERM held back (delivered right after, so Ctrl-C cannot land
+   half-way): each existing file is hard-linked to a backup (``.NAME.*.bak``; the file itself
+   stays in place), then each temporary is renamed over its target (``rename`` is atomic on
+   POSIX). If any step fails, every target already replaced is restored from its backup (or
+   removed, if it did not exist before), so the previous set is back byte for byte.
+3. **Clean up**: the folder is fsynced and the backups removed.
+
+Targets are checked again right before the swap: a symbolic link, a folder or anything but a
+regular file at a target is refused (``rename`` would replace a link, never follow it, but a
+refgen output is never a link). Only a crash of the whole machine or a SIGKILL inside the swap
+(a few renames, microseconds) can leave a mixed set; the backups beside it then hold the old
+files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import signal
+import stat
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from refgen.errors import OutputError
 
 
 def write_files(files: Mapping[Path, bytes]) -> None:
     """Write several files as one step, in the order given (put the file readers trust last)."""
-    temps: list[tuple[Path, Path]] = []
+    targets = list(files)
+    temps: dict[Path, Path] = {}
     try:
+        for target in targets:
+            _check_target(target)
         for target, data in files.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            tmp = Path(name)
-            temps.append((tmp, target))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            # mkstemp creates 0600; give the file the mode a plain open() would (umask applied).
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        for done, target in temps:
-            os.replace(done, target)
-        _fsync_dir(next(iter(files)).parent)
+            temps[target] = _stage(target, data)
+        with _signals_held():
+            _swap(targets, temps)
+    except OSError as exc:
+        raise OutputError(
+            f"could not write {exc.filename or targets[0]}: {exc.strerror or exc}; the previous "
+            "files are unchanged."
+        ) from None
     finally:
-        for leftover, _ in temps:
+        for leftover in temps.values():
             leftover.unlink(missing_ok=True)
+    try:
+        for folder in dict.fromkeys(t.parent for t in targets):
+            _fsync_dir(folder)
+    except OSError as exc:
+        raise OutputError(
+            f"wrote {', '.join(t.name for t in targets)} but could not flush their folder to "
+            f"disk ({exc.strerror})."
+        ) from None
+
+
+def _check_target(target: Path) -> None:
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise OutputError(f"{target} is a symbolic link; refgen never writes through one.")
+    if not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"{target} exists and is not a regular file; remove it first.")
+
+
+def _stage(target: Path, data: bytes) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the mode a plain open() would (umask applied).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _swap(targets: list[Path], temps: Mapping[Path, Path]) -> None:
+    backups: dict[Path, Path] = {}
+    replaced: list[Path] = []
+    stuck: dict[Path, str] = {}
+    try:
+        for target in targets:
+            _check_target(target)
+            if os.path.lexists(target):
+                backups[target] = _link_backup(target)
+        for target in targets:
+            _check_target(target)  # again: nothing may have appeared since
+            os.replace(temps[target], target)
+            replaced.append(target)
+    except BaseException:
+        stuck = _roll_back(replaced, backups)
+        if stuck:
+            raise OutputError(
+                "could not restore the previous files: " + "; ".join(stuck.values())
+            ) from None
+        raise
+    finally:
+        for target, backup in backups.items():
+            if target not in stuck:  # a backup that could not be put back is kept, and named
+                backup.unlink(missing_ok=True)
+
+
+def _link_backup(target: Path) -> Path:
+    while True:
+        backup = target.with_name(f".{target.name}.{secrets.token_hex(6)}.bak")
+        try:
+            os.link(target, backup, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        return backup
+
+
+def _roll_back(replaced: list[Path], backups: Mapping[Path, Path]) -> dict[Path, str]:
+    """Put back every target already replaced; returns those that could not be restored."""
+    stuck: dict[Path, str] = {}
+    for target in reversed(replaced):
+        try:
+            if target in backups:
+                os.replace(backups[target], target)
+            else:
+                target.unlink(missing_ok=True)
+        except OSError as exc:
+            stuck[target] = f"{target} ({exc.strerror}; the old file is {backups.get(target)})"
+    return stuck
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (only the main thread receives them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -90,14 +90,15 @@ def _specs(args: argparse.Namespace) -> list[Path]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     determinism.apply_environment()
-    from refgen.generate import generate, output_paths
+    from refgen.generate import check_outputs, generate
     from refgen.spec import load_spec
     from refgen.verify import is_up_to_date
 
     specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
-    for spec in specs:
+    destinations = [check_outputs(spec, args.output_dir) for spec in specs]
+    for spec, outputs in zip(specs, destinations, strict=True):
         if not args.force:
-            status = is_up_to_date(spec, output_paths(spec, args.output_dir).manifest)
+            status = is_up_to_date(spec, outputs.manifest)
             if status:
                 log.info("%s is up to date, nothing to do (--force rebuilds)", spec.name)
                 continue

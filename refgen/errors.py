@@ -27,3 +27,8 @@ class IntegrityError(RefgenError):
 
 class EnvironmentProfileError(RefgenError):
     """The determinism profile could not be applied (e.g. torch was imported too early)."""
+
+
+class OutputError(RefgenError):
+    """An output cannot be written where asked: outside its allowed folder, over a symlink, a
+    folder or an input, or the file system refused the write (the previous files are kept)."""

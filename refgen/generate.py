@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, provenance
+from refgen import determinism, fastload, hub, manifest, paths, provenance
 from refgen.atomic import write_files
 from refgen.hashing import sha256_bytes
 from refgen.spec import Spec
@@ -68,12 +68,29 @@ def output_paths(spec: Spec, output_dir: Path | None = None) -> Outputs:
     )
 
 
+def check_outputs(spec: Spec, output_dir: Path | None = None) -> Outputs:
+    """The artifact's four paths, refused (OutputError) when one is a symlink, a folder or an
+    input of the run, or lies in the model cache (refgen.paths); ``--output-dir`` is created."""
+    outputs = output_paths(spec, output_dir)
+    paths.check_destinations(
+        vars(outputs).values(),
+        inputs=[spec.path, spec.lock_path, manifest.requirements_lock_path()],
+        protected=[Path(hub.cache_dir())],
+        key="--output-dir" if output_dir else f"'reference.output' of {spec.path.name}",
+        create=output_dir is not None,
+    )
+    return outputs
+
+
 def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None = None) -> Outputs:
     """Verify inputs, compute the reference and write its three files atomically."""
     timings = timings or Timings()
-    outputs = output_paths(spec, output_dir)
+    outputs = check_outputs(spec, output_dir)
     lock = hub.read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
+    # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
+    # and the manifest records the sizes found, not what the lock claims.
+    sizes = hub.check_sizes(spec, lock, folder)
     # Hashing runs on a thread from here on, beside the torch import and the load; the model
     # is handed out only once every file matched the lock (refgen.fastload).
     verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock.files})
@@ -83,7 +100,12 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
         reference_bytes = dump_reference(reference)
-        record = manifest.build(spec, lock, {outputs.reference.name: reference_bytes})
+        measured = hub.ModelLock(
+            lock.repo,
+            lock.revision,
+            tuple(hub.LockedFile(f.path, f.sha256, sizes[f.path]) for f in lock.files),
+        )
+        record = manifest.build(spec, measured, {outputs.reference.name: reference_bytes})
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
         statement_bytes = provenance.statement_bytes(

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from refgen import jsonio, lockrules
 from refgen.atomic import write_files
 from refgen.errors import IntegrityError, LockError, ModelNotFoundError
 from refgen.hashing import sha256_file
@@ -63,18 +64,16 @@ def read_lock(spec: Spec) -> ModelLock:
             "snapshot already in the local cache) and commit it."
         )
     try:
-        data = json.loads(path.read_text())
-        files = tuple(
-            LockedFile(
-                str(f["path"]), str(f["sha256"]), None if f["size"] is None else int(f["size"])
-            )
-            for f in data["files"]
-        )
-        lock = ModelLock(str(data["repo"]), str(data["revision"]), files)
-    except (ValueError, KeyError, TypeError) as exc:
+        data = jsonio.loads(path.read_bytes())
+    except ValueError as exc:
         raise LockError(
-            f"{path.name} is malformed ({exc!r}); regenerate it with `nox -s lock-model`."
+            f"{path.name} is not valid JSON ({exc}); regenerate it with `nox -s lock-model`."
         ) from None
+    except OSError as exc:
+        raise LockError(f"cannot read {path.name}: {exc.strerror}.") from None
+    lockrules.check_document(data, path.name)  # every entry confined and well-formed
+    files = tuple(LockedFile(f["path"], f["sha256"], f["size"]) for f in data["files"])
+    lock = ModelLock(data["repo"], data["revision"], files)
     if data.get("schema") != LOCK_SCHEMA:
         raise LockError(f"{path.name}: schema {data.get('schema')!r} is not {LOCK_SCHEMA!r}.")
     if (lock.repo, lock.revision) != (spec.repo, spec.revision):
@@ -93,6 +92,7 @@ def cached_snapshot(spec: Spec, lock: ModelLock | None = None) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     patterns = [f.path for f in lock.files] if lock else None
+    check_cache_dir()
     try:
         folder = Path(
             snapshot_download(
@@ -134,12 +134,47 @@ def verify_snapshot(spec: Spec, lock: ModelLock, folder: Path) -> None:
         )
 
 
+def check_sizes(spec: Spec, lock: ModelLock, folder: Path) -> dict[str, int]:
+    """The size of every locked file, checked against the lock where it records one, before
+    any byte is hashed; IntegrityError names the file, the size locked and the size found."""
+    sizes: dict[str, int] = {}
+    problems = []
+    for f in lock.files:
+        sizes[f.path] = (folder / f.path).stat().st_size
+        if f.size is not None and f.size != sizes[f.path]:
+            problems.append(f"  {f.path}: {f.size} bytes in the lock, {sizes[f.path]} in the cache")
+    if problems:
+        raise IntegrityError(
+            f"model files of {spec.repo}@{spec.revision} have other sizes than "
+            f"{spec.lock_path.name} records:\n"
+            + "\n".join(problems)
+            + "\nEither the cached copy is damaged (delete it with `hf cache delete` and run "
+            f"{fetch_hint(spec)}) or the lock's size is wrong (re-record it with "
+            f"`nox -s lock-model -- --spec {spec.display}`)."
+        )
+    return sizes
+
+
+def check_cache_dir() -> None:
+    """HF_HUB_CACHE (or HF_HOME/hub) must be a folder, or not exist yet."""
+    cache = Path(_cache_dir())
+    if cache.exists() and not cache.is_dir():
+        raise ModelNotFoundError(
+            f"the Hugging Face cache {cache} is not a folder. Point HF_HUB_CACHE (or HF_HOME) "
+            "at the cache folder."
+        )
+
+
 @contextlib.contextmanager
 def verified_view(folder: Path, lock: ModelLock) -> Iterator[Path]:
     """A temporary folder holding only the locked files, so the loader can read nothing else."""
     with tempfile.TemporaryDirectory(prefix="refgen-model-") as tmp:
         view = Path(tmp)
         for f in lock.files:
+            # read_lock refuses '..', absolute and empty components; checked again here because
+            # this is where a bad path would create a link outside the view
+            if lockrules.entry_problem(vars(f)) is not None:
+                raise LockError(f"lock entry {f.path!r}: {lockrules.entry_problem(vars(f))}")
             link = view / f.path
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to((folder / f.path).resolve())
@@ -151,6 +186,7 @@ def fetch(spec: Spec) -> Path:
     from huggingface_hub import snapshot_download
 
     lock = read_lock(spec)
+    check_cache_dir()
     folder = Path(
         snapshot_download(
             spec.repo, revision=spec.revision, allow_patterns=[f.path for f in lock.files]
@@ -197,6 +233,11 @@ def _check_against_hub(spec: Spec, files: list[LockedFile]) -> None:
                 f"downloaded {f.path} hashes to {f.sha256} but the Hub publishes {expected}; "
                 "the download is corrupt. Delete it from the cache and lock again."
             )
+
+
+def cache_dir() -> str:
+    """The Hugging Face hub cache in use (HF_HUB_CACHE, else HF_HOME/hub)."""
+    return _cache_dir()
 
 
 def _cache_dir() -> str:

@@ -74,8 +74,13 @@ def sha256sums(files: Mapping[str, bytes]) -> bytes:
     return "".join(f"{sha256_bytes(data)}  {name}\n" for name, data in files.items()).encode()
 
 
+def requirements_lock_path() -> Path:
+    """The dependency lock the generator runs from (``REFGEN_REQUIREMENTS_LOCK`` overrides)."""
+    return Path(os.environ.get("REFGEN_REQUIREMENTS_LOCK", PROJECT_ROOT / "requirements.lock"))
+
+
 def requirements_lock() -> dict[str, Any] | None:
-    path = Path(os.environ.get("REFGEN_REQUIREMENTS_LOCK", PROJECT_ROOT / "requirements.lock"))
+    path = requirements_lock_path()
     if not path.is_file():
         return None
     digest, size = sha256_file(path, progress=False)

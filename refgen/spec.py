@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from refgen.errors import SpecError
+from refgen.paths import spec_output
 
 SPEC_SCHEMA = 1
 DTYPES = ("float32",)
@@ -67,6 +68,8 @@ class Spec:
     prompts: tuple[str, ...]
     top_k: int
     tolerance: float
+    # ``reference.output`` as checked, relative to the spec's folder (recorded in the manifest)
+    output_relative: str = ""
 
     @property
     def display(self) -> str:
@@ -85,7 +88,7 @@ class Spec:
         """The spec's content as recorded in the manifest (no host paths)."""
         return {
             "schema": SPEC_SCHEMA,
-            "reference": {"name": self.name, "output": self.output.name},
+            "reference": {"name": self.name, "output": self.output_relative or self.output.name},
             "model": {
                 "repo": self.repo,
                 "revision": self.revision,
@@ -105,6 +108,15 @@ def load_spec(path: str | Path) -> Spec:
     except FileNotFoundError:
         raise SpecError(
             f"spec file not found: {path}. Pass an existing TOML file to --spec."
+        ) from None
+    except IsADirectoryError:
+        raise SpecError(
+            f"spec {path} is a folder, not a file. Pass a TOML file to --spec, or the folder "
+            "to --specs-dir."
+        ) from None
+    except OSError as exc:
+        raise SpecError(
+            f"cannot read spec {path}: {exc.strerror}. Check its permissions."
         ) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
@@ -157,8 +169,11 @@ def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
 def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
     where = path.name
     ref, model, run = v["reference"], v["model"], v["run"]
-    if not _REPO.match(model["repo"]):
-        raise SpecError(f"{where}: 'model.repo' must look like 'org/name', got {model['repo']!r}.")
+    if not _REPO.match(model["repo"]) or _hub_rejects(model["repo"]):
+        raise SpecError(
+            f"{where}: 'model.repo' must be a Hugging Face repo id 'org/name' (letters, digits, "
+            f"'-', '_', '.'; no '..' or '--'), got {model['repo']!r}."
+        )
     if not _REVISION.match(model["revision"]):
         raise SpecError(
             f"{where}: 'model.revision' must be a full 40-character commit hash, got "
@@ -189,13 +204,15 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
     output = ref["output"]
     if not output.endswith(".json"):
         raise SpecError(f"{where}: 'reference.output' must name a .json file, got {output!r}.")
+    destination, relative = spec_output(path, output)
     if not ref["name"]:
         raise SpecError(f"{where}: 'reference.name' must not be empty.")
     return Spec(
         path=path,
         sha256=sha256,
         name=ref["name"],
-        output=(path.parent / output).resolve(),
+        output=destination,
+        output_relative=relative,
         repo=model["repo"],
         revision=model["revision"],
         dtype=model["dtype"],
@@ -204,6 +221,18 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         top_k=run["top_k"],
         tolerance=tolerance,
     )
+
+
+def _hub_rejects(repo: str) -> bool:
+    """huggingface_hub's own rule (no '..', '--', leading '.', length), beside ours."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils._validators import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return True
+    return False
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser, verb: str) -> None:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refgen import compare, provenance
+from refgen import compare, jsonio, manifestcheck, paths, provenance
 from refgen.compare import Comparison, Tolerance, Verdict
 from refgen.errors import RefgenError
 from refgen.hashing import sha256_file
@@ -173,13 +175,17 @@ def _names(findings: Sequence[Finding]) -> str:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest as a dict; a missing or malformed one is a :class:`VerifyError`."""
     try:
-        data = json.loads(path.read_bytes())
+        data = jsonio.loads(path.read_bytes())
     except FileNotFoundError:
         raise VerifyError(f"no manifest {path.name} next to the reference") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise VerifyError(f"cannot read {path.name}: {exc.strerror}") from None
+    except ValueError as exc:
         raise VerifyError(f"{path.name} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("refgen.manifest/"):
-        raise VerifyError(f"{path.name} is not a refgen manifest (no 'schema: refgen.manifest/N')")
+    problems = manifestcheck.problems(data)
+    if problems:
+        raise VerifyError(f"{path.name} is malformed: " + "; ".join(problems[:5]))
+    assert isinstance(data, dict)  # checked by manifestcheck
     return data
 
 
@@ -194,14 +200,21 @@ def check_integrity(artifact: Artifact, manifest: Mapping[str, Any] | None) -> l
                 Finding("integrity", artifact.manifest.name, "does not list the reference")
             )
         for out in outputs:
-            found += _check_file(folder / str(out.get("path")), out.get("sha256"), out.get("size"))
-    if artifact.sums.is_file():
-        for line_no, line in enumerate(artifact.sums.read_text().splitlines(), 1):
+            found += _check_file(folder, out.get("path"), out.get("sha256"), out.get("size"))
+    if _is_regular(artifact.sums):
+        try:
+            text = artifact.sums.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            text = ""
+            found.append(Finding("integrity", artifact.sums.name, f"unreadable ({exc})"))
+        for line_no, line in enumerate(text.splitlines(), 1):
             digest, sep, name = line.partition("  ")
             if not sep or len(digest) != 64:
                 found.append(Finding("integrity", artifact.sums.name, f"line {line_no} malformed"))
                 continue
-            found += _check_file(folder / name, digest, None, via=artifact.sums.name)
+            found += _check_file(folder, name, digest, None, via=artifact.sums.name)
+    elif os.path.lexists(artifact.sums):
+        found.append(Finding("integrity", artifact.sums.name, "not a regular file"))
     else:
         found.append(Finding("integrity", artifact.sums.name, "missing"))
     if manifest is not None and artifact.statement.is_file():
@@ -209,7 +222,30 @@ def check_integrity(artifact: Artifact, manifest: Mapping[str, Any] | None) -> l
     return _dedupe(found)
 
 
-def _check_file(path: Path, sha256: Any, size: Any, via: str = "manifest") -> list[Finding]:
+def _is_regular(path: Path) -> bool:
+    """A regular file, not a symbolic link (an artifact's files are never links)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _check_file(
+    folder: Path, name: Any, sha256: Any, size: Any, via: str = "manifest"
+) -> list[Finding]:
+    """One listed file; only a plain name in the artifact's folder is ever opened."""
+    problem = paths.plain_name_problem(name) if isinstance(name, str) else "is not a string"
+    if problem is not None:
+        return [
+            Finding(
+                "integrity",
+                str(name),
+                f"listed in the {via} but {problem}; only files next to the reference are read",
+            )
+        ]
+    path = folder / name
+    if os.path.islink(path):
+        return [Finding("integrity", name, f"is a symbolic link (listed in the {via})")]
     if not path.is_file():
         return [Finding("integrity", path.name, f"missing (listed in the {via})")]
     actual, actual_size = sha256_file(path, progress=False)
@@ -231,12 +267,12 @@ def _check_statement(artifact: Artifact, manifest: Mapping[str, Any]) -> list[Fi
     """The statement must attest the same subject and dependencies the manifest records."""
     name = artifact.statement.name
     try:
-        statement = json.loads(artifact.statement.read_bytes())
+        statement = jsonio.loads(artifact.statement.read_bytes())
         expected = provenance.build_statement(manifest, environ={})
         subject_ok = statement["subject"] == expected["subject"]
         deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
         deps_ok = deps == expected["predicate"]["buildDefinition"]["resolvedDependencies"]
-    except (ValueError, KeyError, TypeError, RefgenError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RefgenError) as exc:
         return [Finding("integrity", name, f"unreadable or incomplete ({exc!r})")]
     found = []
     if not subject_ok:
@@ -300,8 +336,8 @@ def check_inputs(spec: Spec, manifest: Mapping[str, Any], *, model_files: bool) 
 
 def _lock_detail(lock: Path, recorded: Any) -> str:
     try:
-        files = {f["path"]: f["sha256"] for f in json.loads(lock.read_text())["files"]}
-    except (ValueError, KeyError, TypeError):
+        files = {f["path"]: f["sha256"] for f in jsonio.loads(lock.read_bytes())["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
         return "changed and no longer readable"
     before = {f.get("path"): f.get("sha256") for f in recorded or []}
     changed = sorted(p for p in set(files) | set(before) if files.get(p) != before.get(p))
@@ -406,6 +442,33 @@ def _reference_name(manifest_path: Path) -> str:
 
 # --- 3. rebuild ---------------------------------------------------------------------------------
 
+# Variables holding a path that the rebuild must read as the caller meant it: the child runs in
+# the project's folder, so a relative HF_HOME would otherwise name another (empty) cache.
+PATH_VARIABLES = (
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_ASSETS_CACHE",
+    "HF_XET_CACHE",
+    "HF_TOKEN_PATH",
+    "XDG_CACHE_HOME",
+    "REFGEN_REQUIREMENTS_LOCK",
+    "TMPDIR",
+)
+
+
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment with every relative path made absolute against its cwd."""
+    env = dict(os.environ if environ is None else environ)
+    for name in PATH_VARIABLES:
+        if env.get(name):
+            env[name] = os.path.abspath(os.path.expanduser(env[name]))
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep)
+        )
+    return env
+
 
 @contextmanager
 def rebuild(spec: Spec) -> Iterator[tuple[Path | None, str | None]]:
@@ -426,7 +489,12 @@ def rebuild(spec: Spec) -> Iterator[tuple[Path | None, str | None]]:
             "--force",
         ]
         proc = subprocess.Popen(
-            cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd,
+            cwd=PROJECT_ROOT,
+            env=child_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         try:
             log, _ = proc.communicate()
@@ -451,7 +519,7 @@ def rebuild(spec: Spec) -> Iterator[tuple[Path | None, str | None]]:
 
 def _environment_notes(committed: Mapping[str, Any], rebuilt_manifest: Path) -> list[str]:
     try:
-        rebuilt = json.loads(rebuilt_manifest.read_bytes())
+        rebuilt = jsonio.loads(rebuilt_manifest.read_bytes())
     except (OSError, ValueError):
         return []
     notes = []

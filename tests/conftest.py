@@ -76,6 +76,7 @@ def _make_setup(base: Path) -> TinySetup:
     checkpoint = tiny.build(hf_home / "hub")
     specs = base / "specs"
     specs.mkdir()
+    (base / "out").mkdir()  # refgen never creates the folder a spec's output names
     spec = tiny.write_spec(specs, checkpoint.revision, "../out/tiny_qwen3_reference.json")
     run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home)
     return TinySetup(hf_home, checkpoint, spec)
