@@ -71,7 +71,10 @@ def spec_output(spec_path: Path, output: str) -> tuple[Path, str]:
     followed.
     """
     where = f"{spec_path.name}: 'reference.output'"
-    hint = "Write it inside the project, or choose a destination with --output-dir."
+    hint = (
+        "A spec writes only inside its project; to write elsewhere, keep it there and pass "
+        "--output-dir DIR."
+    )
     if output.startswith("/") or PurePosixPath(output).is_absolute() or output.startswith("~"):
         raise SpecError(f"{where} must be relative to the spec's folder, got {output!r}. {hint}")
     if "\0" in output or "\\" in output:
