@@ -7,7 +7,7 @@
    stays in place), then each temporary is renamed over its target (``rename`` is atomic on
    POSIX). If any step fails, every target already replaced is restored from its backup (or
    removed, if it did not exist before), so the previous set is back byte for byte.
-3. **Clean up**: the folder is fsynced and the backups removed.
+3. **Clean up**: the folder is fsynced (a failure there rolls back too) and the backups removed.
 
 Targets are checked again right before the swap: a symbolic link, a folder or anything but a
 regular file at a target is refused (``rename`` would replace a link, never follow it, but a
@@ -50,14 +50,6 @@ def write_files(files: Mapping[Path, bytes]) -> None:
     finally:
         for leftover in temps.values():
             leftover.unlink(missing_ok=True)
-    try:
-        for folder in dict.fromkeys(t.parent for t in targets):
-            _fsync_dir(folder)
-    except OSError as exc:
-        raise OutputError(
-            f"wrote {', '.join(t.name for t in targets)} but could not flush their folder to "
-            f"disk ({exc.strerror})."
-        ) from None
 
 
 def _check_target(target: Path) -> None:
@@ -103,6 +95,8 @@ def _swap(targets: list[Path], temps: Mapping[Path, Path]) -> None:
             _check_target(target)  # again: nothing may have appeared since
             os.replace(temps[target], target)
             replaced.append(target)
+        for folder in dict.fromkeys(t.parent for t in targets):
+            _fsync_dir(folder)  # the renames are on disk before the backups go
     except BaseException:
         stuck = _roll_back(replaced, backups)
         if stuck:

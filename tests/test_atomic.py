@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, TinySetup
@@ -121,3 +122,131 @@ def test_sigterm_during_a_run_keeps_the_previous_artifact(
     assert proc.returncode == 143, stderr
     assert "interrupted; no output was changed" in stderr
     assert_untouched(out)
+
+
+# --- the commit, failing at each step -------------------------------------------------------------
+
+SET = ("x.json", "x.manifest.json", "x.intoto.json", "x.sha256")
+
+
+def _seed(folder: Path, old: bool) -> dict[str, bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if old:
+        for name in SET:
+            (folder / name).write_bytes(f"old {name}\n".encode())
+    return {name: (folder / name).read_bytes() for name in SET if (folder / name).exists()}
+
+
+def _state(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() if p.is_file() else b"<folder>" for p in folder.iterdir()}
+
+
+def _new(folder: Path) -> dict[Path, bytes]:
+    return {folder / name: f"new {name}\n".encode() for name in SET}
+
+
+def _count_calls(
+    monkeypatch: pytest.MonkeyPatch, name: str, fail_at: int, error: BaseException
+) -> list[int]:
+    """Make ``os.NAME`` raise *error* on its *fail_at*-th call (1-based); returns the counter."""
+    real = getattr(os, name)
+    calls: list[int] = []
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("old", [True, False], ids=["over a previous set", "first write"])
+@pytest.mark.parametrize(
+    "error",
+    [OSError(5, "Input/output error"), KeyboardInterrupt()],
+    ids=["OSError", "KeyboardInterrupt"],
+)
+@pytest.mark.parametrize("step", ["link", "replace", "fsync", "mkstemp"])
+def test_a_failure_at_any_step_keeps_the_previous_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, error: BaseException, old: bool
+) -> None:
+    """Fail the k-th os.link / os.replace / os.fsync / mkstemp of a commit, for every k: the
+    folder then holds exactly the previous set (nothing, on a first write), byte for byte, and
+    no temporary or backup file; once k is past the last call, the new set is complete."""
+    import tempfile
+
+    for k in range(1, 20):
+        folder = tmp_path / f"{step}-{k}"
+        before = _seed(folder, old)
+        with monkeypatch.context() as patch:
+            if step == "mkstemp":
+                calls: list[int] = []
+
+                def mkstemp(
+                    *args: object,
+                    calls: list[int] = calls,
+                    k: int = k,
+                    real: Any = tempfile.mkstemp,
+                    **kwargs: object,
+                ) -> tuple[int, str]:
+                    calls.append(1)
+                    if len(calls) == k:
+                        raise error
+                    return real(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+                patch.setattr(tempfile, "mkstemp", mkstemp)
+            else:
+                calls = _count_calls(patch, step, k, error)
+            try:
+                write_files(_new(folder))
+            except (OutputError, KeyboardInterrupt):
+                assert _state(folder) == before, (step, k)
+                continue
+        # k is past the last call of this step: the commit went through, whole
+        assert len(calls) < k
+        assert _state(folder) == {p.name: data for p, data in _new(folder).items()}
+        break
+    else:
+        pytest.fail(f"more than 19 calls of {step}")
+
+
+def test_a_folder_at_one_target_keeps_the_previous_set(tmp_path: Path) -> None:
+    """X.sha256 is a folder: nothing is written, the other three keep their old bytes."""
+    before = _seed(tmp_path, True)
+    (tmp_path / "x.sha256").unlink()
+    (tmp_path / "x.sha256").mkdir()
+    before.pop("x.sha256")
+    with pytest.raises(OutputError, match=r"x\.sha256 exists and is not a regular file"):
+        write_files(_new(tmp_path))
+    assert _state(tmp_path) == {**before, "x.sha256": b"<folder>"}
+
+
+def test_a_target_turned_into_a_folder_mid_commit_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder appears after the first checks, between two renames: the check before each
+    rename refuses it and the files already renamed are put back."""
+    before = _seed(tmp_path, True)
+    real = os.replace
+    calls: list[str] = []
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        calls.append(str(dst))
+        if len(calls) == 3:  # x.json and x.manifest.json are new by now
+            Path(tmp_path / "x.sha256").unlink()
+            (tmp_path / "x.sha256").mkdir()
+            (tmp_path / "x.sha256" / "keep").write_text("")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError):
+        write_files(_new(tmp_path))
+    state = (
+        _state(tmp_path)
+        if False
+        else {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    )
+    before.pop("x.sha256")
+    assert state == before
