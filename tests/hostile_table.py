@@ -16,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import conftest  # noqa: E402
-import test_hostile  # noqa: E402
-from refgen import tiny  # noqa: E402
+import conftest
+import test_hostile
+
+from refgen import tiny
 
 
 def main() -> int:
