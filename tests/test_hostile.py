@@ -10,6 +10,7 @@ after. The property-based tests feed random structures to the readers in-process
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -590,3 +591,34 @@ def test_json_reader_bounds_nesting() -> None:
     for text in ("[" * 100 + "]" * 100, "[" * 100_000 + "]" * 100_000):
         with pytest.raises(ValueError, match="nested"):
             jsonio.loads(text)
+
+
+def test_verified_view_creates_nothing_outside_itself(tmp_path: Path) -> None:
+    """Issue 9 #4: even a lock built in code (not read from disk) cannot place a link outside
+    the view; the refusal names the entry."""
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "config.json").write_text("{}")
+    before = snapshot(tmp_path)
+    for bad in ("../../refs/main", "/abs/path", "a//b"):
+        lock = hub.ModelLock("org/name", "0" * 40, (hub.LockedFile(bad, "0" * 64, None),))
+        with (
+            pytest.raises(RefgenError, match="lock entry"),
+            hub.verified_view(tmp_path / "snapshot", lock),
+        ):
+            pass
+    assert snapshot(tmp_path) == before
+
+
+def test_sums_file_naming_a_host_file_is_a_finding(artifact: Path, tmp_path: Path) -> None:
+    """X.sha256 listing '../../victim.txt' with its real hash: named, never opened."""
+    shutil.copytree(artifact, tmp_path / "ws")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a host file\n")
+    sums = tmp_path / "ws" / "out" / f"{NAME}.sha256"
+    digest = hashlib.sha256(victim.read_bytes()).hexdigest()
+    relative = os.path.relpath(victim, sums.parent)
+    sums.write_text(sums.read_text() + f"{digest}  {relative}\n")
+    manifest = verify.read_manifest(tmp_path / "ws" / "out" / f"{NAME}.manifest.json")
+    found = verify.check_integrity(verify.Artifact(sums.with_name(f"{NAME}.json")), manifest)
+    assert [f.subject for f in found] == [relative]
+    assert "only files next to the reference are read" in found[0].detail
