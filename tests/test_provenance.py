@@ -296,7 +296,3 @@ def test_incomplete_manifest_is_a_clear_error() -> None:
     manifest["outputs"] = []
     with pytest.raises(provenance.ProvenanceError, match="no outputs"):
         provenance.build_statement(manifest)
-
-
-def test_statement_path() -> None:
-    assert provenance.statement_path("out/x.json").name == "x.intoto.json"
