@@ -183,5 +183,6 @@ def stage_model(
         blob = (folder / f.path).resolve()
         writer.link(f.path, writer.add_file(blob.name, blob))
 
+
 if __name__ == "__main__":
     sys.exit(main())
