@@ -236,7 +236,12 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     """``python -m refgen.bench``: its own program (a benchmark, not a refgen command)."""
     from refgen.bench import run
 
-    parser = argparse.ArgumentParser(prog="python -m refgen.bench", description=run.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m refgen.bench",
+        description="The benchmark: baseline (the original script's from_pretrained) vs refgen "
+        "generate at the real model's shape, alternating child runs; prints medians and the "
+        "ratios ours / baseline, and writes results.json and results.md under --cache.",
+    )
     parser.add_argument("--runs", type=int, default=5, help="alternating runs of each (default 5)")
     parser.add_argument(
         "--cache", type=Path, default=run.DEFAULT_CACHE, help="checkpoint + work folder"
