@@ -32,3 +32,7 @@ class EnvironmentProfileError(RefgenError):
 class OutputError(RefgenError):
     """An output cannot be written where asked: outside its allowed folder, over a symlink, a
     folder or an input, or the file system refused the write (the previous files are kept)."""
+
+
+class ArtifactError(RefgenError):
+    """A reference's files (the manifest next to the JSON) are missing or malformed."""

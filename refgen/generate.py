@@ -18,9 +18,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, paths, provenance
-from refgen.atomic import write_files
+from refgen import determinism, fastload, hub, manifest, provenance
+from refgen.artifact import Artifact
 from refgen.hashing import sha256_bytes
+from refgen.lock import LockedFile, ModelLock, read_lock
 from refgen.spec import Spec
 
 log = logging.getLogger("refgen")
@@ -48,45 +49,13 @@ class Timings:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
 
 
-@dataclass(frozen=True)
-class Outputs:
-    reference: Path
-    manifest: Path
-    statement: Path
-    sums: Path
-
-
-def output_paths(spec: Spec, output_dir: Path | None = None) -> Outputs:
-    """Where a spec's artifact goes: the spec's ``output``, or the same name in ``output_dir``."""
-    reference = (output_dir.resolve() / spec.output.name) if output_dir else spec.output
-    stem = reference.with_suffix("")
-    return Outputs(
-        reference=reference,
-        manifest=stem.with_name(stem.name + ".manifest.json"),
-        statement=provenance.statement_path(reference),
-        sums=stem.with_name(stem.name + ".sha256"),
-    )
-
-
-def check_outputs(spec: Spec, output_dir: Path | None = None) -> Outputs:
-    """The artifact's four paths, refused (OutputError) when one is a symlink, a folder or an
-    input of the run, or lies in the model cache (refgen.paths); ``--output-dir`` is created."""
-    outputs = output_paths(spec, output_dir)
-    paths.check_destinations(
-        vars(outputs).values(),
-        inputs=[spec.path, spec.lock_path, manifest.requirements_lock_path()],
-        protected=[Path(hub.cache_dir())],
-        key="--output-dir" if output_dir else f"'reference.output' of {spec.path.name}",
-        create=output_dir is not None,
-    )
-    return outputs
-
-
-def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None = None) -> Outputs:
-    """Verify inputs, compute the reference and write its three files atomically."""
+def generate(
+    spec: Spec, output_dir: Path | None = None, timings: Timings | None = None
+) -> Artifact:
+    """Verify inputs, compute the reference and write its files atomically."""
     timings = timings or Timings()
-    outputs = check_outputs(spec, output_dir)
-    lock = hub.read_lock(spec)
+    outputs = Artifact.of(spec, output_dir).check_destination(spec, output_dir)
+    lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
     # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
     # and the manifest records the sizes found, not what the lock claims.
@@ -100,10 +69,10 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
         reference_bytes = dump_reference(reference)
-        measured = hub.ModelLock(
+        measured = ModelLock(
             lock.repo,
             lock.revision,
-            tuple(hub.LockedFile(f.path, f.sha256, sizes[f.path]) for f in lock.files),
+            tuple(LockedFile(f.path, f.sha256, sizes[f.path]) for f in lock.files),
         )
         record = manifest.build(spec, measured, {outputs.reference.name: reference_bytes})
         manifest_bytes = manifest.dump(record)
@@ -121,12 +90,12 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
             }
         )
         # The sums file is what `sha256sum -c` trusts, so it is renamed into place last.
-        write_files(
+        outputs.commit(
             {
-                outputs.reference: reference_bytes,
-                outputs.manifest: manifest_bytes,
-                outputs.statement: statement_bytes,
-                outputs.sums: sums,
+                "reference": reference_bytes,
+                "manifest": manifest_bytes,
+                "statement": statement_bytes,
+                "sums": sums,
             }
         )
     return outputs

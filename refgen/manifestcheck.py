@@ -3,7 +3,7 @@
 A manifest is read from disk, so it may be anything: each problem is a sentence naming the key,
 and a manifest with problems is a finding (verify) or "out of date" (generate), never a crash
 further down. Output paths must be plain names in the artifact's folder and model-file paths
-follow the lock's rules (:mod:`refgen.lockrules`), so no reader is led outside those folders.
+follow the lock's rules (:mod:`refgen.lock`), so no reader is led outside those folders.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from refgen.lockrules import SHA256, entry_problem
+from refgen.lock import SHA256, entry_problem
 from refgen.paths import plain_name_problem
 
 SCHEMA_PREFIX = "refgen.manifest/"

@@ -28,7 +28,8 @@ from conftest import ROOT, TinySetup, run_refgen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refgen import hub, jsonio, lockrules, manifestcheck, verify
+from refgen import artifact as artifacts
+from refgen import hub, jsonio, lock, manifestcheck, verify
 from refgen.errors import RefgenError
 from refgen.spec import load_spec
 
@@ -377,14 +378,14 @@ def test_malformed_manifest_is_out_of_date(
     file outside the artifact's folder is read."""
     spec_path, manifest_path = _tampered(artifact, tmp_path, case)
     read: list[str] = []
-    real = verify.sha256_file  # type: ignore[attr-defined]
+    real = artifacts.sha256_file  # type: ignore[attr-defined]
 
     def spy(path: Path, progress: bool = True) -> tuple[str, int]:
         read.append(str(path))
         return real(path, progress)
 
-    monkeypatch.setattr(verify, "sha256_file", spy)
-    status = verify.is_up_to_date(load_spec(spec_path), manifest_path)
+    monkeypatch.setattr(artifacts, "sha256_file", spy)
+    status = artifacts.is_up_to_date(load_spec(spec_path), manifest_path)
     assert not status
     assert any("malformed" in r or "nested" in r for r in status.reasons), status.reasons
     assert not any("victim" in p for p in read)
@@ -529,7 +530,7 @@ def lock_spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 VALID_LOCK: dict[str, Any] = {
-    "schema": hub.LOCK_SCHEMA,
+    "schema": lock.LOCK_SCHEMA,
     "repo": "org/name",
     "revision": "0" * 40,
     "files": [
@@ -547,11 +548,11 @@ def test_property_lock(lock_spec: Path, data: st.DataObject) -> None:
     spec = load_spec(lock_spec)
     spec.lock_path.write_text(json.dumps(_replace_somewhere(VALID_LOCK, data)))
     try:
-        lock = hub.read_lock(spec)
+        result = lock.read_lock(spec)
     except RefgenError:
         return
-    for f in lock.files:
-        assert lockrules.entry_problem(vars(f)) is None
+    for f in result.files:
+        assert lock.entry_problem(vars(f)) is None
         snapshot = Path("/snapshot")
         assert Path(os.path.normpath(snapshot / f.path)).is_relative_to(snapshot)
 
@@ -572,17 +573,17 @@ def test_property_manifest(
     path = folder / f"{NAME}.manifest.json"
     path.write_text(json.dumps(_replace_somewhere(original, data)))
     try:
-        manifest = verify.read_manifest(path)
+        manifest = artifacts.read_manifest(path)
     except RefgenError:
         pass
     else:
         assert manifestcheck.problems(manifest) == []
-        artifact_ = verify.Artifact(folder / f"{NAME}.json")
-        for finding in verify.check_integrity(artifact_, manifest):
-            assert isinstance(finding, verify.Finding)
+        artifact_ = artifacts.Artifact(folder / f"{NAME}.json")
+        for finding in artifacts.check_integrity(artifact_, manifest):
+            assert isinstance(finding, artifacts.Finding)
         with contextlib.suppress(RefgenError):
-            verify.check_inputs(spec, manifest, model_files=False)
-    status = verify.is_up_to_date(spec, path)
+            artifacts.check_inputs(spec, manifest, model_files=False)
+    status = artifacts.is_up_to_date(spec, path)
     assert isinstance(status.current, bool)
 
 
@@ -600,10 +601,10 @@ def test_verified_view_creates_nothing_outside_itself(tmp_path: Path) -> None:
     (tmp_path / "snapshot" / "config.json").write_text("{}")
     before = snapshot(tmp_path)
     for bad in ("../../refs/main", "/abs/path", "a//b"):
-        lock = hub.ModelLock("org/name", "0" * 40, (hub.LockedFile(bad, "0" * 64, None),))
+        bad_lock = lock.ModelLock("org/name", "0" * 40, (lock.LockedFile(bad, "0" * 64, None),))
         with (
             pytest.raises(RefgenError, match="lock entry"),
-            hub.verified_view(tmp_path / "snapshot", lock),
+            hub.verified_view(tmp_path / "snapshot", bad_lock),
         ):
             pass
     assert snapshot(tmp_path) == before
@@ -618,7 +619,7 @@ def test_sums_file_naming_a_host_file_is_a_finding(artifact: Path, tmp_path: Pat
     digest = hashlib.sha256(victim.read_bytes()).hexdigest()
     relative = os.path.relpath(victim, sums.parent)
     sums.write_text(sums.read_text() + f"{digest}  {relative}\n")
-    manifest = verify.read_manifest(tmp_path / "ws" / "out" / f"{NAME}.manifest.json")
-    found = verify.check_integrity(verify.Artifact(sums.with_name(f"{NAME}.json")), manifest)
+    manifest = artifacts.read_manifest(tmp_path / "ws" / "out" / f"{NAME}.manifest.json")
+    found = artifacts.check_integrity(artifacts.Artifact(sums.with_name(f"{NAME}.json")), manifest)
     assert [f.subject for f in found] == [relative]
     assert "only files next to the reference are read" in found[0].detail
