@@ -104,12 +104,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             log.info("%s needs a build: %s", spec.name, "; ".join(status.reasons))
         log.info("generating %s (%s@%s)", spec.name, spec.repo, spec.revision)
         outputs = generate(spec, args.output_dir)
+        siblings = (outputs.probes, outputs.manifest, outputs.statement, outputs.sums)
         log.info(
-            "wrote %s (+ %s, %s, %s)",
+            "wrote %s (+ %s)",
             outputs.reference,
-            outputs.manifest.name,
-            outputs.statement.name,
-            outputs.sums.name,
+            ", ".join(p.name for p in siblings if p is not None),
         )
     return 0
 
@@ -156,7 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     hub.lock(spec, offline=True)
     outputs = generate(spec)
     print(f"demo outputs in {out}:")
-    shown = (spec.path, spec.lock_path, *vars(outputs).values())
+    shown = (spec.path, spec.lock_path, *(p for p in vars(outputs).values() if p))
     for path in shown:
         print(f"  {path.relative_to(out)}")
     print(f"check them with: (cd {out} && sha256sum -c {outputs.sums.name})")

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, provenance
+from refgen import determinism, fastload, hub, manifest, probes, provenance
 from refgen.atomic import write_files
 from refgen.hashing import sha256_bytes
 from refgen.spec import Spec
@@ -54,6 +54,7 @@ class Outputs:
     manifest: Path
     statement: Path
     sums: Path
+    probes: Path | None = None  # X.safetensors, when the spec declares [probes]
 
 
 def output_paths(spec: Spec, output_dir: Path | None = None) -> Outputs:
@@ -65,6 +66,7 @@ def output_paths(spec: Spec, output_dir: Path | None = None) -> Outputs:
         manifest=stem.with_name(stem.name + ".manifest.json"),
         statement=provenance.statement_path(reference),
         sums=stem.with_name(stem.name + ".sha256"),
+        probes=probes.probe_path(reference) if spec.probes is not None else None,
     )
 
 
@@ -77,13 +79,20 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
     # Hashing runs on a thread from here on, beside the torch import and the load; the model
     # is handed out only once every file matched the lock (refgen.fastload).
     verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock.files})
+    capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock) as view:
-        reference = compute_reference(spec, view, timings, verifier)
+        reference = compute_reference(spec, view, timings, verifier, capture)
     timings.phases["verify_wait"] = verifier.waited_s
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
         reference_bytes = dump_reference(reference)
-        record = manifest.build(spec, lock, {outputs.reference.name: reference_bytes})
+        # X.safetensors beside X.json: listed in the manifest (so in the statement's subjects)
+        # and in X.sha256, and committed with the other files in one step.
+        data_files = {outputs.reference: reference_bytes}
+        if capture is not None and outputs.probes is not None:
+            data_files[outputs.probes] = capture.dump()
+        stale = _stale_probes(outputs)
+        record = manifest.build(spec, lock, {p.name: data for p, data in data_files.items()})
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
         statement_bytes = provenance.statement_bytes(
@@ -93,7 +102,7 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
         )
         sums = manifest.sha256sums(
             {
-                outputs.reference.name: reference_bytes,
+                **{p.name: data for p, data in data_files.items()},
                 outputs.manifest.name: manifest_bytes,
                 outputs.statement.name: statement_bytes,
             }
@@ -101,19 +110,40 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
         # The sums file is what `sha256sum -c` trusts, so it is renamed into place last.
         write_files(
             {
-                outputs.reference: reference_bytes,
+                **data_files,
                 outputs.manifest: manifest_bytes,
                 outputs.statement: statement_bytes,
                 outputs.sums: sums,
             }
         )
+        if stale is not None:  # the spec no longer asks for probes: the old file is not ours now
+            stale.unlink(missing_ok=True)
     return outputs
 
 
+def _stale_probes(outputs: Outputs) -> Path | None:
+    """A probe file an earlier run of this artifact wrote (its manifest lists it) that this run
+    does not: left in place it would be compared by `diff` and `verify` as if it were current."""
+    old = probes.probe_path(outputs.reference)
+    if outputs.probes is not None or not old.is_file():
+        return None
+    try:
+        listed = json.loads(outputs.manifest.read_bytes()).get("outputs") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    names = {o.get("path") for o in listed if isinstance(o, dict)}
+    return old if old.name in names else None
+
+
 def compute_reference(
-    spec: Spec, model_dir: Path, timings: Timings, verifier: fastload.Verifier
+    spec: Spec,
+    model_dir: Path,
+    timings: Timings,
+    verifier: fastload.Verifier,
+    capture: probes.Capture | None = None,
 ) -> dict[str, Any]:
-    """Load in the spec's dtype and run each prompt alone, as the consumer will."""
+    """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
+    keeps the spec's probe tensors of each forward."""
     with timings.phase("import"):
         import torch
         import transformers
@@ -135,6 +165,8 @@ def compute_reference(
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     config = model.config
+    if capture is not None:  # layer indices checked against the model before any forward
+        capture.start(int(config.num_hidden_layers))
     cases = []
     vocab_size = None
     with (
@@ -142,10 +174,12 @@ def compute_reference(
         torch.inference_mode(),
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
-        for prompt in spec.prompts:
+        for number, prompt in enumerate(spec.prompts):
             log.info("forward: %r", prompt)
             input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
             out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+            if capture is not None:
+                capture.add(number, out)
             logits = out.logits[0, -1]
             vocab_size = int(logits.shape[-1])
             values, indices = torch.topk(logits, spec.top_k)
