@@ -242,9 +242,7 @@ class Comparison:
             for first in self.probes.first_differences:
                 size = "" if first.max_abs is None else f", max |diff| {first.max_abs:.3g}"
                 verdict = "beyond tolerance" if first.beyond_tolerance else "within tolerance"
-                lines.append(
-                    f"  prompt {first.prompt}: {first.text} ({first.tensor}{size}, {verdict})"
-                )
+                lines.append(f"  {first.text} ({first.tensor}{size}, {verdict})")
         if self.differences:
             shown = self.differences[:max_differences]
             lines += ["", f"Differences ({self.difference_count}; first {len(shown)} shown):"]
@@ -588,9 +586,8 @@ class _Walker:
                 "float",
                 x,
                 y,
-                f"{x!r} in A, {y!r} in B (|diff| {abs(x - y):.3g} > tolerance); {bad.size} of "
-                f"{count} values of {name} beyond tolerance, max |diff| {max_abs:.3g} at "
-                f"{at(i_abs)}",
+                f"{x!r} in A, {y!r} in B (|diff| {abs(x - y):.3g} > tolerance; {bad.size} of "
+                f"{count} values of the tensor beyond it)",
             )
         return max_abs, bool(bad.size)
 

@@ -444,7 +444,7 @@ def test_diff_names_layer_1_first_within_tolerance(llama: Llama, tmp_path: Path)
     assert stats["hidden_states.layer2"]["max_abs_path"] == f"{layer2}[0, 0]"
     assert stats["hidden_states.layer0"]["max_abs"] == 0.0
     assert stats["hidden_states.layer2"]["max_abs"] == pytest.approx(5e-7, rel=0.2)
-    assert "  prompt 0: first difference at layer 1 of prompt 0" in text
+    assert "  first difference at layer 1 of prompt 0 (prompt0.hidden_states.layer1" in text
 
 
 def test_diff_names_layer_1_first_beyond_tolerance(llama: Llama, tmp_path: Path) -> None:
@@ -459,7 +459,7 @@ def test_diff_names_layer_1_first_beyond_tolerance(llama: Llama, tmp_path: Path)
     paths = [d["path"] for d in report["differences"]]
     assert paths == [f"{layer1}[1, 7]", f"{layer2}[0, 3]"]
     assert report["differences"][0]["kind"] == "float"
-    assert "1 of " in report["differences"][0]["detail"]
+    assert "1 of 320 values of the tensor beyond it" in report["differences"][0]["detail"]
     assert report["probes"]["first_differences"][0]["beyond_tolerance"] is True
 
 
