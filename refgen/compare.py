@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refgen import probes
 from refgen.errors import RefgenError
 
 DEFAULT_TOLERANCE = 1e-6
@@ -459,8 +460,6 @@ class _Walker:
     def walk_probes(self, a: Path | None, b: Path | None) -> ProbeComparison:
         """Tensor by tensor, in prompt order and layers upwards; each tensor's statistics go
         under its field (``hidden_states.layer7``) and its prompt's test case."""
-        from refgen import probes
-
         if a is None or b is None:
             there = a if a is not None else b
             assert there is not None
@@ -538,12 +537,15 @@ class _Walker:
         )
 
     def _walk_tensor(
-        self, name: str, ta: Any, tb: Any, parsed: Any, differs: bool
+        self,
+        name: str,
+        ta: probes.ProbeTensor,
+        tb: probes.ProbeTensor,
+        parsed: probes.TensorName | None,
+        differs: bool,
     ) -> tuple[float, bool]:
         """Statistics and the out-of-tolerance difference of one tensor; (max |diff|, beyond)."""
-        import numpy as np
-
-        from refgen import probes
+        import numpy as np  # here: a diff without probe files never needs it
 
         fld = probes.field_name(name)
         case = parsed.prompt if parsed is not None else None
@@ -729,11 +731,9 @@ def compare_files(
 ) -> Comparison:
     """Compare two reference files on disk (bit for bit first, then numerically), with the
     probe files beside them (``X.safetensors``) when either has one."""
-    from refgen.probes import probe_path
-
     doc_a, raw_a = load_reference(a)
     doc_b, raw_b = load_reference(b)
-    pa, pb = probe_path(Path(a)), probe_path(Path(b))
+    pa, pb = probes.probe_path(Path(a)), probes.probe_path(Path(b))
     return compare_documents(
         doc_a,
         doc_b,
