@@ -19,8 +19,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from refgen import determinism, fastload, hub, manifest, probes, provenance
-from refgen.atomic import write_files
+from refgen.artifact import Artifact
 from refgen.hashing import sha256_bytes
+from refgen.lock import read_lock
 from refgen.spec import Spec
 
 log = logging.getLogger("refgen")
@@ -48,33 +49,13 @@ class Timings:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
 
 
-@dataclass(frozen=True)
-class Outputs:
-    reference: Path
-    manifest: Path
-    statement: Path
-    sums: Path
-    probes: Path | None = None  # X.safetensors, when the spec declares [probes]
-
-
-def output_paths(spec: Spec, output_dir: Path | None = None) -> Outputs:
-    """Where a spec's artifact goes: the spec's ``output``, or the same name in ``output_dir``."""
-    reference = (output_dir.resolve() / spec.output.name) if output_dir else spec.output
-    stem = reference.with_suffix("")
-    return Outputs(
-        reference=reference,
-        manifest=stem.with_name(stem.name + ".manifest.json"),
-        statement=provenance.statement_path(reference),
-        sums=stem.with_name(stem.name + ".sha256"),
-        probes=probes.probe_path(reference) if spec.probes is not None else None,
-    )
-
-
-def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None = None) -> Outputs:
-    """Verify inputs, compute the reference and write its three files atomically."""
+def generate(
+    spec: Spec, output_dir: Path | None = None, timings: Timings | None = None
+) -> Artifact:
+    """Verify inputs, compute the reference and write its files atomically."""
     timings = timings or Timings()
-    outputs = output_paths(spec, output_dir)
-    lock = hub.read_lock(spec)
+    outputs = Artifact.of(spec, output_dir)
+    lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
     # Hashing runs on a thread from here on, beside the torch import and the load; the model
     # is handed out only once every file matched the lock (refgen.fastload).
@@ -88,11 +69,11 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
         reference_bytes = dump_reference(reference)
         # X.safetensors beside X.json: listed in the manifest (so in the statement's subjects)
         # and in X.sha256, and committed with the other files in one step.
-        data_files = {outputs.reference: reference_bytes}
-        if capture is not None and outputs.probes is not None:
-            data_files[outputs.probes] = capture.dump()
-        stale = _stale_probes(outputs)
-        record = manifest.build(spec, lock, {p.name: data for p, data in data_files.items()})
+        data = {"reference": reference_bytes}
+        if capture is not None:
+            data["probes"] = capture.dump()
+        named = {outputs.sibling(kind).name: content for kind, content in data.items()}
+        record = manifest.build(spec, lock, named)
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
         statement_bytes = provenance.statement_bytes(
@@ -102,37 +83,21 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
         )
         sums = manifest.sha256sums(
             {
-                **{p.name: data for p, data in data_files.items()},
+                **named,
                 outputs.manifest.name: manifest_bytes,
                 outputs.statement.name: statement_bytes,
             }
         )
         # The sums file is what `sha256sum -c` trusts, so it is renamed into place last.
-        write_files(
+        outputs.commit(
             {
-                **data_files,
-                outputs.manifest: manifest_bytes,
-                outputs.statement: statement_bytes,
-                outputs.sums: sums,
+                **data,
+                "manifest": manifest_bytes,
+                "statement": statement_bytes,
+                "sums": sums,
             }
         )
-        if stale is not None:  # the spec no longer asks for probes: the old file is not ours now
-            stale.unlink(missing_ok=True)
     return outputs
-
-
-def _stale_probes(outputs: Outputs) -> Path | None:
-    """A probe file an earlier run of this artifact wrote (its manifest lists it) that this run
-    does not: left in place it would be compared by `diff` and `verify` as if it were current."""
-    old = probes.probe_path(outputs.reference)
-    if outputs.probes is not None or not old.is_file():
-        return None
-    try:
-        listed = json.loads(outputs.manifest.read_bytes()).get("outputs") or []
-    except (OSError, ValueError, AttributeError):
-        return None
-    names = {o.get("path") for o in listed if isinstance(o, dict)}
-    return old if old.name in names else None
 
 
 def compute_reference(

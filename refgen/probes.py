@@ -72,7 +72,7 @@ class ProbeFileError(RefgenError):
 
 
 def probe_path(reference: Path) -> Path:
-    """``X.json`` -> ``X.safetensors``, beside it."""
+    """``X.json`` -> ``X.safetensors``, beside it (the artifact's ``probes`` sibling)."""
     return reference.with_name(reference.name.removesuffix(".json") + SUFFIX)
 
 

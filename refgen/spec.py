@@ -24,7 +24,6 @@ Example (the keys are documented in the README)::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 import tomllib
@@ -305,17 +304,6 @@ def _probes(where: str, table: dict[str, Any]) -> Probes | None:
             f"last-position logits vector), got {logits!r}."
         )
     return Probes(hidden_states=layers, positions=positions, logits=logits)
-
-
-def add_spec_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
-    """``--spec`` (repeatable) and ``--specs-dir``, shared by every command that takes specs."""
-    parser.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
-    parser.add_argument(
-        "--specs-dir",
-        type=Path,
-        default=Path("specs"),
-        help=f"without --spec, {verb} every *.toml here (default: specs)",
-    )
 
 
 def find_specs(folder: str | Path) -> list[Path]:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_refgen
 
-from refgen import compare, probes, tiny, verify
+from refgen import artifact, compare, probes, tiny
 from refgen.errors import SpecError
 from refgen.spec import load_spec
 
@@ -317,8 +317,6 @@ def test_probe_file_equals_a_plain_forward_bit_for_bit(
 
 
 def test_probe_file_is_listed_summed_and_attested(llama: Llama) -> None:
-    from refgen import provenance
-
     data = llama.file(".safetensors").read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     manifest = json.loads(llama.file(".manifest.json").read_bytes())
@@ -333,7 +331,7 @@ def test_probe_file_is_listed_summed_and_attested(llama: Llama) -> None:
         "positions": "all",
         "logits": "last",
     }
-    statement = json.loads(provenance.statement_path(llama.file(".json")).read_bytes())
+    statement = json.loads(artifact.Artifact(llama.file(".json")).statement.read_bytes())
     assert {"name": f"{NAME}.safetensors", "digest": {"sha256": sha}} in statement["subject"]
     sums = llama.file(".sha256").read_text()
     assert f"{sha}  {NAME}.safetensors\n" in sums
@@ -562,12 +560,38 @@ def test_verify_names_a_tampered_probe_file(llama: Llama, tmp_path: Path) -> Non
 def test_a_missing_probe_file_is_an_integrity_finding(llama: Llama, tmp_path: Path) -> None:
     ws = llama.copy(tmp_path)
     ws.file(".safetensors").unlink()
-    manifest = verify.read_manifest(ws.file(".manifest.json"))
-    findings = verify.check_integrity(verify.Artifact(ws.file(".json")), manifest)
+    manifest = artifact.read_manifest(ws.file(".manifest.json"))
+    findings = artifact.check_integrity(artifact.Artifact(ws.file(".json")), manifest)
     assert [(f.subject, f.detail) for f in findings] == [
         (f"{NAME}.safetensors", "missing (listed in the manifest)"),
         (f"{NAME}.safetensors", f"missing (listed in the {NAME}.sha256)"),
     ]
-    status = verify.is_up_to_date(load_spec(ws.spec), ws.file(".manifest.json"))
+    status = artifact.is_up_to_date(load_spec(ws.spec), ws.file(".manifest.json"))
     assert not status.current
     assert any(f"{NAME}.safetensors" in r for r in status.reasons)
+
+
+def test_commit_without_probes_removes_only_a_listed_probe_file(tmp_path: Path) -> None:
+    """The artifact's optional sibling: written when given; removed by a later commit without it
+    only when the previous manifest listed it (else it is not ours)."""
+    art = artifact.Artifact(tmp_path / "x.json")
+    manifest = json.dumps({"schema": "refgen.manifest/1", "outputs": [{"path": "x.safetensors"}]})
+    art.commit(
+        {
+            "reference": b"{}",
+            "probes": b"tensors",
+            "manifest": manifest.encode(),
+            "statement": b"{}",
+            "sums": b"",
+        }
+    )
+    assert (tmp_path / "x.safetensors").read_bytes() == b"tensors"
+    unlisted = json.dumps({"schema": "refgen.manifest/1", "outputs": [{"path": "x.json"}]})
+    plain = {"reference": b"{}", "manifest": unlisted.encode(), "statement": b"{}", "sums": b""}
+    art.commit(plain)
+    assert not (tmp_path / "x.safetensors").exists()
+    (tmp_path / "x.safetensors").write_bytes(b"someone else's")
+    art.commit(plain)
+    assert (tmp_path / "x.safetensors").read_bytes() == b"someone else's"
+    with pytest.raises(ValueError, match="sums"):
+        art.commit({"reference": b"{}", "probes": b"", "manifest": b"{}", "statement": b"{}"})
