@@ -17,19 +17,15 @@ layers (N = ``config.num_hidden_layers``), N + 1 entries:
 
 Tensor names (``i`` is the prompt's index in ``run.prompts``, from 0):
 
-==================================  =====================  ===================================
-name                                shape                  what
-==================================  =====================  ===================================
-``prompt{i}.hidden_states.layer{j}``  ``[positions, hidden]``  ``hidden_states[j][0]``: every
-                                                           position, or the last one only
-                                                           (``[1, hidden]``)
-``prompt{i}.logits.last``           ``[vocab]``            ``logits[0, -1]``
-==================================  =====================  ===================================
+* ``prompt{i}.hidden_states.layer{j}``: ``hidden_states[j][0]``, shape ``[positions, hidden]``
+  (every position, or ``[1, hidden]`` for ``positions = "last"``);
+* ``prompt{i}.logits.last``: ``logits[0, -1]``, shape ``[vocab]``.
 
 The file's only metadata key, ``refgen.probes``, holds canonical JSON (sorted keys) naming the
 schema, model, dtype, layers, positions and prompts. One key, because safetensors writes its
 metadata map in hash order: with several keys the header bytes changed from process to process
-(measured: three runs, three SHA-256s), with one they do not. Tensors are written in name order.
+(measured: three runs, three SHA-256s), with one they do not. safetensors lays the tensors out
+by dtype, then name, so the same tensors give the same bytes.
 
 Reading (:func:`read`) needs no torch: the comparison in :mod:`refgen.compare` runs in auditors'
 processes that never import it.
