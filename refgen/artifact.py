@@ -124,9 +124,14 @@ class Artifact:
 
     def _listed_outputs(self) -> set[str]:
         """The output names the current manifest lists (none when it is missing or unreadable)."""
+        # Only JSON, not the full shape check of read_manifest: the names are compared with this
+        # artifact's own sibling names, so nothing outside its folder can be named.
         try:
-            outputs = read_manifest(self.manifest).get("outputs") or []
-        except ArtifactError:
+            data = jsonio.loads(self.manifest.read_bytes())
+        except (OSError, ValueError):
+            return set()
+        outputs = data.get("outputs") if isinstance(data, Mapping) else None
+        if not isinstance(outputs, list):
             return set()
         return {str(o.get("path")) for o in outputs if isinstance(o, Mapping)}
 

@@ -131,6 +131,14 @@ def check_destinations(
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise OutputError(f"cannot create {folder}: {exc.strerror}") from None
+        # the model cache first: its files are links into blobs, and the cache is the reason
+        real = folder.resolve() / target.name
+        for root in roots:
+            if _inside(real, root):
+                raise OutputError(
+                    f"{target} lies in {root}, which holds inputs (the model cache); choose "
+                    "another destination."
+                )
         try:
             info = os.lstat(target)
         except FileNotFoundError:
@@ -151,13 +159,6 @@ def check_destinations(
                 f"{target} is an input of this run (from {key}); an output never overwrites "
                 "an input. Choose another output name."
             )
-        real = folder.resolve() / target.name
-        for root in roots:
-            if _inside(real, root):
-                raise OutputError(
-                    f"{target} lies in {root}, which holds inputs (the model cache); choose "
-                    "another destination."
-                )
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

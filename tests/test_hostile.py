@@ -191,7 +191,8 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
      ("'reference.output'", "tiny-qwen3.lock.json", "input"), {}),
     ("output = a model file in the cache",
      _output(lambda c: os.path.relpath(c.setup.checkpoint.snapshot / "config.json",
-                                       c.setup.spec.parent)), 2, ("config.json",), {}),
+                                       c.setup.spec.parent)),
+     2, ("config.json", "model cache"), {}),
     # 3. links and folders at an output path
     ("symlink at X.json", _symlink_at(".json"), 2, (f"{NAME}.json", "symbolic link"), {}),
     ("symlink at X.manifest.json", _symlink_at(".manifest.json"), 2,

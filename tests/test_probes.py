@@ -238,6 +238,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Llama:
     checkpoint = build_tiny_llama(hf_home / "hub")
     root = base / "ws"
     (root / "specs").mkdir(parents=True)
+    (root / "out").mkdir()  # refgen creates no folder a spec's output names
     spec = write_llama_spec(root / "specs", checkpoint.revision)
     run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home)
     run_refgen("generate", "--spec", spec, hf_home=hf_home)
