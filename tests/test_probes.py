@@ -366,6 +366,7 @@ def test_without_probes_the_json_is_the_same_and_the_old_file_goes(
 def test_layer_beyond_the_model_is_an_error_before_any_output(llama: Llama, tmp_path: Path) -> None:
     ws = llama.copy(tmp_path)
     shutil.rmtree(ws.out)
+    ws.out.mkdir()  # refgen creates no folder a spec's output names
     text = ws.spec.read_text().replace('hidden_states = "all"', "hidden_states = [1, 5]")
     ws.spec.write_text(text)
     result = run_refgen("generate", "--spec", ws.spec, hf_home=ws.hf_home, check=False)
@@ -375,7 +376,7 @@ def test_layer_beyond_the_model_is_an_error_before_any_output(llama: Llama, tmp_
     )
     assert "forward:" not in result.stderr  # refused before the first forward
     assert "Traceback" not in result.stderr
-    assert not ws.out.exists()
+    assert not any(ws.out.iterdir())  # nothing written
 
 
 # --- diff ---------------------------------------------------------------------------------------
