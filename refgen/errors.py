@@ -27,3 +27,9 @@ class IntegrityError(RefgenError):
 
 class EnvironmentProfileError(RefgenError):
     """The determinism profile could not be applied (e.g. torch was imported too early)."""
+
+
+class UnsupportedCpuError(RefgenError):
+    """The CPU lacks an instruction set the determinism profile needs (AVX2, FMA)."""
+
+    exit_code = 4
