@@ -85,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     cross.add_argument("--jobs", type=int, default=2, help="runs at a time (%(default)s)")
     cross.add_argument("--work-dir", type=Path, help="keep checkpoints and outputs here")
-    cross.add_argument("--bench", type=int, default=0, metavar="ROUNDS",
-                       help="instead, time the forward natively per variant")  # fmt: skip
+    cross.add_argument(
+        "--bench", type=int, default=0, metavar="ROUNDS", help="instead, time forwards natively"
+    )
     cross.set_defaults(func=cmd_crosscheck)
 
     # `verify` and `diff` exit with the verdict: 0 bit for bit, 10 within tolerance, 11 not

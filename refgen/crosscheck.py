@@ -164,8 +164,14 @@ def generate(spec: Path, variant: str, cpu: str, out: Path, subject: str) -> Run
         timeout=RUN_TIMEOUT_S,
     )
     seconds = time.monotonic() - start
-    log.info("crosscheck: %s / %s / %s: exit %d, %.0f s", subject, variant, cpu, proc.returncode,
-             seconds)  # fmt: skip
+    log.info(
+        "crosscheck: %s / %s / %s: exit %d, %.0f s",
+        subject,
+        variant,
+        cpu,
+        proc.returncode,
+        seconds,
+    )
     reference = out / "out.json"
     if proc.returncode != 0 or not reference.is_file():
         errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
@@ -362,6 +368,6 @@ def _split(value: str, known: Sequence[str] | dict[str, Any]) -> list[str]:
     names = [v for v in value.split(",") if v]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise RefgenError(f"unknown name(s) {', '.join(unknown) or '(none)'}; known: "
-                          f"{', '.join(known)}")  # fmt: skip
+        given = ", ".join(unknown) or "(none)"
+        raise RefgenError(f"unknown name(s) {given}; known: {', '.join(known)}")
     return names

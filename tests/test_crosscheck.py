@@ -184,7 +184,9 @@ def test_verify_without_avx2_still_reports_tampering(
 # --- the cross-CPU check --------------------------------------------------------------------------
 
 
-def test_profile_gives_the_native_bytes_on_emulated_intel_and_amd(qemu: str, tmp_path: Path) -> None:
+def test_profile_gives_the_native_bytes_on_emulated_intel_and_amd(
+    qemu: str, tmp_path: Path
+) -> None:
     """The tiny reference built natively, under an emulated Intel Haswell and an emulated AMD
     EPYC-Rome: with the profile one SHA-256; without it (the control) not."""
     rows = crosscheck.crosscheck(
@@ -202,12 +204,16 @@ def test_profile_gives_the_native_bytes_on_emulated_intel_and_amd(qemu: str, tmp
         assert runs[(variant, "EPYC-Rome")].vendor == "AuthenticAMD"
     profiled = {cpu: r for (v, cpu), r in runs.items() if v == crosscheck.PROFILE}
     assert {r.capability for r in profiled.values()} == {"AVX2"}
-    assert len({r.sha256 for r in profiled.values()}) == 1, {c: r.sha256 for c, r in profiled.items()}
+    assert len({r.sha256 for r in profiled.values()}) == 1, {
+        c: r.sha256 for c, r in profiled.items()
+    }
     control = {cpu: r.sha256 for (v, cpu), r in runs.items() if v == determinism.CONTROL}
     assert len(set(control.values())) > 1, control
     assert not [r for r in rows if r.differs and r.run.variant == crosscheck.PROFILE]
     # the control is recorded as such, never as the profile
-    manifest = json.loads((tmp_path / "tiny" / "runs" / "off-native" / "out.manifest.json").read_text())
+    manifest = json.loads(
+        (tmp_path / "tiny" / "runs" / "off-native" / "out.manifest.json").read_text()
+    )
     assert manifest["determinism"]["variant"] == "off"
     assert determinism.PROFILE_NAME not in manifest["determinism"]["environment"].values()
     table = crosscheck.table(rows)
