@@ -29,6 +29,10 @@ class EnvironmentProfileError(RefgenError):
     """The determinism profile could not be applied (e.g. torch was imported too early)."""
 
 
+class ArtifactError(RefgenError):
+    """A reference's files (the manifest next to the JSON) are missing or malformed."""
+
+
 class UnsupportedCpuError(RefgenError):
     """The CPU lacks an instruction set the determinism profile needs (AVX2, FMA)."""
 

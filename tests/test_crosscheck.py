@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, TinySetup, make_setup, refgen_env, run_refgen
 
 from refgen import cpu, crosscheck, determinism
-from tests.conftest import ROOT, TinySetup, run_refgen
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 X86 = cpu.read() is not None
@@ -44,10 +44,7 @@ def emulated(
     qemu: str, model: str, *args: str, hf_home: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python ARGS`` under ``qemu-x86_64 -cpu MODEL``, this checkout first on the path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    if hf_home is not None:
-        env["HF_HOME"] = str(hf_home)
+    env = refgen_env(hf_home or ROOT / "no-hf-home")
     return subprocess.run(
         [qemu, "-cpu", model, sys.executable, *args],
         env=env,
@@ -135,9 +132,8 @@ def test_generate_refuses_a_cpu_without_avx2_up_front(qemu: str, tiny_copy: Tiny
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> TinySetup:
     """A reference generated natively (as a publisher with AVX2 would), in a private folder."""
-    from tests.conftest import _make_setup
-
-    setup = _make_setup(tmp_path_factory.mktemp("published"))
+    base = tmp_path_factory.mktemp("published")
+    setup = make_setup(base / "hf-home", base / "specs", "../out/tiny_qwen3_reference.json")
     run_refgen("generate", "--spec", setup.spec, hf_home=setup.hf_home)
     return setup
 
