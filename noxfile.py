@@ -118,7 +118,8 @@ def crosscheck(session: nox.Session) -> None:
     """Build the tiny and a larger checkpoint's reference natively and under emulated Intel and
     AMD CPUs (qemu-user), with the profile and without it (the control); print the table; exit
     11 if a profiled run differs. `-- --cpus A,B --subjects tiny --variants profile,off`,
-    `-- --bench ROUNDS` times the forward per variant. Needs qemu-user; about 30 min on 2 cores."""
+    `-- --bench ROUNDS` times the forward per variant. Needs qemu-user; 53 min on a busy 2-core
+    host."""
     install(session)
     refgen_verdict(session, "crosscheck")
 

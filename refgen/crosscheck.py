@@ -229,9 +229,10 @@ def table(rows: Sequence[Row]) -> str:
         variant = "on" if r.variant == PROFILE else r.variant
         vendor = f"{r.vendor} ({r.brand})" if r.vendor else "-"
         digest = r.sha256[:16] if r.sha256 else "-"
+        verdict = row.verdict.replace("|", "\\|")  # `|diff|` must not end the cell
         lines.append(
             f"| {r.subject} | {variant} | {r.cpu} | {vendor} | {r.capability or '-'} | "
-            f"{digest} | {row.verdict} | {r.seconds:.0f} |"
+            f"{digest} | {verdict} | {r.seconds:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
