@@ -7,11 +7,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
-from refgen import determinism
+from refgen import cleanup, determinism
 from refgen.errors import RefgenError
 from refgen.spec import add_spec_arguments
 
@@ -19,27 +21,78 @@ log = logging.getLogger("refgen")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Handlers first: a signal during the imports below must not end in a traceback.
+    signals = _Signals.install()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="refgen: %(message)s", stream=sys.stderr)
-    # SIGTERM (docker stop, CI timeouts) unwinds like Ctrl-C, so temporary files are removed.
-    signal.signal(signal.SIGTERM, _terminate)
+    if signals is None:  # not the main thread (an embedding caller): no signal path of our own
+        return _run(args)
+    # The work runs on a worker thread; this thread only waits, so SIGINT/SIGTERM (Ctrl-C, docker
+    # stop, CI timeouts) are handled within 0.1 s even while torch computes a forward.
+    result: list[int] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(_run(args))
+        except BaseException as exc:  # handed to the main thread, which reports it
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name="refgen-command", daemon=True)
+    worker.start()
+    while worker.is_alive() and signals.received is None:
+        worker.join(0.1)
+    if signals.received is not None:
+        _exit_interrupted(143 if signals.received == signal.SIGTERM else 130)
+    if failure:
+        if isinstance(failure[0], KeyboardInterrupt | cleanup.Interrupted):
+            _exit_interrupted(130)
+        raise failure[0]
+    return result[0]
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command itself; every expected failure becomes one ``refgen: error:`` line."""
     try:
         result: int = args.func(args)
         return result
     except RefgenError as exc:
         print(f"refgen: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (KeyboardInterrupt, Terminated) as exc:
-        print("refgen: interrupted; no output was changed", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised where the process is so that ``finally`` blocks clean up."""
+class _Signals:
+    """SIGINT and SIGTERM only record which arrived; the main thread acts on it."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    @classmethod
+    def install(cls) -> _Signals | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        signals = cls()
+        signal.signal(signal.SIGINT, signals._handle)
+        signal.signal(signal.SIGTERM, signals._handle)
+        return signals
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:  # the first one counts (a terminal's Ctrl-C, then a SIGTERM)
+            self.received = signum
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+def _exit_interrupted(code: int) -> NoReturn:
+    """Remove this run's temporaries (and stop its child), then leave at once: the worker may
+    be deep in torch, and nothing it holds needs an orderly shutdown (outputs are only ever
+    renamed into place whole)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+    cleanup.remove_all()
+    print("refgen: interrupted; no output was changed", file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _parser() -> argparse.ArgumentParser:

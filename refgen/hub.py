@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from refgen import cleanup
 from refgen.atomic import write_files
 from refgen.errors import IntegrityError, LockError, ModelNotFoundError
 from refgen.hashing import sha256_file
@@ -137,8 +137,7 @@ def verify_snapshot(spec: Spec, lock: ModelLock, folder: Path) -> None:
 @contextlib.contextmanager
 def verified_view(folder: Path, lock: ModelLock) -> Iterator[Path]:
     """A temporary folder holding only the locked files, so the loader can read nothing else."""
-    with tempfile.TemporaryDirectory(prefix="refgen-model-") as tmp:
-        view = Path(tmp)
+    with cleanup.temporary_directory(prefix="refgen-model-") as view:
         for f in lock.files:
             link = view / f.path
             link.parent.mkdir(parents=True, exist_ok=True)
