@@ -1,4 +1,4 @@
-"""What an interrupted run must remove: one registry of temporaries, emptied by the CLI's signal path.
+"""What an interrupted run must remove: one registry of temporaries, emptied on a signal.
 
 The CLI (:mod:`refgen.cli`) runs a command on a worker thread and keeps the main thread free for
 SIGINT and SIGTERM: Python runs signal handlers on the main thread only, between bytecodes, so a
@@ -137,4 +137,3 @@ def pending() -> int:
     """How many temporaries are registered now (for tests)."""
     with _lock:
         return len(_entries)
-
