@@ -149,10 +149,11 @@ if [[ -n "$stage_id" ]]; then
 fi
 current_image="$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE")"
 current_stage="$("$DOCKER" image inspect --format '{{.Id}}' "${IMAGE}-build" 2>/dev/null || true)"
-for old in "$previous_image:$current_image" "$previous_stage:$current_stage"; do
-    if [[ -n "${old%%:*}" && "${old%%:*}" != "${old#*:}" ]] \
-            && [[ -z "$("$DOCKER" image inspect --format '{{join .RepoTags ","}}' "${old%%:*}" 2>/dev/null)" ]]; then
-        "$DOCKER" rmi "${old%%:*}" >/dev/null 2>&1 || true
+for pair in "$previous_image $current_image" "$previous_stage $current_stage"; do
+    read -r old new <<<"$pair"
+    if [[ -n "$old" && "$old" != "${new:-}" ]] \
+            && [[ -z "$("$DOCKER" image inspect --format '{{join .RepoTags ","}}' "$old" 2>/dev/null)" ]]; then
+        "$DOCKER" rmi "$old" >/dev/null 2>&1 || true
     fi
 done
 

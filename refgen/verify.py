@@ -172,7 +172,7 @@ def _names(findings: Sequence[Finding]) -> str:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest as a dict; a missing or malformed one is a :class:`VerifyError`."""
     try:
-        data = json.loads(path.read_bytes())
+        data = compare.loads_bounded(path.read_bytes())
     except FileNotFoundError:
         raise VerifyError(f"no manifest {path.name} next to the reference") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -230,7 +230,7 @@ def _check_statement(artifact: Artifact, manifest: Mapping[str, Any]) -> list[Fi
     """The statement must attest the same subject and dependencies the manifest records."""
     name = artifact.statement.name
     try:
-        statement = json.loads(artifact.statement.read_bytes())
+        statement = compare.loads_bounded(artifact.statement.read_bytes())
         expected = provenance.build_statement(manifest, environ={})
         subject_ok = statement["subject"] == expected["subject"]
         deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
@@ -299,7 +299,7 @@ def check_inputs(spec: Spec, manifest: Mapping[str, Any], *, model_files: bool) 
 
 def _lock_detail(lock: Path, recorded: Any) -> str:
     try:
-        files = {f["path"]: f["sha256"] for f in json.loads(lock.read_text())["files"]}
+        files = {f["path"]: f["sha256"] for f in compare.loads_bounded(lock.read_text())["files"]}
     except (ValueError, KeyError, TypeError):
         return "changed and no longer readable"
     before = {f.get("path"): f.get("sha256") for f in recorded or []}
