@@ -171,9 +171,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from refgen import hub
     from refgen.spec import load_spec
 
+    hub.log_retries_once()
     for spec in [load_spec(p) for p in _specs(args)]:
-        folder = hub.fetch(spec)
-        log.info("%s@%s fetched and verified in %s", spec.repo, spec.revision, folder)
+        fetched = hub.fetch_model(spec)
+        how = "downloaded and verified" if fetched.downloaded else "already in the cache, verified"
+        log.info("%s@%s %s in %s", spec.repo, spec.revision, how, fetched.folder)
     return 0
 
 
@@ -182,6 +184,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     from refgen.spec import load_spec
 
     spec = load_spec(args.spec)
+    hub.log_retries_once()
     result = hub.lock(spec, offline=args.offline)
     log.info(
         "locked %d files of %s@%s in %s",

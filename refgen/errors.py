@@ -27,3 +27,7 @@ class IntegrityError(RefgenError):
 
 class EnvironmentProfileError(RefgenError):
     """The determinism profile could not be applied (e.g. torch was imported too early)."""
+
+
+class HubError(RefgenError):
+    """The Hugging Face Hub could not be reached, or refused a download (network commands only)."""

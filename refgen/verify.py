@@ -467,7 +467,7 @@ def verify(
     if not artifact.reference.is_file():
         raise VerifyError(
             f"no reference to verify at {artifact.reference}; pass --reference PATH, or generate "
-            f"it first with `refgen generate --spec {spec.path.name}`"
+            f"it first with `refgen generate --spec {spec.display}`"
         )
     tol = tolerance or Tolerance(spec.tolerance, spec.tolerance)
     manifest: dict[str, Any] | None
