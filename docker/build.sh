@@ -122,8 +122,9 @@ log "building $IMAGE from $base with $builder (network disabled, build $build_id
 if [[ "$builder" == buildah ]]; then
     # --timestamp pins every created time and file mtime, so the image ID itself is reproducible;
     # the image is then handed to Docker, which keeps buildah's ID.
-    build=(buildah build "${no_cache[@]}" --pull-never --force-rm --timestamp "$epoch"
-        "${build_args[@]}" "$CONTEXT")
+    # (buildah keeps no intermediate images without --layers and removes its working
+    # containers itself; it refuses --force-rm then)
+    build=(buildah build "${no_cache[@]}" --pull-never --timestamp "$epoch" "${build_args[@]}" "$CONTEXT")
 else
     build=("$DOCKER" build "${no_cache[@]}" --force-rm "${build_args[@]}" "$CONTEXT")
 fi

@@ -77,8 +77,8 @@ def remove_our_images() -> Iterator[None]:
         return
     ours = _docker("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
     tags = [t for t in ours if t.startswith(f"refgen-test-{RUN_ID}")]
-    if tags:
-        _docker("rmi", *tags, check=False)
+    if tags:  # multi-GB layers: removing them can take minutes on a busy disk
+        subprocess.run(["docker", "rmi", *tags], capture_output=True, check=False, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,8 @@ def test_rebuild_gives_identical_layers(two_builds: tuple[Built, Built]) -> None
     first, second = two_builds
     assert len(second.layers) >= 2
     assert first.layers == second.layers, "a --no-cache rebuild changed the image's layers"
+    if first.image_id != second.image_id:  # the replaced image is removed, by its ID
+        assert _docker("image", "inspect", first.image_id, check=False).returncode != 0
 
 
 @pytest.mark.docker
@@ -263,6 +265,7 @@ def test_failed_build_leaves_nothing_behind(
     lock.unlink()  # a hard link into the wheelhouse's tree may be shared: replace, never edit
     lock.write_text("not-a-package==1.0 --hash=sha256:" + "0" * 64 + "\n")
     env = {**_build_env(base_image, tiny_setup, context), "IMAGE": f"{IMAGE}-broken"}
+    before = set(_docker("images", "-aq").stdout.split())  # the base, cache hits: not its own
     run = _script("build.sh", "--skip-stage", env=env, check=False)
     assert run.returncode != 0 and "the image build failed" in run.stderr, run.stderr[-3000:]
     log = run.stderr
@@ -277,9 +280,7 @@ def test_failed_build_leaves_nothing_behind(
         for prev, line in zip(log.splitlines(), log.splitlines()[1:], strict=False)
         if "Using cache" in prev and line.startswith(" ---> ")
     }
-    for image in set(made) - used_cache:
-        if image in containers:
-            continue
+    for image in set(made) - used_cache - before - set(containers):
         assert _docker("image", "inspect", image, check=False).returncode != 0, (
             f"image {image} made by the failed build is left behind"
         )
