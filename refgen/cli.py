@@ -14,7 +14,7 @@ from types import FrameType
 from typing import NoReturn
 
 from refgen import cleanup, determinism
-from refgen.errors import RefgenError
+from refgen.errors import OutputError, RefgenError
 from refgen.spec import add_spec_arguments
 
 log = logging.getLogger("refgen")
@@ -148,6 +148,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from refgen.verify import is_up_to_date
 
     specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
+    for spec in specs:  # a folder we cannot write is named now, not after the model ran
+        check_writable(output_paths(spec, args.output_dir).reference.parent)
     for spec in specs:
         if not args.force:
             status = is_up_to_date(spec, output_paths(spec, args.output_dir).manifest)
@@ -165,6 +167,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
             outputs.sums.name,
         )
     return 0
+
+
+def check_writable(folder: Path) -> None:
+    """The output folder (or the nearest existing parent it will be created in) must accept new
+    files: the outputs are written as temporaries there and renamed into place."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"the output folder {folder} is not a folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write to the output folder {existing} (permission denied for this user). "
+            "Make it writable, or pass --output-dir DIR with a folder you can write to."
+        )
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

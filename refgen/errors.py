@@ -31,3 +31,7 @@ class EnvironmentProfileError(RefgenError):
 
 class HubError(RefgenError):
     """The Hugging Face Hub could not be reached, or refused a download (network commands only)."""
+
+
+class OutputError(RefgenError):
+    """The output folder cannot be written (checked before the model is loaded)."""
