@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from refgen import cleanup, determinism
 from refgen.errors import OutputError, RefgenError
@@ -40,15 +40,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     worker = threading.Thread(target=work, name="refgen-command", daemon=True)
     worker.start()
-    while worker.is_alive() and signals.received is None:
-        worker.join(0.1)
-    if signals.received is not None:
-        _exit_interrupted(143 if signals.received == signal.SIGTERM else 130)
-    if failure:
-        if isinstance(failure[0], KeyboardInterrupt | cleanup.Interrupted):
-            _exit_interrupted(130)
-        raise failure[0]
-    return result[0]
+    try:
+        while worker.is_alive() and signals.received is None:
+            worker.join(0.1)
+        if signals.received is not None:
+            _exit_interrupted(143 if signals.received == signal.SIGTERM else 130)
+        if failure:
+            if isinstance(failure[0], KeyboardInterrupt | cleanup.Interrupted):
+                _exit_interrupted(130)
+            raise failure[0]
+        return result[0]
+    finally:
+        signals.restore()  # for callers in the same process (tests, python -m refgen.verify)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -66,15 +69,20 @@ class _Signals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.previous: dict[int, Any] = {}
 
     @classmethod
     def install(cls) -> _Signals | None:
         if threading.current_thread() is not threading.main_thread():
             return None
         signals = cls()
-        signal.signal(signal.SIGINT, signals._handle)
-        signal.signal(signal.SIGTERM, signals._handle)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signals.previous[sig] = signal.signal(sig, signals._handle)
         return signals
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:  # the first one counts (a terminal's Ctrl-C, then a SIGTERM)
