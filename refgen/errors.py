@@ -35,3 +35,7 @@ class HubError(RefgenError):
 
 class OutputError(RefgenError):
     """The output folder cannot be written (checked before the model is loaded)."""
+
+
+class ArtifactError(RefgenError):
+    """A reference's files (the manifest next to the JSON) are missing or malformed."""

@@ -20,7 +20,6 @@ Example (the keys are documented in the README)::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 import tomllib
@@ -207,17 +206,6 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         prompts=tuple(prompts),
         top_k=run["top_k"],
         tolerance=tolerance,
-    )
-
-
-def add_spec_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
-    """``--spec`` (repeatable) and ``--specs-dir``, shared by every command that takes specs."""
-    parser.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
-    parser.add_argument(
-        "--specs-dir",
-        type=Path,
-        default=Path("specs"),
-        help=f"without --spec, {verb} every *.toml here (default: specs)",
     )
 
 
