@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, provenance
+from refgen import determinism, fastload, hub, manifest, probes, provenance
 from refgen.artifact import Artifact
 from refgen.compare import shorten
 from refgen.hashing import sha256_bytes
@@ -61,13 +61,20 @@ def generate(
     # Hashing runs on a thread from here on, beside the torch import and the load; the model
     # is handed out only once every file matched the lock (refgen.fastload).
     verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock.files})
+    capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock) as view:
-        reference = compute_reference(spec, view, timings, verifier)
+        reference = compute_reference(spec, view, timings, verifier, capture)
     timings.phases["verify_wait"] = verifier.waited_s
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
         reference_bytes = dump_reference(reference)
-        record = manifest.build(spec, lock, {outputs.reference.name: reference_bytes})
+        # X.safetensors beside X.json: listed in the manifest (so in the statement's subjects)
+        # and in X.sha256, and committed with the other files in one step.
+        data = {"reference": reference_bytes}
+        if capture is not None:
+            data["probes"] = capture.dump()
+        named = {outputs.sibling(kind).name: content for kind, content in data.items()}
+        record = manifest.build(spec, lock, named)
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
         statement_bytes = provenance.statement_bytes(
@@ -77,7 +84,7 @@ def generate(
         )
         sums = manifest.sha256sums(
             {
-                outputs.reference.name: reference_bytes,
+                **named,
                 outputs.manifest.name: manifest_bytes,
                 outputs.statement.name: statement_bytes,
             }
@@ -85,7 +92,7 @@ def generate(
         # The sums file is what `sha256sum -c` trusts, so it is renamed into place last.
         outputs.commit(
             {
-                "reference": reference_bytes,
+                **data,
                 "manifest": manifest_bytes,
                 "statement": statement_bytes,
                 "sums": sums,
@@ -95,9 +102,14 @@ def generate(
 
 
 def compute_reference(
-    spec: Spec, model_dir: Path, timings: Timings, verifier: fastload.Verifier
+    spec: Spec,
+    model_dir: Path,
+    timings: Timings,
+    verifier: fastload.Verifier,
+    capture: probes.Capture | None = None,
 ) -> dict[str, Any]:
-    """Load in the spec's dtype and run each prompt alone, as the consumer will."""
+    """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
+    keeps the spec's probe tensors of each forward."""
     with timings.phase("import"):
         import torch
         import transformers
@@ -119,6 +131,8 @@ def compute_reference(
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     config = model.config
+    if capture is not None:  # layer indices checked against the model before any forward
+        capture.start(int(config.num_hidden_layers))
     cases = []
     vocab_size = None
     with (
@@ -126,10 +140,12 @@ def compute_reference(
         torch.inference_mode(),
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
-        for prompt in spec.prompts:
+        for number, prompt in enumerate(spec.prompts):
             log.info("forward: %s", shorten(prompt))  # a 1 MB prompt is not one 1 MB log line
             input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
             out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+            if capture is not None:
+                capture.add(number, out)
             logits = out.logits[0, -1]
             vocab_size = int(logits.shape[-1])
             values, indices = torch.topk(logits, spec.top_k)
