@@ -23,11 +23,11 @@ import os
 import secrets
 import signal
 import stat
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from refgen import cleanup
 from refgen.errors import OutputError
 
 
@@ -35,12 +35,16 @@ def write_files(files: Mapping[Path, bytes]) -> None:
     """Write several files as one step, in the order given (put the file readers trust last)."""
     targets = list(files)
     temps: dict[Path, Path] = {}
+    keys: list[int] = []
     try:
         for target in targets:
             _check_target(target)
         for target, data in files.items():
-            temps[target] = _stage(target, data)
-        with _signals_held():
+            temps[target], key = _stage(target, data)
+            keys.append(key)
+        # The CLI's signal path (refgen.cleanup) waits for the whole swap, rollback included;
+        # a caller on the main thread has SIGINT/SIGTERM held back for it.
+        with cleanup.critical(), _signals_held():
             _swap(targets, temps)
     except OSError as exc:
         raise OutputError(
@@ -50,6 +54,8 @@ def write_files(files: Mapping[Path, bytes]) -> None:
     finally:
         for leftover in temps.values():
             leftover.unlink(missing_ok=True)
+        for key in keys:
+            cleanup.forget(key)
 
 
 def _check_target(target: Path) -> None:
@@ -63,10 +69,10 @@ def _check_target(target: Path) -> None:
         raise OutputError(f"{target} exists and is not a regular file; remove it first.")
 
 
-def _stage(target: Path, data: bytes) -> Path:
+def _stage(target: Path, data: bytes) -> tuple[Path, int]:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(name)
+    # registered: an interrupted run removes it even while this thread is elsewhere
+    fd, tmp, key = cleanup.temporary_file(f".{target.name}.", ".tmp", target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -78,8 +84,9 @@ def _stage(target: Path, data: bytes) -> Path:
         os.chmod(tmp, 0o666 & ~umask)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        cleanup.forget(key)
         raise
-    return tmp
+    return tmp, key
 
 
 def _swap(targets: list[Path], temps: Mapping[Path, Path]) -> None:

@@ -29,10 +29,21 @@ class EnvironmentProfileError(RefgenError):
     """The determinism profile could not be applied (e.g. torch was imported too early)."""
 
 
+class HubError(RefgenError):
+    """The Hugging Face Hub could not be reached, or refused a download (network commands only)."""
+
+
 class OutputError(RefgenError):
     """An output cannot be written where asked: outside its allowed folder, over a symlink, a
-    folder or an input, or the file system refused the write (the previous files are kept)."""
+    folder or an input, an unwritable folder (checked before the model is loaded), or the file
+    system refused the write (the previous files are kept)."""
 
 
 class ArtifactError(RefgenError):
     """A reference's files (the manifest next to the JSON) are missing or malformed."""
+
+
+class UnsupportedCpuError(RefgenError):
+    """The CPU lacks an instruction set the determinism profile needs (AVX2, FMA)."""
+
+    exit_code = 4

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from refgen import determinism, fastload, hub, manifest, probes, provenance
 from refgen.artifact import Artifact
+from refgen.compare import shorten
 from refgen.hashing import sha256_bytes
 from refgen.lock import LockedFile, ModelLock, read_lock
 from refgen.spec import Spec
@@ -148,7 +149,7 @@ def compute_reference(
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
         for number, prompt in enumerate(spec.prompts):
-            log.info("forward: %r", prompt)
+            log.info("forward: %s", shorten(prompt))  # a 1 MB prompt is not one 1 MB log line
             input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
             out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
             if capture is not None:

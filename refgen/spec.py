@@ -161,9 +161,9 @@ def load_spec(path: str | Path) -> Spec:
             f"spec {path} is a folder, not a file. Pass a TOML file to --spec, or the folder "
             "to --specs-dir."
         ) from None
-    except OSError as exc:
+    except OSError as exc:  # unreadable (permissions), a folder, ...
         raise SpecError(
-            f"cannot read spec {path}: {exc.strerror}. Check its permissions."
+            f"cannot read the spec {path}: {exc.strerror}. Pass a readable TOML file to --spec."
         ) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))

@@ -285,7 +285,7 @@ def test_spec_that_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "read_bytes", refuse)
-    with pytest.raises(RefgenError, match=r"cannot read spec .*Permission denied"):
+    with pytest.raises(RefgenError, match=r"cannot read the spec .*Permission denied"):
         load_spec(spec)
 
 
