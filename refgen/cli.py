@@ -10,10 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from refgen import determinism
 from refgen.errors import RefgenError
 from refgen.spec import add_spec_arguments
+from refgen.streaming import LOAD_MODES
 
 log = logging.getLogger("refgen")
 
@@ -50,6 +52,26 @@ def _parser() -> argparse.ArgumentParser:
     add_spec_arguments(gen, "build")
     gen.add_argument("--output-dir", type=Path, help="write here instead of the spec's output path")
     gen.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    gen.add_argument(
+        "--load",
+        choices=LOAD_MODES,
+        help="weights in memory, or streamed layer by layer (models bigger than RAM); "
+        "default: the spec's [run] load, else auto (stream when the weights exceed the budget)",
+    )
+    gen.add_argument(
+        "--stream",
+        dest="load",
+        action="store_const",
+        const="stream",
+        help="same as --load stream",
+    )
+    gen.add_argument(
+        "--memory-budget",
+        type=_size,
+        metavar="SIZE",
+        help="memory the run may use, e.g. 6GB (default: the spec's [run] memory_budget, "
+        "else 0.75 x available memory)",
+    )
     gen.set_defaults(func=cmd_generate)
 
     fetch = sub.add_parser("fetch", help="download the pinned model files and verify them")
@@ -82,6 +104,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size(text: str) -> int:
+    from refgen.streaming import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _load_options(args: argparse.Namespace, spec: Any) -> Any:
+    """The CLI's --load/--memory-budget over the spec's [run] load/memory_budget."""
+    from refgen.streaming import LoadOptions
+
+    budget = args.memory_budget if args.memory_budget is not None else spec.memory_budget
+    return LoadOptions(args.load or spec.load, budget)
+
+
 def _specs(args: argparse.Namespace) -> list[Path]:
     from refgen.spec import find_specs
 
@@ -103,7 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 continue
             log.info("%s needs a build: %s", spec.name, "; ".join(status.reasons))
         log.info("generating %s (%s@%s)", spec.name, spec.repo, spec.revision)
-        outputs = generate(spec, args.output_dir)
+        outputs = generate(spec, args.output_dir, load=_load_options(args, spec))
         log.info(
             "wrote %s (+ %s, %s, %s)",
             outputs.reference,

@@ -18,8 +18,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, provenance
+from refgen import determinism, fastload, hub, manifest, provenance, streaming
 from refgen.atomic import write_files
+from refgen.errors import IntegrityError
 from refgen.hashing import sha256_bytes
 from refgen.spec import Spec
 
@@ -68,8 +69,16 @@ def output_paths(spec: Spec, output_dir: Path | None = None) -> Outputs:
     )
 
 
-def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None = None) -> Outputs:
-    """Verify inputs, compute the reference and write its three files atomically."""
+def generate(
+    spec: Spec,
+    output_dir: Path | None = None,
+    timings: Timings | None = None,
+    load: streaming.LoadOptions | None = None,
+) -> Outputs:
+    """Verify inputs, compute the reference and write its three files atomically.
+
+    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``.
+    """
     timings = timings or Timings()
     outputs = output_paths(spec, output_dir)
     lock = hub.read_lock(spec)
@@ -78,12 +87,20 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
     # is handed out only once every file matched the lock (refgen.fastload).
     verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock.files})
     with hub.verified_view(folder, lock) as view:
-        reference = compute_reference(spec, view, timings, verifier)
+        weights = [view / f.path for f in lock.files if f.path.endswith(".safetensors")]
+        options = load or streaming.LoadOptions(spec.load, spec.memory_budget)
+        try:
+            load_plan = streaming.plan(weights, spec.dtype, options)  # in memory, or streamed
+        except IntegrityError:
+            verifier.result(integrity_hint(spec))  # a damaged file: its hash is the real cause
+            raise
+        reference = compute_reference(spec, view, timings, verifier, load_plan)
     timings.phases["verify_wait"] = verifier.waited_s
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
         reference_bytes = dump_reference(reference)
         record = manifest.build(spec, lock, {outputs.reference.name: reference_bytes})
+        record["loading"] = load_plan.manifest()
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
         statement_bytes = provenance.statement_bytes(
@@ -111,7 +128,11 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
 
 
 def compute_reference(
-    spec: Spec, model_dir: Path, timings: Timings, verifier: fastload.Verifier
+    spec: Spec,
+    model_dir: Path,
+    timings: Timings,
+    verifier: fastload.Verifier,
+    load_plan: streaming.LoadPlan | None = None,
 ) -> dict[str, Any]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will."""
     with timings.phase("import"):
@@ -123,15 +144,13 @@ def compute_reference(
     with timings.phase("load"):
         # What AutoModelForCausalLM.from_pretrained builds, from bytes hashed as they are read;
         # raises IntegrityError before any file content is used if a hash differs.
-        model, _ = fastload.load_verified_model(
+        model, _ = streaming.load_model(
             model_dir,
             verifier,
+            load_plan or streaming.LoadPlan("memory", "memory", 0, 0, False),
             spec.dtype,
             spec.attn_implementation,
-            hint=(
-                "The cached copy is corrupt or was modified. Delete it (`hf cache delete`) and "
-                f"run {hub.fetch_hint(spec)}."
-            ),
+            hint=integrity_hint(spec),
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     config = model.config
@@ -142,10 +161,11 @@ def compute_reference(
         torch.inference_mode(),
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
-        for prompt in spec.prompts:
+        inputs = [tokenizer(p, return_tensors="pt")["input_ids"] for p in spec.prompts]
+        # One forward per prompt; a streamed model runs them together, layer by layer.
+        runs = streaming.forwards(model, inputs, output_hidden_states=True, use_cache=False)
+        for prompt, input_ids, out in zip(spec.prompts, inputs, runs, strict=True):
             log.info("forward: %r", prompt)
-            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-            out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
             logits = out.logits[0, -1]
             vocab_size = int(logits.shape[-1])
             values, indices = torch.topk(logits, spec.top_k)
@@ -182,6 +202,13 @@ def compute_reference(
         "use_qk_norm": hasattr(attention, "q_norm") and hasattr(attention, "k_norm"),
         "test_cases": cases,
     }
+
+
+def integrity_hint(spec: Spec) -> str:
+    return (
+        "The cached copy is corrupt or was modified. Delete it (`hf cache delete`) and "
+        f"run {hub.fetch_hint(spec)}."
+    )
 
 
 def _rope_theta(config: Any) -> float:

@@ -14,6 +14,8 @@ Example (the keys are documented in the README)::
     [run]
     prompts = ["The capital of France is"]
     top_k = 10
+    load = "auto"              # or "memory", "stream" (layer by layer: models bigger than RAM)
+    memory_budget = "16GB"     # optional; default 0.75 x the memory available at run time
     [verify]
     tolerance = 1e-6
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from refgen.errors import SpecError
+from refgen.streaming import LOAD_MODES, parse_size
 
 SPEC_SCHEMA = 1
 DTYPES = ("float32",)
@@ -47,7 +50,12 @@ _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
         "dtype": (str, False, "float32"),
         "attn_implementation": (str, False, "sdpa"),
     },
-    "run": {"prompts": (list, True, None), "top_k": (int, False, 10)},
+    "run": {
+        "prompts": (list, True, None),
+        "top_k": (int, False, 10),
+        "load": (str, False, "auto"),
+        "memory_budget": ((str, int), False, None),
+    },
     "verify": {"tolerance": ((float, int), False, 1e-6)},
 }
 
@@ -67,6 +75,8 @@ class Spec:
     prompts: tuple[str, ...]
     top_k: int
     tolerance: float
+    load: str = "auto"  # "auto", "memory" or "stream" (refgen.streaming)
+    memory_budget: int | None = None  # bytes; None: derived from available memory
 
     @property
     def display(self) -> str:
@@ -92,9 +102,16 @@ class Spec:
                 "dtype": self.dtype,
                 "attn_implementation": self.attn_implementation,
             },
-            "run": {"prompts": list(self.prompts), "top_k": self.top_k},
+            "run": {"prompts": list(self.prompts), "top_k": self.top_k, **self._loading()},
             "verify": {"tolerance": self.tolerance},
         }
+
+    def _loading(self) -> dict[str, Any]:
+        """The loading keys, only when set: specs without them keep their recorded content."""
+        keys: dict[str, Any] = {"load": self.load} if self.load != "auto" else {}
+        if self.memory_budget is not None:
+            keys["memory_budget"] = self.memory_budget
+        return keys
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -181,6 +198,16 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
             raise SpecError(
                 f"{where}: 'run.prompts[{i}]' must be a non-empty string, got {prompt!r}."
             )
+    if run["load"] not in LOAD_MODES:
+        raise SpecError(
+            f"{where}: 'run.load' must be one of {list(LOAD_MODES)}, got {run['load']!r}."
+        )
+    budget = run["memory_budget"]
+    if budget is not None:
+        try:
+            budget = parse_size(budget)
+        except ValueError as exc:
+            raise SpecError(f"{where}: 'run.memory_budget': {exc}.") from None
     if run["top_k"] < 1:
         raise SpecError(f"{where}: 'run.top_k' must be at least 1, got {run['top_k']}.")
     tolerance = float(v["verify"]["tolerance"])
@@ -203,6 +230,8 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         prompts=tuple(prompts),
         top_k=run["top_k"],
         tolerance=tolerance,
+        load=run["load"],
+        memory_budget=budget,
     )
 
 
