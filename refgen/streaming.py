@@ -462,6 +462,7 @@ class Streamer:
         self.prompts = len(inputs)
         self.step = 0
         self.finished = set()
+        self.error = None
         for unit in self.units:
             if not unit.resident:
                 unit.state = "absent"
@@ -507,9 +508,9 @@ class Streamer:
             if not unit.resident and unit.state == "loaded":
                 self._release(unit)
                 unit.state = "released"
-        if self.error is not None and not isinstance(self.error, StopIteration):
-            raise self.error
-        self.error = None
+        error, self.error = self.error, None
+        if error is not None and not isinstance(error, StopIteration):
+            raise error  # the first failure, from whichever thread had it
         return results
 
 
