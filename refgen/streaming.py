@@ -27,6 +27,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,7 @@ class Streamer:
         self.error: BaseException | None = None
         self.bar: Any = None
         self.window = 2  # streamed units in memory at once: the one running and the next
+        self.pool = ThreadPoolExecutor(fastload.WORKERS, thread_name_prefix="refgen-stream-read")
         self.by_module = {id(u.module): u for u in units if u.hooked}
         for unit in units:
             if unit.hooked:
@@ -337,24 +339,27 @@ class Streamer:
                 unit.module.register_forward_hook(self._leave)
 
     # ---- loading
-    def _materialise(self, unit: _Unit, shared: dict[str, Any] | None = None) -> None:
+    def _read(self, t: _Tensor) -> Any:
         import torch
 
+        data, entry, path = self.sources[t.key]
+        if tuple(entry.shape) != tuple(t.meta.shape):
+            raise StreamingError(
+                f"{t.key} in {path.name} has shape {list(entry.shape)}, the model "
+                f"expects {list(t.meta.shape)}"
+            )
+        tensor = fastload.read_tensor(data, entry, self.target, path)
+        return torch.nn.Parameter(tensor, requires_grad=False)
+
+    def _materialise(self, unit: _Unit, shared: dict[str, Any] | None = None) -> None:
+        """Read a unit's tensors (on two threads, as fastload does) and put them in place."""
+        todo = [t for t in unit.tensors if shared is None or t.key not in shared]
+        values = dict(zip((t.key for t in todo), self.pool.map(self._read, todo), strict=True))
+        if shared is not None:
+            shared.update(values)
+            values = shared
         for t in unit.tensors:
-            if shared is not None and t.key in shared:
-                value = shared[t.key]
-            else:
-                data, entry, path = self.sources[t.key]
-                tensor = fastload.read_tensor(data, entry, self.target, path)
-                if tuple(tensor.shape) != tuple(t.meta.shape):
-                    raise StreamingError(
-                        f"{t.key} in {path.name} has shape {list(tensor.shape)}, the model "
-                        f"expects {list(t.meta.shape)}"
-                    )
-                value = torch.nn.Parameter(tensor, requires_grad=False)
-                if shared is not None:
-                    shared[t.key] = value
-            t.owner._parameters[t.local] = value
+            t.owner._parameters[t.local] = values[t.key]
 
     def _release(self, unit: _Unit) -> None:
         for t in unit.tensors:
@@ -537,6 +542,8 @@ def load_streamed_model(
     digests = verifier.result(hint)  # nothing from the files is read before this
     import sys
 
+    import torch
+
     if not sys.stderr.isatty():
         from transformers.utils import logging as hf_logging
 
@@ -547,7 +554,9 @@ def load_streamed_model(
     model = _build_meta_model(folder, dtype, attn_implementation, sources)
     units = _units(model, sources, dtype)
     layer_max = max((u.nbytes for u in units if u.layer), default=0)
-    outside = sum(u.nbytes for u in units if not u.layer)
+    # Tied weights outside the layers (embeddings and head) are one tensor when resident.
+    sizes = {t.key: t.meta.numel() for u in units if not u.layer for t in u.tensors}
+    outside = sum(sizes.values()) * getattr(torch, dtype).itemsize
     keep = budget is None or outside + 2 * layer_max + RUNTIME_BYTES <= budget
     for unit in units:
         unit.resident = not unit.hooked or (keep and not unit.layer)
