@@ -281,7 +281,7 @@ def build(
         blob.write_bytes(data)
         link(INDEX, blob)
     for file, names in shards.items():
-        partial = blobs / f"{revision}.{file}.partial"
+        partial = blobs / f"{revision}.{file}"
         digest = write_safetensors(partial, config, seed, names)
         os.replace(partial, blobs / digest)  # LFS blobs are named by their SHA-256
         link(file, blobs / digest)
