@@ -27,3 +27,7 @@ class IntegrityError(RefgenError):
 
 class EnvironmentProfileError(RefgenError):
     """The determinism profile could not be applied (e.g. torch was imported too early)."""
+
+
+class ArtifactError(RefgenError):
+    """A reference's files (the manifest next to the JSON) are missing or malformed."""

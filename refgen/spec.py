@@ -22,7 +22,6 @@ Example (the keys are documented in the README)::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 import tomllib
@@ -232,17 +231,6 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         tolerance=tolerance,
         load=run["load"],
         memory_budget=budget,
-    )
-
-
-def add_spec_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
-    """``--spec`` (repeatable) and ``--specs-dir``, shared by every command that takes specs."""
-    parser.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
-    parser.add_argument(
-        "--specs-dir",
-        type=Path,
-        default=Path("specs"),
-        help=f"without --spec, {verb} every *.toml here (default: specs)",
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,7 +40,7 @@ log = logging.getLogger("refgen")
 
 LOAD_MODES = ("auto", "memory", "stream")
 # The automatic budget is this share of the memory the kernel reports available
-# (psutil.virtual_memory().available, which counts reclaimable page cache). The in-memory path
+# (MemAvailable, which counts reclaimable page cache). The in-memory path
 # peaks at 1.06x the F32 weights plus about 0.5 GB for torch, the tokenizer and activations
 # (measured at the Qwen3-1.7B shape: 7.27 GB for 6.88 GB of weights); the remaining quarter is
 # for that overhead, for the page cache the weights are read through, and for other processes.
@@ -72,10 +73,19 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def default_budget() -> int:
-    import psutil
+def available_memory() -> int:
+    """The kernel's MemAvailable (free plus reclaimable page cache), as psutil reports it."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
-    return int(psutil.virtual_memory().available * AVAILABLE_SHARE)
+
+def default_budget() -> int:
+    return int(available_memory() * AVAILABLE_SHARE)
 
 
 @dataclass(frozen=True)

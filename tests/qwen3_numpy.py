@@ -37,7 +37,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    return weight * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    out: np.ndarray = weight * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return out
 
 
 def _rope(x: np.ndarray, theta: float) -> np.ndarray:
@@ -49,7 +50,8 @@ def _rope(x: np.ndarray, theta: float) -> np.ndarray:
     sin = np.sin(np.concatenate([angles, angles], axis=-1))[:, None, :]
     half = dim // 2
     rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    out: np.ndarray = x * cos + rotated * sin
+    return out
 
 
 def forward(

@@ -102,42 +102,6 @@ def test_manifest_hashes_match_and_sha256sum_checks(generated: Path, tiny_setup:
     assert checked.stdout.count(": OK") == 3
 
 
-def test_bytes_do_not_depend_on_the_caller(
-    generated: Path, tiny_setup: TinySetup, tmp_path: Path
-) -> None:
-    """Another cwd, locale, time zone, HOME, and caller-set thread and ISA variables."""
-    hostile = {
-        "TZ": "Pacific/Kiritimati",
-        "LANG": "tr_TR.UTF-8",
-        "LC_ALL": "C",
-        "HOME": str(tmp_path),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "3",
-        "ATEN_CPU_CAPABILITY": "default",
-        "MKL_CBWR": "AUTO",
-        "ONEDNN_MAX_CPU_ISA": "ALL",
-    }
-    out = tmp_path / "out"
-    cwd = tmp_path / "elsewhere"
-    cwd.mkdir()
-    cmd = ["generate", "--spec", tiny_setup.spec, "--output-dir", out]
-    run_refgen(*cmd, hf_home=tiny_setup.hf_home, env=hostile, cwd=cwd)
-    for suffix in (".json", ".manifest.json", ".sha256"):
-        assert (out / f"{NAME}{suffix}").read_bytes() == (
-            generated / f"{NAME}{suffix}"
-        ).read_bytes()
-    # One visible core: torch would otherwise follow the core count.
-    taskset_out = tmp_path / "taskset"
-    subprocess.run(
-        ["taskset", "-c", "0", sys.executable, "-m", "refgen", *map(str, cmd[:-1]), taskset_out],
-        env={"HF_HOME": str(tiny_setup.hf_home), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-    )
-    assert (taskset_out / f"{NAME}.json").read_bytes() == (generated / f"{NAME}.json").read_bytes()
-
-
 @pytest.mark.parametrize("victim", ["model.safetensors", "config.json", "tokenizer.json"])
 def test_a_changed_byte_in_a_model_file_is_refused(tiny_copy: TinySetup, victim: str) -> None:
     blob = (tiny_copy.checkpoint.snapshot / victim).resolve()
@@ -202,9 +166,45 @@ def test_lock_offline_records_every_file_hash(tiny_setup: TinySetup) -> None:
     )
 
 
-def test_a_file_missing_from_the_lock_is_never_read(tiny_copy: TinySetup, generated: Path) -> None:
-    """A file added to the snapshot behind the lock's back cannot change the output."""
-    (tiny_copy.checkpoint.snapshot / "chat_template.jinja").write_text("{{ 'injected' }}")
+def test_a_file_missing_from_the_lock_is_never_read(
+    tiny_copy: TinySetup, generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file added to the snapshot behind the lock's back is not even visible to the loader:
+    the folder the generator loads from holds exactly the locked files, with the locked bytes."""
+    from huggingface_hub import constants
+
+    from refgen import generate
+    from refgen.lock import read_lock
+    from refgen.spec import load_spec
+
+    snapshot = tiny_copy.checkpoint.snapshot
+    (snapshot / "chat_template.jinja").write_text("{{ 'injected' }}")
+    spec = load_spec(tiny_copy.spec)
+    locked = {f.path: f.sha256 for f in read_lock(spec).files}
+    assert "chat_template.jinja" not in locked
+    seen: dict[str, Any] = {}
+
+    class Seen(Exception):
+        pass
+
+    def spy(spec: Any, model_dir: Path, timings: Any, verifier: Any) -> dict[str, Any]:
+        files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+        seen["files"] = {
+            p.relative_to(model_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files
+        }
+        seen["injected_readable"] = (model_dir / "chat_template.jinja").exists()
+        verifier.result()
+        raise Seen
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tiny_copy.hf_home / "hub"))
+    monkeypatch.setattr(generate, "compute_reference", spy)
+    with pytest.raises(Seen):
+        generate.generate(spec, tiny_copy.spec.parent / "unused")
+    assert seen["files"] == locked
+    assert seen["injected_readable"] is False
+
+    # End to end, in its own process: the output is the one made without the extra file.
     out = tiny_copy.spec.parent / "out"
     run_refgen("generate", "--spec", tiny_copy.spec, "--output-dir", out, hf_home=tiny_copy.hf_home)
     assert (out / f"{NAME}.json").read_bytes() == (generated / f"{NAME}.json").read_bytes()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, TinySetup, run_refgen
+from conftest import ROOT, TinySetup, refgen_env, run_refgen
 
 from refgen import fastload, streaming, tiny
 from refgen.errors import IntegrityError, SpecError
@@ -32,7 +31,7 @@ PROMPTS = [[1, 5, 9, 3, 7], [4, 2], [8, 8, 8, 1, 2, 3, 4, 5, 6, 7, 9, 11]]
 def _configs() -> dict[str, Any]:
     from transformers import GPT2Config, LlamaConfig, Qwen3Config
 
-    llama = {"num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512}
+    llama: dict[str, Any] = {"num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512}
     return {
         "qwen3-tiny": Qwen3Config(**tiny.CONFIG),
         "llama-tiny": LlamaConfig(
@@ -220,8 +219,7 @@ LAUNCHER = (
 
 def _generate(setup: TinySetup, out: Path, *extra: str) -> tuple[Path, int]:
     """``refgen generate`` in a child; returns (output folder, the child's peak RSS in bytes)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
-    env.update({"HF_HOME": str(setup.hf_home), "PYTHONPATH": str(ROOT)})
+    env = refgen_env(setup.hf_home)
     argv = [sys.executable, "-m", "refgen", "generate", "--spec", str(setup.spec)]
     result = subprocess.run(
         [sys.executable, "-c", LAUNCHER, *argv, "--output-dir", str(out), *extra],

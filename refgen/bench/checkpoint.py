@@ -13,10 +13,13 @@ import json
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from refgen import hfcache
 
 # The published config.json of Qwen/Qwen3-1.7B-Base (only the values matter to transformers).
 QWEN3_1_7B_BASE_CONFIG: dict[str, Any] = {
@@ -247,29 +250,15 @@ def build(
     }
     revision = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     repo = repo or repo_for(config)
-    repo_dir = hub_cache / f"models--{repo.replace('/', '--')}"
-    snapshot = repo_dir / "snapshots" / revision
-    ref = repo_dir / "refs" / "main"
+    writer = hfcache.SnapshotWriter(hub_cache, repo, revision)
     shards = _shards(config)
-    weights = snapshot / (next(iter(shards)) if len(shards) == 1 else INDEX)
-    if ref.is_file() and ref.read_text() == revision and weights.exists():
-        return revision, snapshot  # finished before: the ref is written last
+    weights = next(iter(shards)) if len(shards) == 1 else INDEX
+    if writer.has_ref() and (writer.snapshot / weights).exists():
+        return revision, writer.snapshot  # finished before: the ref is written last
     global FRESH_BUILDS
     FRESH_BUILDS += 1
-    blobs = repo_dir / "blobs"
-    blobs.mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-
-    def link(name: str, blob: Path) -> None:
-        target = snapshot / name
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        target.symlink_to(os.path.relpath(blob, snapshot))
-
     for name, data in small.items():
-        blob = blobs / _git_blob_sha1(data)
-        blob.write_bytes(data)
-        link(name, blob)
+        writer.link(name, writer.add_bytes(_git_blob_sha1(data), data))
     if len(shards) > 1:
         sizes = {n: int(np.prod(s)) * 2 for n, s in tensor_shapes(config).items()}
         index = {
@@ -277,17 +266,15 @@ def build(
             "weight_map": {n: file for file, names in shards.items() for n in names},
         }
         data = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
-        blob = blobs / _git_blob_sha1(data)
-        blob.write_bytes(data)
-        link(INDEX, blob)
+        writer.link(INDEX, writer.add_bytes(_git_blob_sha1(data), data))
     for file, names in shards.items():
-        partial = blobs / f"{revision}.{file}"
-        digest = write_safetensors(partial, config, seed, names)
-        os.replace(partial, blobs / digest)  # LFS blobs are named by their SHA-256
-        link(file, blobs / digest)
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    ref.write_text(revision)
-    return revision, snapshot
+        # LFS blobs are named by their SHA-256
+        writer.link(
+            file,
+            writer.add_streamed(partial(write_safetensors, config=config, seed=seed, names=names)),
+        )
+    writer.set_ref()
+    return revision, writer.snapshot
 
 
 INDEX = "model.safetensors.index.json"
