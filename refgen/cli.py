@@ -18,7 +18,7 @@ from typing import Any
 
 from refgen import determinism
 from refgen.errors import RefgenError
-from refgen.streaming import LOAD_MODES
+from refgen.spec import LOAD_MODES
 
 log = logging.getLogger("refgen")
 
@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _size(text: str) -> int:
-    from refgen.streaming import parse_size
+    from refgen.spec import parse_size
 
     try:
         return parse_size(text)

@@ -31,13 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from refgen.errors import SpecError
-from refgen.streaming import LOAD_MODES, parse_size
 
 SPEC_SCHEMA = 1
 DTYPES = ("float32",)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
+# How weights are loaded (refgen.streaming): in memory, layer-streamed, or chosen by size.
+LOAD_MODES = ("auto", "memory", "stream")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 _TYPE_NAMES: dict[Any, str] = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
 # table -> key -> (type, required, default)
@@ -111,6 +114,22 @@ class Spec:
         if self.memory_budget is not None:
             keys["memory_budget"] = self.memory_budget
         return keys
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``6GB``, ``6G``, ``6GiB``, ``512M`` or a plain number (decimal units; ``i``
+    for binary); ValueError when it is not a positive size."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _SIZE.match(str(text))
+        if not match:
+            raise ValueError(f"not a size: {text!r} (examples: 6GB, 6GiB, 512MB, 6000000000)")
+        number, unit, binary = match.groups()
+        value = int(float(number) * (1024 if binary else 1000) ** _UNITS[unit.lower()])
+    if value <= 0:
+        raise ValueError(f"a memory budget must be positive, got {text!r}")
+    return value
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,6 @@ from refgen.errors import RefgenError
 
 log = logging.getLogger("refgen")
 
-LOAD_MODES = ("auto", "memory", "stream")
 # The automatic budget is this share of the memory the kernel reports available
 # (MemAvailable, which counts reclaimable page cache). The in-memory path
 # peaks at 1.06x the F32 weights plus about 0.5 GB for torch, the tokenizer and activations
@@ -49,28 +47,10 @@ AVAILABLE_SHARE = 0.75
 # transformers imported, the tokenizer, activations and hidden states of a few short prompts
 # (measured: about 0.6 GB at the Qwen3-1.7B shape), with a margin.
 RUNTIME_BYTES = 1_000_000_000
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
-_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
 class StreamingError(RefgenError):
     """The model cannot be streamed as its files are laid out (a parameter has no tensor)."""
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from ``6GB``, ``6G``, ``6GiB``, ``512M`` or a plain number (decimal units; ``i``
-    for binary); ValueError when it is not a positive size."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        match = _SIZE.match(str(text))
-        if not match:
-            raise ValueError(f"not a size: {text!r} (examples: 6GB, 6GiB, 512MB, 6000000000)")
-        number, unit, binary = match.groups()
-        value = int(float(number) * (1024 if binary else 1000) ** _UNITS[unit.lower()])
-    if value <= 0:
-        raise ValueError(f"a memory budget must be positive, got {text!r}")
-    return value
 
 
 def available_memory() -> int:

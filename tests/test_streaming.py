@@ -22,7 +22,7 @@ from conftest import ROOT, TinySetup, refgen_env, run_refgen
 
 from refgen import fastload, streaming, tiny
 from refgen.errors import IntegrityError, SpecError
-from refgen.spec import load_spec
+from refgen.spec import load_spec, parse_size
 
 NAME = "tiny_qwen3_reference"
 PROMPTS = [[1, 5, 9, 3, 7], [4, 2], [8, 8, 8, 1, 2, 3, 4, 5, 6, 7, 9, 11]]
@@ -293,14 +293,14 @@ def test_cli_mid_size_llama_streamed_is_identical_and_smaller(tmp_path: Path) ->
 
 
 def test_sizes_parse() -> None:
-    assert streaming.parse_size("6GB") == 6_000_000_000
-    assert streaming.parse_size("6G") == 6_000_000_000
-    assert streaming.parse_size("1.5GiB") == 1536 * 1024 * 1024
-    assert streaming.parse_size("512M") == 512_000_000
-    assert streaming.parse_size(1234) == 1234
+    assert parse_size("6GB") == 6_000_000_000
+    assert parse_size("6G") == 6_000_000_000
+    assert parse_size("1.5GiB") == 1536 * 1024 * 1024
+    assert parse_size("512M") == 512_000_000
+    assert parse_size(1234) == 1234
     for bad in ("lots", "-1GB", "0", "6 PB"):
         with pytest.raises(ValueError):
-            streaming.parse_size(bad)
+            parse_size(bad)
 
 
 def test_spec_loading_keys(tmp_path: Path) -> None:

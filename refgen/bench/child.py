@@ -37,8 +37,8 @@ def main(argv: list[str]) -> None:
     if "--no-verify" in flags:
         _skip_verification()
     from refgen.generate import Timings, generate
-    from refgen.spec import load_spec
-    from refgen.streaming import LoadOptions, parse_size
+    from refgen.spec import load_spec, parse_size
+    from refgen.streaming import LoadOptions
 
     load = None
     if "--stream" in flags:  # --stream [BUDGET]: layer-streamed, within BUDGET if given
