@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, provenance, streaming
+from refgen import determinism, fastload, hub, manifest, probes, provenance, streaming
 from refgen.artifact import Artifact
 from refgen.errors import IntegrityError
 from refgen.hashing import sha256_bytes
@@ -67,6 +67,7 @@ def generate(
     # Hashing runs on a thread from here on, beside the torch import and the load; the model
     # is handed out only once every file matched the lock (refgen.fastload).
     verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock.files})
+    capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock) as view:
         weights = [view / f.path for f in lock.files if f.path.endswith(".safetensors")]
         options = load or streaming.LoadOptions(spec.load, spec.memory_budget)
@@ -75,12 +76,18 @@ def generate(
         except IntegrityError:
             verifier.result(integrity_hint(spec))  # a damaged file: its hash is the real cause
             raise
-        reference = compute_reference(spec, view, timings, verifier, load_plan)
+        reference = compute_reference(spec, view, timings, verifier, capture, load_plan)
     timings.phases["verify_wait"] = verifier.waited_s
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
         reference_bytes = dump_reference(reference)
-        record = manifest.build(spec, lock, {outputs.reference.name: reference_bytes})
+        # X.safetensors beside X.json: listed in the manifest (so in the statement's subjects)
+        # and in X.sha256, and committed with the other files in one step.
+        data = {"reference": reference_bytes}
+        if capture is not None:
+            data["probes"] = capture.dump()
+        named = {outputs.sibling(kind).name: content for kind, content in data.items()}
+        record = manifest.build(spec, lock, named)
         record["loading"] = load_plan.manifest()
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
@@ -91,7 +98,7 @@ def generate(
         )
         sums = manifest.sha256sums(
             {
-                outputs.reference.name: reference_bytes,
+                **named,
                 outputs.manifest.name: manifest_bytes,
                 outputs.statement.name: statement_bytes,
             }
@@ -99,7 +106,7 @@ def generate(
         # The sums file is what `sha256sum -c` trusts, so it is renamed into place last.
         outputs.commit(
             {
-                "reference": reference_bytes,
+                **data,
                 "manifest": manifest_bytes,
                 "statement": statement_bytes,
                 "sums": sums,
@@ -113,9 +120,11 @@ def compute_reference(
     model_dir: Path,
     timings: Timings,
     verifier: fastload.Verifier,
+    capture: probes.Capture | None = None,
     load_plan: streaming.LoadPlan | None = None,
 ) -> dict[str, Any]:
-    """Load in the spec's dtype and run each prompt alone, as the consumer will."""
+    """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
+    keeps the spec's probe tensors of each forward."""
     with timings.phase("import"):
         import torch
         import transformers
@@ -135,6 +144,8 @@ def compute_reference(
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     config = model.config
+    if capture is not None:  # layer indices checked against the model before any forward
+        capture.start(int(config.num_hidden_layers))
     cases = []
     vocab_size = None
     with (
@@ -145,8 +156,12 @@ def compute_reference(
         inputs = [tokenizer(p, return_tensors="pt")["input_ids"] for p in spec.prompts]
         # One forward per prompt; a streamed model runs them together, layer by layer.
         runs = streaming.forwards(model, inputs, output_hidden_states=True, use_cache=False)
-        for prompt, input_ids, out in zip(spec.prompts, inputs, runs, strict=True):
+        for number, (prompt, input_ids, out) in enumerate(
+            zip(spec.prompts, inputs, runs, strict=True)
+        ):
             log.info("forward: %r", prompt)
+            if capture is not None:
+                capture.add(number, out)
             logits = out.logits[0, -1]
             vocab_size = int(logits.shape[-1])
             values, indices = torch.topk(logits, spec.top_k)
