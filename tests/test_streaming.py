@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -255,6 +256,24 @@ def test_cli_stream_and_memory_write_identical_json(tiny_setup: TinySetup, tmp_p
     assert manifest_memory["loading"]["mode"] == "memory"
     assert manifest_memory["loading"]["memory_budget_bytes"] is None  # derived: not recorded
     assert _outputs(tmp_path / "auto")[1]["loading"]["memory_budget_bytes"] == 1_000_000
+
+
+def test_cli_stream_and_memory_write_identical_probes(
+    tiny_setup: TinySetup, tmp_path: Path
+) -> None:
+    """The probe tensors (every hidden state at every position, the full logits) too."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    spec = specs / tiny_setup.spec.name
+    probes = '[probes]\nhidden_states = "all"\npositions = "all"\nlogits = "last"\n'
+    spec.write_text(tiny_setup.spec.read_text() + probes)
+    shutil.copyfile(tiny_setup.lock, spec.with_suffix(".lock.json"))
+    setup = TinySetup(tiny_setup.hf_home, tiny_setup.checkpoint, spec)
+    memory, _ = _generate(setup, tmp_path / "memory", "--load", "memory")
+    stream, _ = _generate(setup, tmp_path / "stream", "--stream", "--memory-budget", "1B")
+    (probe_file,) = [p.name for p in memory.glob("*.safetensors")]
+    assert (stream / probe_file).read_bytes() == (memory / probe_file).read_bytes()
+    assert _outputs(stream)[0] == _outputs(memory)[0]
 
 
 def _llama_setup(base: Path) -> TinySetup:
