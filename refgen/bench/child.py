@@ -2,8 +2,9 @@
 
 ``python -m refgen.bench.child SPEC OUTPUT_DIR TIMINGS_JSON [--no-verify] [--stream [BUDGET]]``
 does what ``python -m refgen generate --spec SPEC --output-dir OUTPUT_DIR --force`` (with
-``--stream --memory-budget BUDGET``) does and also writes the generator's own phase timings. ``--no-verify`` trusts the lock without hashing, only to
-measure what verification costs; it never runs outside the benchmark.
+``--stream --memory-budget BUDGET``) does and also writes the generator's own phase timings.
+``--no-verify`` trusts the lock without hashing, only to measure what verification costs; it
+never runs outside the benchmark.
 """
 
 from __future__ import annotations
