@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from refgen import determinism, fastload, hub, manifest, probes, provenance, streaming
 from refgen.artifact import Artifact
+from refgen.compare import shorten
 from refgen.errors import IntegrityError
 from refgen.hashing import sha256_bytes
 from refgen.lock import read_lock
@@ -159,7 +160,7 @@ def compute_reference(
         for number, (prompt, input_ids, out) in enumerate(
             zip(spec.prompts, inputs, runs, strict=True)
         ):
-            log.info("forward: %r", prompt)
+            log.info("forward: %s", shorten(prompt))  # a 1 MB prompt is not one 1 MB log line
             if capture is not None:
                 capture.add(number, out)
             logits = out.logits[0, -1]
