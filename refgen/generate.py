@@ -18,9 +18,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, probes, provenance
+from refgen import determinism, fastload, hub, manifest, probes, provenance, streaming
 from refgen.artifact import Artifact
 from refgen.compare import shorten
+from refgen.errors import IntegrityError
 from refgen.hashing import sha256_bytes
 from refgen.lock import LockedFile, ModelLock, read_lock
 from refgen.spec import Spec
@@ -51,9 +52,15 @@ class Timings:
 
 
 def generate(
-    spec: Spec, output_dir: Path | None = None, timings: Timings | None = None
+    spec: Spec,
+    output_dir: Path | None = None,
+    timings: Timings | None = None,
+    load: streaming.LoadOptions | None = None,
 ) -> Artifact:
-    """Verify inputs, compute the reference and write its files atomically."""
+    """Verify inputs, compute the reference and write its files atomically.
+
+    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``.
+    """
     timings = timings or Timings()
     outputs = Artifact.of(spec, output_dir).check_destination(spec, output_dir)
     lock = read_lock(spec)
@@ -66,7 +73,14 @@ def generate(
     verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock.files})
     capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock) as view:
-        reference = compute_reference(spec, view, timings, verifier, capture)
+        weights = [view / f.path for f in lock.files if f.path.endswith(".safetensors")]
+        options = load or streaming.LoadOptions(spec.load, spec.memory_budget)
+        try:
+            load_plan = streaming.plan(weights, spec.dtype, options)  # in memory, or streamed
+        except IntegrityError:
+            verifier.result(integrity_hint(spec))  # a damaged file: its hash is the real cause
+            raise
+        reference = compute_reference(spec, view, timings, verifier, capture, load_plan)
     timings.phases["verify_wait"] = verifier.waited_s
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
@@ -83,6 +97,7 @@ def generate(
             tuple(LockedFile(f.path, f.sha256, sizes[f.path]) for f in lock.files),
         )
         record = manifest.build(spec, measured, named)
+        record["loading"] = load_plan.manifest()
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
         statement_bytes = provenance.statement_bytes(
@@ -115,6 +130,7 @@ def compute_reference(
     timings: Timings,
     verifier: fastload.Verifier,
     capture: probes.Capture | None = None,
+    load_plan: streaming.LoadPlan | None = None,
 ) -> dict[str, Any]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
     keeps the spec's probe tensors of each forward."""
@@ -127,15 +143,13 @@ def compute_reference(
     with timings.phase("load"):
         # What AutoModelForCausalLM.from_pretrained builds, from bytes hashed as they are read;
         # raises IntegrityError before any file content is used if a hash differs.
-        model, _ = fastload.load_verified_model(
+        model, _ = streaming.load_model(
             model_dir,
             verifier,
+            load_plan or streaming.LoadPlan("memory", "memory", 0, 0, False),
             spec.dtype,
             spec.attn_implementation,
-            hint=(
-                "The cached copy is corrupt or was modified. Delete it (`hf cache delete`) and "
-                f"run {hub.fetch_hint(spec)}."
-            ),
+            hint=integrity_hint(spec),
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     config = model.config
@@ -148,10 +162,13 @@ def compute_reference(
         torch.inference_mode(),
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
-        for number, prompt in enumerate(spec.prompts):
+        inputs = [tokenizer(p, return_tensors="pt")["input_ids"] for p in spec.prompts]
+        # One forward per prompt; a streamed model runs them together, layer by layer.
+        runs = streaming.forwards(model, inputs, output_hidden_states=True, use_cache=False)
+        for number, (prompt, input_ids, out) in enumerate(
+            zip(spec.prompts, inputs, runs, strict=True)
+        ):
             log.info("forward: %s", shorten(prompt))  # a 1 MB prompt is not one 1 MB log line
-            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-            out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
             if capture is not None:
                 capture.add(number, out)
             logits = out.logits[0, -1]
@@ -190,6 +207,13 @@ def compute_reference(
         "use_qk_norm": hasattr(attention, "q_norm") and hasattr(attention, "k_norm"),
         "test_cases": cases,
     }
+
+
+def integrity_hint(spec: Spec) -> str:
+    return (
+        "The cached copy is corrupt or was modified. Delete it (`hf cache delete`) and "
+        f"run {hub.fetch_hint(spec)}."
+    )
 
 
 def _rope_theta(config: Any) -> float:

@@ -14,6 +14,8 @@ Example (the keys are documented in the README)::
     [run]
     prompts = ["The capital of France is"]
     top_k = 10
+    load = "auto"              # or "memory", "stream" (layer by layer: models bigger than RAM)
+    memory_budget = "16GB"     # optional; default 0.75 x the memory available at run time
     [verify]
     tolerance = 1e-6
     [probes]                         # optional; without it the run captures only the JSON
@@ -40,6 +42,10 @@ DTYPES = ("float32",)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
+# How weights are loaded (refgen.streaming): in memory, layer-streamed, or chosen by size.
+LOAD_MODES = ("auto", "memory", "stream")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 _TYPE_NAMES: dict[Any, str] = {
     str: "a string",
@@ -57,7 +63,12 @@ _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
         "dtype": (str, False, "float32"),
         "attn_implementation": (str, False, "sdpa"),
     },
-    "run": {"prompts": (list, True, None), "top_k": (int, False, 10)},
+    "run": {
+        "prompts": (list, True, None),
+        "top_k": (int, False, 10),
+        "load": (str, False, "auto"),
+        "memory_budget": ((str, int), False, None),
+    },
     "verify": {"tolerance": ((float, int), False, 1e-6)},
     # What refgen.probes captures into X.safetensors; absent: nothing beyond the JSON.
     "probes": {
@@ -111,6 +122,8 @@ class Spec:
     top_k: int
     tolerance: float
     probes: Probes | None = None
+    load: str = "auto"  # "auto", "memory" or "stream" (refgen.streaming)
+    memory_budget: int | None = None  # bytes; None: derived from available memory
     # ``reference.output`` as checked, relative to the spec's folder (recorded in the manifest)
     output_relative: str = ""
 
@@ -138,13 +151,36 @@ class Spec:
                 "dtype": self.dtype,
                 "attn_implementation": self.attn_implementation,
             },
-            "run": {"prompts": list(self.prompts), "top_k": self.top_k},
+            "run": {"prompts": list(self.prompts), "top_k": self.top_k, **self._loading()},
             "verify": {"tolerance": self.tolerance},
         }
         # Only when declared: a spec without [probes] records exactly what it did before.
         if self.probes is not None:
             content["probes"] = self.probes.as_dict()
         return content
+
+    def _loading(self) -> dict[str, Any]:
+        """The loading keys, only when set: specs without them keep their recorded content."""
+        keys: dict[str, Any] = {"load": self.load} if self.load != "auto" else {}
+        if self.memory_budget is not None:
+            keys["memory_budget"] = self.memory_budget
+        return keys
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``6GB``, ``6G``, ``6GiB``, ``512M`` or a plain number (decimal units; ``i``
+    for binary); ValueError when it is not a positive size."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _SIZE.match(str(text))
+        if not match:
+            raise ValueError(f"not a size: {text!r} (examples: 6GB, 6GiB, 512MB, 6000000000)")
+        number, unit, binary = match.groups()
+        value = int(float(number) * (1024 if binary else 1000) ** _UNITS[unit.lower()])
+    if value <= 0:
+        raise ValueError(f"a memory budget must be positive, got {text!r}")
+    return value
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -243,6 +279,16 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
             raise SpecError(
                 f"{where}: 'run.prompts[{i}]' must be a non-empty string, got {prompt!r}."
             )
+    if run["load"] not in LOAD_MODES:
+        raise SpecError(
+            f"{where}: 'run.load' must be one of {list(LOAD_MODES)}, got {run['load']!r}."
+        )
+    budget = run["memory_budget"]
+    if budget is not None:
+        try:
+            budget = parse_size(budget)
+        except ValueError as exc:
+            raise SpecError(f"{where}: 'run.memory_budget': {exc}.") from None
     if run["top_k"] < 1:
         raise SpecError(f"{where}: 'run.top_k' must be at least 1, got {run['top_k']}.")
     tolerance = float(v["verify"]["tolerance"])
@@ -268,6 +314,8 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         top_k=run["top_k"],
         tolerance=tolerance,
         probes=_probes(where, v["probes"]),
+        load=run["load"],
+        memory_budget=budget,
     )
 
 
