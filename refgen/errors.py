@@ -27,3 +27,8 @@ class IntegrityError(RefgenError):
 
 class EnvironmentProfileError(RefgenError):
     """The determinism profile could not be applied (e.g. torch was imported too early)."""
+
+
+class CheckpointError(RefgenError):
+    """The checkpoint cannot give a trustworthy reference: pickle weights, weights missing from the
+    lock, or tensors that would be left unused or newly initialised."""
