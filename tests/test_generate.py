@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,10 +103,27 @@ def test_manifest_hashes_match_and_sha256sum_checks(generated: Path, tiny_setup:
     assert checked.stdout.count(": OK") == 3
 
 
+def dtype_spec(tiny_setup: TinySetup, folder: Path, dtype: str) -> Path:
+    """The tiny spec run in another dtype (its lock is the same)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = folder / tiny_setup.spec.name
+    spec.write_text(tiny_setup.spec.read_text().replace('"float32"', f'"{dtype}"'))
+    shutil.copy(tiny_setup.lock, spec.with_suffix(".lock.json"))
+    return spec
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_bytes_do_not_depend_on_the_caller(
-    generated: Path, tiny_setup: TinySetup, tmp_path: Path
+    generated: Path, tiny_setup: TinySetup, tmp_path: Path, dtype: str
 ) -> None:
-    """Another cwd, locale, time zone, HOME, and caller-set thread and ISA variables."""
+    """Another cwd, locale, time zone, HOME, and caller-set thread and ISA variables; in each
+    dtype (bf16 and f16 run their own CPU kernels, so the guarantee is checked for each)."""
+    spec = tiny_setup.spec
+    if dtype != "float32":
+        spec = dtype_spec(tiny_setup, tmp_path / "specs", dtype)
+        generated = tmp_path / "baseline"
+        run_refgen("generate", "--spec", spec, "--output-dir", generated, hf_home=tiny_setup.hf_home)
+        assert json.loads((generated / f"{NAME}.json").read_text())["dtype"] == dtype
     hostile = {
         "TZ": "Pacific/Kiritimati",
         "LANG": "tr_TR.UTF-8",
@@ -120,7 +138,7 @@ def test_bytes_do_not_depend_on_the_caller(
     out = tmp_path / "out"
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    cmd = ["generate", "--spec", tiny_setup.spec, "--output-dir", out]
+    cmd = ["generate", "--spec", spec, "--output-dir", out]
     run_refgen(*cmd, hf_home=tiny_setup.hf_home, env=hostile, cwd=cwd)
     for suffix in (".json", ".manifest.json", ".sha256"):
         assert (out / f"{NAME}{suffix}").read_bytes() == (
