@@ -26,6 +26,7 @@ class Zoo:
     out: Path
     built: dict[str, archzoo.Built]
     plain: dict[str, Any]  # "<arch>-<dtype>" -> plain from_pretrained results
+    exit_codes: dict[str, int]  # "<arch>" -> exit code of the `refgen generate` that built it
 
     def reference(self, arch: str, dtype: str) -> Any:
         return json.loads((self.out / f"{arch}-{dtype}.json").read_text())
@@ -34,9 +35,10 @@ class Zoo:
         return json.loads((self.out / f"{arch}-{dtype}.manifest.json").read_text())
 
 
-def build_zoo(base: Path) -> Zoo:
+def build_zoo(base: Path, per_arch: bool = False) -> Zoo:
     """All checkpoints, one lock each (offline), one ``refgen generate`` for every
-    architecture x dtype, and one child process for the plain forwards."""
+    architecture x dtype (``per_arch``: one per architecture, for its own exit code), and one
+    child process for the plain forwards."""
     hf_home, specs, out = base / "hf-home", base / "specs", base / "out"
     specs.mkdir(parents=True)
     built = {a.name: archzoo.build(hf_home / "hub", a) for a in archzoo.ARCHS}
@@ -49,16 +51,21 @@ def build_zoo(base: Path) -> Zoo:
             spec = archzoo.write_spec(specs, b, dtype)
             shutil.copy(first.with_suffix(".lock.json"), spec.with_suffix(".lock.json"))
             paths.append(spec)
-    args: list[str | Path] = ["generate", "--output-dir", out]
-    for path in paths:
-        args += ["--spec", path]
-    archzoo.run_refgen(args, hf_home, check=True)
+    groups = [[p for p in paths if p.stem.startswith(f"{n}-")] for n in built] if per_arch else []
+    exit_codes = {}
+    for group in groups or [paths]:
+        args: list[str | Path] = ["generate", "--output-dir", out]
+        for path in group:
+            args += ["--spec", path]
+        result = archzoo.run_refgen(args, hf_home, check=not per_arch)
+        for path in group:
+            exit_codes[path.stem.rsplit("-", 1)[0]] = result.returncode
     jobs = {
         f"{name}-{dtype}": (b.snapshot, dtype)
         for name, b in built.items()
         for dtype in archzoo.DTYPES
     }
-    return Zoo(hf_home, specs, out, built, archzoo.plain_forwards(jobs, hf_home))
+    return Zoo(hf_home, specs, out, built, archzoo.plain_forwards(jobs, hf_home), exit_codes)
 
 
 @pytest.fixture(scope="session")
