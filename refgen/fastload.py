@@ -296,7 +296,9 @@ def check_loading_report(report: Mapping[str, Any], folder: Path) -> None:
         found = report.get(key) or ()
         if found:
             listed = sorted(str(k) for k in (found.items() if isinstance(found, dict) else found))
-            shown = ", ".join(listed[:8]) + (f" (+{len(listed) - 8} more)" if len(listed) > 8 else "")
+            shown = ", ".join(listed[:8]) + (
+                f" (+{len(listed) - 8} more)" if len(listed) > 8 else ""
+            )
             problems.append(f"  {what}: {shown}")
     if problems:
         raise CheckpointError(

@@ -59,7 +59,9 @@ def content_revision(files: tuple[LockedFile, ...] | list[LockedFile]) -> str:
 
 def fetch_hint(spec: Spec) -> str:
     if spec.local_path is not None:
-        return f"a copy of the checkpoint whose files match {spec.lock_path.name} in {spec.local_path}"
+        return (
+            f"a copy of the checkpoint whose files match {spec.lock_path.name} in {spec.local_path}"
+        )
     return f"`nox -s fetch -- --spec {spec.display}` (needs network access to the Hub)"
 
 
@@ -87,13 +89,14 @@ def read_lock(spec: Spec) -> ModelLock:
         ) from None
     if data.get("schema") != LOCK_SCHEMA:
         raise LockError(f"{path.name}: schema {data.get('schema')!r} is not {LOCK_SCHEMA!r}.")
-    if spec.local_path is not None:
-        if lock.revision != content_revision(files) or spec.revision not in (None, lock.revision):
-            raise LockError(
-                f"{path.name} does not pin the content of {spec.local_path.name} "
-                f"(revision {lock.revision}, spec {spec.revision}). Run "
-                f"`refgen lock --spec {spec.display}` again."
-            )
+    if spec.local_path is not None and (
+        lock.revision != content_revision(files) or spec.revision not in (None, lock.revision)
+    ):
+        raise LockError(
+            f"{path.name} does not pin the content of {spec.local_path.name} "
+            f"(revision {lock.revision}, spec {spec.revision}). Run "
+            f"`refgen lock --spec {spec.display}` again."
+        )
     if (lock.repo, lock.revision) != (spec.repo, spec.revision or lock.revision):
         raise LockError(
             f"{path.name} locks {lock.repo}@{lock.revision} but {spec.path.name} asks for "
@@ -203,9 +206,7 @@ def lock(spec: Spec, offline: bool) -> ModelLock:
     the checkpoint's index or single model.safetensors names) of the pinned revision: downloaded,
     already cached when offline, or the spec's local folder."""
     listing: list[str] = []
-    if spec.local_path is not None:
-        folder = cached_snapshot(spec)
-    elif offline:
+    if spec.local_path is not None or offline:
         folder = cached_snapshot(spec)
     else:
         folder, listing = _download_for_lock(spec)

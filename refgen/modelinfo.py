@@ -69,7 +69,8 @@ def rope_parameters(config: Any) -> dict[str, Any] | None:
     llama3/yarn scaling included) or nested per layer type (Gemma3); None without rope."""
     params = getattr(config, "rope_parameters", None)
     if params:
-        return _plain(dict(params))
+        resolved: dict[str, Any] = _plain(dict(params))
+        return resolved
     theta = getattr(config, "rope_theta", None)  # transformers < 5
     return {"rope_type": "default", "rope_theta": float(theta)} if theta is not None else None
 

@@ -23,7 +23,7 @@ PICKLE = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 WEIGHT_PATTERNS = ("*.safetensors", *PICKLE, "*.gguf", "*.h5", "*.msgpack", "*.onnx", "*.npz")
 CONVERT_HINT = (
     "Convert it to safetensors once, in an environment you trust with that file, e.g. "
-    "`python -c \"from transformers import AutoModelForCausalLM as M; "
+    '`python -c "from transformers import AutoModelForCausalLM as M; '
     "M.from_pretrained('IN').save_pretrained('OUT', safe_serialization=True)\"` (then copy the "
     "tokenizer files), and point the spec at the converted folder (`[model] path`)."
 )

@@ -13,15 +13,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import archzoo  # noqa: E402
-from test_architectures import build_zoo  # noqa: E402
+import archzoo
+from test_architectures import build_zoo
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="refgen-archs-") as tmp:
         zoo = build_zoo(Path(tmp), per_arch=True)
-        print("| architecture | dtype | exit | attention | bit-identical to from_pretrained "
-              "| max abs diff vs NumPy |")
+        print(
+            "| architecture | dtype | exit | attention | bit-identical to from_pretrained "
+            "| max abs diff vs NumPy |"
+        )
         print("| --- | --- | --- | --- | --- | --- |")
         for arch in archzoo.ARCHS:
             for dtype in archzoo.DTYPES:

@@ -43,7 +43,7 @@ def build_zoo(base: Path, per_arch: bool = False) -> Zoo:
     specs.mkdir(parents=True)
     built = {a.name: archzoo.build(hf_home / "hub", a) for a in archzoo.ARCHS}
     paths = []
-    for name, b in built.items():
+    for b in built.values():
         first = archzoo.write_spec(specs, b, archzoo.DTYPES[0])
         archzoo.run_refgen(["lock", "--spec", first, "--offline"], hf_home, check=True)
         paths.append(first)

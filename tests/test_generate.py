@@ -122,7 +122,9 @@ def test_bytes_do_not_depend_on_the_caller(
     if dtype != "float32":
         spec = dtype_spec(tiny_setup, tmp_path / "specs", dtype)
         generated = tmp_path / "baseline"
-        run_refgen("generate", "--spec", spec, "--output-dir", generated, hf_home=tiny_setup.hf_home)
+        run_refgen(
+            "generate", "--spec", spec, "--output-dir", generated, hf_home=tiny_setup.hf_home
+        )
         assert json.loads((generated / f"{NAME}.json").read_text())["dtype"] == dtype
     hostile = {
         "TZ": "Pacific/Kiritimati",

@@ -75,7 +75,9 @@ def test_dtypes(tmp_path: Path, dtype: str) -> None:
 
 def test_a_local_folder_needs_no_repo_or_revision(tmp_path: Path) -> None:
     text = GOOD.replace('repo = "org/name"\n', 'path = "../my model"\n')
-    spec = load_spec(write(tmp_path, text.replace('revision = "0123456789abcdef0123456789abcdef01234567"\n', "")))
+    spec = load_spec(
+        write(tmp_path, text.replace('revision = "0123456789abcdef0123456789abcdef01234567"\n', ""))
+    )
     assert spec.local_path == (tmp_path.parent / "my model").resolve()
     assert (spec.repo, spec.revision) == ("local/my_model", None)
     assert spec.as_dict()["model"]["path"] == "../my model"

@@ -71,7 +71,9 @@ def test_a_lock_without_the_weights_is_refused(tiny_copy: TinySetup) -> None:
     lock["files"] = [f for f in lock["files"] if f["path"] != "model.safetensors"]
     tiny_copy.lock.write_text(json.dumps(lock))
     out = tiny_copy.spec.parent.parent / "out"
-    result = run_refgen("generate", "--spec", tiny_copy.spec, hf_home=tiny_copy.hf_home, check=False)
+    result = run_refgen(
+        "generate", "--spec", tiny_copy.spec, hf_home=tiny_copy.hf_home, check=False
+    )
     refused(result, out, "no model.safetensors", "nox -s lock-model")
 
 
@@ -156,7 +158,9 @@ def test_a_local_folder_is_locked_and_generated(tiny_copy: TinySetup, tmp_path: 
     assert (mine["model_repo"], mine["model_revision"]) == (lock["repo"], lock["revision"])
     assert mine["test_cases"] == local["test_cases"]
     # pinning the content revision in the spec works; a changed file is an integrity error
-    spec.write_text(spec.read_text().replace('path = "', f'revision = "{lock["revision"]}"\npath = "'))
+    spec.write_text(
+        spec.read_text().replace('path = "', f'revision = "{lock["revision"]}"\npath = "')
+    )
     (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
     result = run_refgen("generate", "--spec", spec, "--force", hf_home=tmp_path, check=False)
     assert result.returncode == 3 and "config.json" in result.stderr
@@ -179,5 +183,7 @@ def test_what_the_model_cannot_do_is_refused_before_any_forward(
 ) -> None:
     tiny_copy.spec.write_text(edit(tiny_copy.spec.read_text()))  # type: ignore[operator]
     out = tiny_copy.spec.parent.parent / "out"
-    result = run_refgen("generate", "--spec", tiny_copy.spec, hf_home=tiny_copy.hf_home, check=False)
+    result = run_refgen(
+        "generate", "--spec", tiny_copy.spec, hf_home=tiny_copy.hf_home, check=False
+    )
     refused(result, out, needle)
