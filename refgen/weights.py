@@ -42,7 +42,10 @@ def named_weights(names: Iterable[str], folder: Path) -> list[str]:
             weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
             shards = sorted({str(f) for f in weight_map.values()})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{INDEX} is unreadable ({exc!r}).") from None
+            raise CheckpointError(
+                f"{INDEX} is unreadable ({exc!r}). If it is a damaged copy, fetch the model "
+                "again; if the checkpoint ships it so, it cannot be loaded."
+            ) from None
         lacking = [s for s in shards if s not in present]
         if lacking or not shards:
             raise CheckpointError(
