@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class Arch:
     bos: bool = False
     shard_kb: int | None = None  # save_pretrained(max_shard_size=...) into several files
     seed: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 ARCHS: tuple[Arch, ...] = (

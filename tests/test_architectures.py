@@ -4,6 +4,7 @@ the float64 NumPy implementation for the Llama family, and records what the mode
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -133,8 +134,6 @@ def test_the_manifest_records_what_the_model_is(zoo: Zoo) -> None:
         config = AutoConfig.from_pretrained(built.snapshot)
         data = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-        import hashlib
-
         assert record(arch)["config_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
         assert record(arch)["model_type"] == config.model_type
     gpt2 = record("gpt2")["resolved"]
