@@ -48,7 +48,7 @@ verify-native: $(STAMP) ## the same on this host, without the image
 test: $(STAMP) ## run the test suite
 	$(NOX) -s tests
 
-lint: $(STAMP) ## ruff, ruff format, mypy, hadolint
+lint: $(STAMP) ## pre-commit hooks on every file: ruff, ruff format, mypy, hadolint, shellcheck
 	$(NOX) -s lint
 
 demo: $(STAMP) ## the whole pipeline on a tiny local checkpoint, offline (build/demo)

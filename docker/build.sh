@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
 # Stage the context (wheels by hash, verified model snapshots) and build the image offline.
-#
-#   docker/build.sh [--no-cache] [--skip-stage] [--spec PATH]...   (no --spec: every specs/*.toml)
-#
-# --skip-stage builds from the context a previous run staged, as it is (same inputs, twice).
-#
-# Environment: IMAGE (tag, default refgen:local), BASE_IMAGE (default: the digest-pinned
-# python:3.11-slim-bookworm in the Dockerfile), PYTHON (a host interpreter with refgen's
-# dependencies, default .venv/bin/python), REFGEN_DOCKER_CONTEXT (staging folder, default
-# docker/context/image), SOURCE_DATE_EPOCH (default: the last commit's time), VCS_REF (default:
-# the commit checked out), DOCKER (client),
-# REFGEN_BUILDER (docker, default; or buildah, whose --timestamp makes the image ID reproducible).
-# Network: only the first run needs it (wheels from the package index; the model must already be
-# in the local HF cache: `nox -s fetch`). The build itself runs with --network none.
+# Usage and environment: see usage() below, or run with --help.
 set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: docker/build.sh [--no-cache] [--skip-stage] [--spec PATH]...
+
+Stage the context (wheels by hash, verified model snapshots) and build the image offline.
+Without --spec, the model of every specs/*.toml is baked in.
+
+  --no-cache     build without the engine's layer cache
+  --skip-stage   build from the context a previous run staged, as it is (same inputs, twice)
+  --spec PATH    a spec whose model is baked in (repeatable)
+  -h, --help     show this text
+
+Environment: IMAGE (tag, default refgen:local), BASE_IMAGE (default: the digest-pinned
+python:3.11-slim-bookworm in the Dockerfile), PYTHON (a host interpreter with refgen's
+dependencies, default .venv/bin/python), REFGEN_DOCKER_CONTEXT (staging folder, default
+docker/context/image), SOURCE_DATE_EPOCH (default: the last commit's time), VCS_REF (default:
+the commit checked out), DOCKER (client), REFGEN_BUILDER (docker, default; or buildah, whose
+--timestamp makes the image ID reproducible).
+
+Network: only the first run needs it (wheels from the package index; the model must already be
+in the local HF cache: `nox -s fetch`). The build itself runs with --network none.
+EOF
+}
+
+# shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
 
@@ -25,7 +39,7 @@ while [[ $# -gt 0 ]]; do
         --no-cache) no_cache=(--no-cache); shift ;;
         --skip-stage) skip_stage=true; shift ;;
         --spec) [[ $# -ge 2 ]] || die "--spec needs a path"; specs+=(--spec "$2"); shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done

@@ -1,6 +1,7 @@
 # Shared by docker/build.sh and docker/run.sh (sourced, not executed).
 # shellcheck shell=bash
 
+# shellcheck disable=SC2034  # used by the scripts that source this file
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IMAGE="${IMAGE:-refgen:local}"
 DOCKER="${DOCKER:-docker}"

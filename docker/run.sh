@@ -7,6 +7,7 @@
 # image ID, the base image and the layer DiffIDs to the generator, which records them in the
 # manifest. Outputs are written atomically by the generator: a failed run leaves OUTDIR as it was.
 set -euo pipefail
+# shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 [[ $# -ge 1 ]] || die "usage: docker/run.sh OUTDIR [generate arguments]"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import os
 import re
 import shutil
@@ -31,8 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the refgen package of this checkout, not an installed one
 
-from refgen import hub  # noqa: E402
+from refgen import hfcache, hub  # noqa: E402
 from refgen.errors import RefgenError  # noqa: E402
+from refgen.hashing import sha256_file  # noqa: E402
+from refgen.lock import ModelLock, read_lock  # noqa: E402
 from refgen.spec import Spec, find_specs, load_spec  # noqa: E402
 
 LOCK = ROOT / "requirements.lock"
@@ -82,11 +83,7 @@ def locked_hashes(lock: Path) -> set[str]:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path, progress=False)[0]
 
 
 def fetch_wheels(wheelhouse: Path) -> list[Path]:
@@ -134,24 +131,24 @@ def check_wheels(wheelhouse: Path, lock: Path) -> None:
         )
 
 
-def verified_model(spec: Spec) -> tuple[Spec, hub.ModelLock, Path]:
+def verified_model(spec: Spec) -> tuple[Spec, ModelLock, Path]:
     """The spec's lock and cached snapshot, every locked file checked against the lock."""
-    lock = hub.read_lock(spec)
+    lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
-    print(f"stage: verifying {spec.repo}@{spec.revision[:12]}", file=sys.stderr)
+    print(f"stage: verifying {spec.repo}@{lock.revision[:12]}", file=sys.stderr)
     hub.verify_snapshot(spec, lock, folder)
     return spec, lock, folder
 
 
 def stage(
-    context: Path, models: Iterable[tuple[Spec, hub.ModelLock, Path]], wheels: Iterable[Path]
+    context: Path, models: Iterable[tuple[Spec, ModelLock, Path]], wheels: Iterable[Path]
 ) -> None:
     """Assemble the whole context in a sibling temp folder, then swap it in."""
     context.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{context.name}.", dir=context.parent))
     try:
         for wheel in wheels:
-            link_or_copy(wheel, tmp / "wheels" / wheel.name)
+            hfcache.link_or_copy(wheel, tmp / "wheels" / wheel.name)
         app = tmp / "app"
         shutil.copytree(
             ROOT / "refgen", app / "refgen", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -172,34 +169,24 @@ def stage(
 
 
 def stage_model(
-    spec: Spec, lock: hub.ModelLock, folder: Path, specs_dir: Path, hub_cache: Path
+    spec: Spec, lock: ModelLock, folder: Path, specs_dir: Path, hub_cache: Path
 ) -> None:
     """Copy a spec, its lock and its verified model files (HF cache layout, symlinks kept)."""
+    if spec.local_path is not None:  # its relative path would point elsewhere in the image
+        raise StageError(
+            f"{spec.path.name} reads a local folder ('model.path'); the image stages Hub "
+            "revisions only. Publish the checkpoint to a repo and pin its commit instead."
+        )
     specs_dir.mkdir(parents=True, exist_ok=True)
     for source in (spec.path, spec.lock_path):
         if (specs_dir / source.name).exists():
             raise StageError(f"two specs named {source.name}: rename one")
         shutil.copy2(source, specs_dir / source.name)
-    repo_dir = hub_cache / f"models--{spec.repo.replace('/', '--')}"
-    snapshot = repo_dir / "snapshots" / spec.revision
+    # No refs/main: the specs pin commit hashes, and two specs may pin two revisions of one repo.
+    writer = hfcache.SnapshotWriter(hub_cache, spec.repo, lock.revision)
     for f in lock.files:
         blob = (folder / f.path).resolve()
-        target = repo_dir / "blobs" / blob.name
-        if not target.exists():
-            link_or_copy(blob, target)
-        link = snapshot / f.path
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(target, link.parent))
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
-        shutil.copy2(source, target)
+        writer.link(f.path, writer.add_file(blob.name, blob))
 
 
 if __name__ == "__main__":

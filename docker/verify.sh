@@ -7,6 +7,7 @@
 # the rebuild happens in the container's /tmp and is removed. The exit code is the verdict's:
 # 0 bit for bit, 10 within tolerance, 11 not reproduced, 2 could not run.
 set -euo pipefail
+# shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 require_engine

@@ -1,4 +1,8 @@
-"""Command line: ``python -m refgen {generate,fetch,lock,demo}``; nox sessions call these."""
+"""The command line, and the only one: every subcommand's arguments, the error path, exit codes.
+
+Other modules compute and return values; this one parses arguments, prints, and turns every
+RefgenError into one `refgen: error: ...` line and its exit code.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,18 @@ from types import FrameType
 
 from refgen import determinism
 from refgen.errors import RefgenError
-from refgen.spec import add_spec_arguments
 
 log = logging.getLogger("refgen")
+
+
+DESCRIPTION = """\
+Reproducible reference files for model reimplementations: build them from specs, verified
+against the model lock, and audit them by rebuilding. The nox sessions and make targets call
+these commands.
+
+exit codes: 0 success (verify/diff: reproduced bit for bit), 10 reproduced within tolerance,
+11 not reproduced, 2 bad input or could not run, 3 a model file does not match its lock,
+130/143 interrupted (Ctrl-C / SIGTERM; no output was changed)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,7 +56,11 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refgen", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="refgen",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="build references from specs (offline, verified)")
@@ -70,16 +87,44 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     # `verify` and `diff` exit with the verdict: 0 bit for bit, 10 within tolerance, 11 not
-    # reproduced (see refgen.compare). Their imports are torch-free.
-    from refgen import compare, verify
-
+    # reproduced (see refgen.compare).
     ver = sub.add_parser("verify", help="rebuild committed references and compare (auditors)")
-    verify.add_verify_arguments(ver)
-    ver.set_defaults(func=verify.run_verify)
+    add_spec_arguments(ver, "verify the artifact of")
+    ver.add_argument(
+        "--reference", type=Path, help="the JSON to verify (default: the spec's output path)"
+    )
+    add_tolerance_arguments(ver)
+    ver.set_defaults(func=cmd_verify)
+
     diff = sub.add_parser("diff", help="numeric comparison of two references: A.json B.json")
-    compare.add_diff_arguments(diff)
-    diff.set_defaults(func=compare.run_diff)
+    diff.add_argument("a", type=Path, help="the reference taken as expected (A)")
+    diff.add_argument("b", type=Path, help="the reference compared with it (B)")
+    diff.add_argument("--spec", type=Path, help="take the tolerance from this spec's [verify]")
+    add_tolerance_arguments(diff)
+    diff.set_defaults(func=cmd_diff)
     return parser
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--spec`` (repeatable) and ``--specs-dir``, shared by every command that takes specs."""
+    parser.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
+    parser.add_argument(
+        "--specs-dir",
+        type=Path,
+        default=Path("specs"),
+        help=f"without --spec, {verb} every *.toml here (default: specs)",
+    )
+
+
+def add_tolerance_arguments(parser: argparse.ArgumentParser) -> None:
+    """Shared by ``diff`` and ``verify``."""
+    parser.add_argument(
+        "--atol", type=float, help="absolute tolerance (default: spec's, else 1e-6)"
+    )
+    parser.add_argument(
+        "--rtol", type=float, help="relative tolerance (default: spec's, else 1e-6)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the machine-readable report")
 
 
 def _specs(args: argparse.Namespace) -> list[Path]:
@@ -90,14 +135,14 @@ def _specs(args: argparse.Namespace) -> list[Path]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     determinism.apply_environment()
-    from refgen.generate import generate, output_paths
+    from refgen.artifact import Artifact, is_up_to_date
+    from refgen.generate import generate
     from refgen.spec import load_spec
-    from refgen.verify import is_up_to_date
 
     specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
     for spec in specs:
         if not args.force:
-            status = is_up_to_date(spec, output_paths(spec, args.output_dir).manifest)
+            status = is_up_to_date(spec, Artifact.of(spec, args.output_dir).manifest)
             if status:
                 log.info("%s is up to date, nothing to do (--force rebuilds)", spec.name)
                 continue
@@ -156,8 +201,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     hub.lock(spec, offline=True)
     outputs = generate(spec)
     print(f"demo outputs in {out}:")
-    shown = (spec.path, spec.lock_path, *vars(outputs).values())
+    shown = (spec.path, spec.lock_path, *outputs.paths().values())
     for path in shown:
         print(f"  {path.relative_to(out)}")
     print(f"check them with: (cd {out} && sha256sum -c {outputs.sums.name})")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify each spec's artifact, print reports; the exit code is the worst verdict's."""
+    from refgen import verify
+
+    results = verify.verify_specs(_specs(args), args.reference, args.atol, args.rtol)
+    sys.stdout.write(verify.report(results, args.json))
+    return max(r.exit_code for r in results)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Compare, print the report (human or --json), return the verdict's exit code."""
+    import json
+
+    from refgen import compare
+
+    tol = compare.tolerance_from_spec(args.spec, args.atol, args.rtol)
+    result = compare.compare_files(args.a, args.b, tol)
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(result.render())
+    return result.exit_code
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m refgen.bench``: its own program (a benchmark, not a refgen command)."""
+    from refgen.bench import run
+
+    parser = argparse.ArgumentParser(
+        prog="python -m refgen.bench",
+        description="The benchmark: baseline (the original script's from_pretrained) vs refgen "
+        "generate at the real model's shape, alternating child runs; prints medians and the "
+        "ratios ours / baseline, and writes results.json and results.md under --cache.",
+    )
+    parser.add_argument("--runs", type=int, default=5, help="alternating runs of each (default 5)")
+    parser.add_argument(
+        "--cache", type=Path, default=run.DEFAULT_CACHE, help="checkpoint + work folder"
+    )
+    parser.add_argument("--shape", choices=["real", "tiny"], default="real")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
+    args = parser.parse_args(argv)
+    return run.main(args.cache, args.runs, args.shape, scaling=not args.no_scaling)

@@ -18,14 +18,11 @@ Exit codes (also used by ``refgen verify``):
 
 from __future__ import annotations
 
-import argparse
 import enum
 import hashlib
 import json
 import math
 import re
-import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -511,52 +508,3 @@ def tolerance_from_spec(
 
         base = load_spec(path).tolerance
     return Tolerance(atol=base if atol is None else atol, rtol=base if rtol is None else rtol)
-
-
-def add_tolerance_arguments(parser: argparse.ArgumentParser) -> None:
-    """Shared by ``diff`` and ``verify``."""
-    parser.add_argument(
-        "--atol", type=float, help="absolute tolerance (default: spec's, else 1e-6)"
-    )
-    parser.add_argument(
-        "--rtol", type=float, help="relative tolerance (default: spec's, else 1e-6)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the machine-readable report")
-
-
-def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``refgen diff A.json B.json``."""
-    parser.add_argument("a", type=Path, help="the reference taken as expected (A)")
-    parser.add_argument("b", type=Path, help="the reference compared with it (B)")
-    parser.add_argument("--spec", type=Path, help="take the tolerance from this spec's [verify]")
-    add_tolerance_arguments(parser)
-
-
-def run_diff(args: argparse.Namespace) -> int:
-    """Compare, print the report (human or --json), return the verdict's exit code."""
-    try:
-        tol = tolerance_from_spec(args.spec, args.atol, args.rtol)
-        result = compare_files(args.a, args.b, tol)
-    except RefgenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    if args.json:
-        sys.stdout.write(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
-    else:
-        sys.stdout.write(result.render())
-    return result.exit_code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m refgen.compare A.json B.json [--json]``: usable without the main CLI."""
-    parser = argparse.ArgumentParser(
-        prog="refgen diff",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_diff_arguments(parser)
-    return run_diff(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,6 +29,10 @@ class EnvironmentProfileError(RefgenError):
     """The determinism profile could not be applied (e.g. torch was imported too early)."""
 
 
+class ArtifactError(RefgenError):
+    """A reference's files (the manifest next to the JSON) are missing or malformed."""
+
+
 class CheckpointError(RefgenError):
     """The checkpoint cannot give a trustworthy reference: pickle weights, weights missing from the
     lock, or tensors that would be left unused or newly initialised."""

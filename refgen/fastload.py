@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refgen import lock
 from refgen import weights as weight_files
 from refgen.errors import CheckpointError, IntegrityError
 
@@ -110,10 +111,14 @@ class Verifier:
         self.waited_s += time.perf_counter() - start
         if self._error is not None:
             raise self._error
+        result = lock.check(
+            (lock.LockedFile(name, want, None) for name, want in self.expected.items()),
+            {name: (digest, self.sizes[name]) for name, digest in self.actual.items()},
+        )
         problems = [
-            f"  {name}: expected sha256 {want}, got {self.actual[name]} ({self.sizes[name]} bytes)"
-            for name, want in self.expected.items()
-            if self.actual[name] != want
+            f"  {m.path}: expected sha256 {m.expected_sha256}, got {m.actual_sha256} "
+            f"({m.actual_size} bytes)"
+            for m in result.mismatched
         ]
         if problems:
             raise IntegrityError(

@@ -20,9 +20,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from refgen import determinism, fastload, hub, manifest, modelinfo, provenance, weights
-from refgen.atomic import write_files
+from refgen.artifact import Artifact
 from refgen.errors import CheckpointError, SpecError
 from refgen.hashing import sha256_bytes
+from refgen.lock import read_lock
 from refgen.spec import Spec
 
 log = logging.getLogger("refgen")
@@ -50,31 +51,13 @@ class Timings:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
 
 
-@dataclass(frozen=True)
-class Outputs:
-    reference: Path
-    manifest: Path
-    statement: Path
-    sums: Path
-
-
-def output_paths(spec: Spec, output_dir: Path | None = None) -> Outputs:
-    """Where a spec's artifact goes: the spec's ``output``, or the same name in ``output_dir``."""
-    reference = (output_dir.resolve() / spec.output.name) if output_dir else spec.output
-    stem = reference.with_suffix("")
-    return Outputs(
-        reference=reference,
-        manifest=stem.with_name(stem.name + ".manifest.json"),
-        statement=provenance.statement_path(reference),
-        sums=stem.with_name(stem.name + ".sha256"),
-    )
-
-
-def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None = None) -> Outputs:
-    """Verify inputs, compute the reference and write its three files atomically."""
+def generate(
+    spec: Spec, output_dir: Path | None = None, timings: Timings | None = None
+) -> Artifact:
+    """Verify inputs, compute the reference and write its files atomically."""
     timings = timings or Timings()
-    outputs = output_paths(spec, output_dir)
-    lock = hub.read_lock(spec)
+    outputs = Artifact.of(spec, output_dir)
+    lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
     # Only the config, tokenizer and the weights the checkpoint's index (or its single
     # model.safetensors) names are hashed and visible to the loader; pickle weights or a lock
@@ -107,12 +90,12 @@ def generate(spec: Spec, output_dir: Path | None = None, timings: Timings | None
             }
         )
         # The sums file is what `sha256sum -c` trusts, so it is renamed into place last.
-        write_files(
+        outputs.commit(
             {
-                outputs.reference: reference_bytes,
-                outputs.manifest: manifest_bytes,
-                outputs.statement: statement_bytes,
-                outputs.sums: sums,
+                "reference": reference_bytes,
+                "manifest": manifest_bytes,
+                "statement": statement_bytes,
+                "sums": sums,
             }
         )
     return outputs

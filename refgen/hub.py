@@ -1,60 +1,33 @@
-"""Model files: the lock (committed hashes), the Hugging Face cache, fetch and verification.
+"""Model files in the Hugging Face cache: finding, fetching and locking a pinned revision.
 
-The lock is to a model what ``requirements.lock`` is to packages: the exact files of a pinned
-revision with their SHA-256 and size. Finding files in the cache and downloading them is left to
-huggingface_hub's own functions (``snapshot_download``, ``scan_cache_dir``), which honor
-``HF_HOME`` / ``HF_HUB_CACHE``.
+The lock itself (reading, writing, the check of files against it) is :mod:`refgen.lock`.
+Finding files in the cache and downloading them is left to huggingface_hub's own functions
+(``snapshot_download``, ``scan_cache_dir``), which honor ``HF_HOME`` / ``HF_HUB_CACHE``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
-import json
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from refgen import weights
-from refgen.atomic import write_files
 from refgen.errors import IntegrityError, LockError, ModelNotFoundError
 from refgen.hashing import sha256_file
+from refgen.lock import (
+    LockedFile,
+    ModelLock,
+    check_folder,
+    content_revision,
+    read_lock,
+    write_lock,
+)
 from refgen.spec import Spec
 
-LOCK_SCHEMA = "refgen.model-lock/1"
 # Files of a model repo that no loader reads; everything else in the revision is locked.
 IGNORED = ("*.md", "LICENSE*", ".gitattributes", "*.png", "*.jpg", "*.gif", "*.pdf")
-
-
-@dataclass(frozen=True)
-class LockedFile:
-    path: str
-    sha256: str
-    size: int | None  # None: not recorded (a lock transcribed from a published hash list)
-
-
-@dataclass(frozen=True)
-class ModelLock:
-    repo: str
-    revision: str
-    files: tuple[LockedFile, ...]
-
-    def to_json(self) -> bytes:
-        data = {
-            "schema": LOCK_SCHEMA,
-            "repo": self.repo,
-            "revision": self.revision,
-            "files": [vars(f) for f in self.files],
-        }
-        return (json.dumps(data, indent=2) + "\n").encode()
-
-
-def content_revision(files: tuple[LockedFile, ...] | list[LockedFile]) -> str:
-    """A local folder's revision: SHA-256 of its locked files' names and hashes (sorted)."""
-    listing = sorted((f.path, f.sha256) for f in files)
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def fetch_hint(spec: Spec) -> str:
@@ -63,48 +36,6 @@ def fetch_hint(spec: Spec) -> str:
             f"a copy of the checkpoint whose files match {spec.lock_path.name} in {spec.local_path}"
         )
     return f"`nox -s fetch -- --spec {spec.display}` (needs network access to the Hub)"
-
-
-def read_lock(spec: Spec) -> ModelLock:
-    """The committed lock of a spec, checked against the spec's repo and revision."""
-    path = spec.lock_path
-    if not path.exists():
-        raise LockError(
-            f"no model lock for {spec.path.name}: expected {path.name} next to it. Record the file "
-            f"hashes with `nox -s lock-model -- --spec {spec.display}` (add `--offline` to hash a "
-            "snapshot already in the local cache) and commit it."
-        )
-    try:
-        data = json.loads(path.read_text())
-        files = tuple(
-            LockedFile(
-                str(f["path"]), str(f["sha256"]), None if f["size"] is None else int(f["size"])
-            )
-            for f in data["files"]
-        )
-        lock = ModelLock(str(data["repo"]), str(data["revision"]), files)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise LockError(
-            f"{path.name} is malformed ({exc!r}); regenerate it with `nox -s lock-model`."
-        ) from None
-    if data.get("schema") != LOCK_SCHEMA:
-        raise LockError(f"{path.name}: schema {data.get('schema')!r} is not {LOCK_SCHEMA!r}.")
-    if spec.local_path is not None and (
-        lock.revision != content_revision(files) or spec.revision not in (None, lock.revision)
-    ):
-        raise LockError(
-            f"{path.name} does not pin the content of {spec.local_path.name} "
-            f"(revision {lock.revision}, spec {spec.revision}). Run "
-            f"`refgen lock --spec {spec.display}` again."
-        )
-    if (lock.repo, lock.revision) != (spec.repo, spec.revision or lock.revision):
-        raise LockError(
-            f"{path.name} locks {lock.repo}@{lock.revision} but {spec.path.name} asks for "
-            f"{spec.repo}@{spec.revision}. Run `nox -s lock-model -- --spec {spec.display}` again."
-        )
-    if not files:
-        raise LockError(f"{path.name} lists no files; regenerate it with `nox -s lock-model`.")
-    return lock
 
 
 def cached_snapshot(spec: Spec, lock: ModelLock | None = None) -> Path:
@@ -154,14 +85,12 @@ def _local_folder(spec: Spec, lock: ModelLock | None) -> Path:
 
 def verify_snapshot(spec: Spec, lock: ModelLock, folder: Path) -> None:
     """Hash every locked file; refuse on any difference, naming file, expected and actual hash."""
-    problems = []
-    for f in lock.files:
-        actual, size = sha256_file(folder / f.path)
-        if actual != f.sha256 or f.size not in (None, size):
-            problems.append(
-                f"  {f.path}: expected sha256 {f.sha256} ({f.size} bytes), "
-                f"got {actual} ({size} bytes)"
-            )
+    result = check_folder(lock.files, folder)
+    problems = [
+        f"  {m.path}: expected sha256 {m.expected_sha256} ({m.expected_size} bytes), "
+        f"got {m.actual_sha256} ({m.actual_size} bytes)"
+        for m in result.mismatched
+    ] + [f"  {path}: missing" for path in result.missing]
     if problems:
         raise IntegrityError(
             f"model files of {spec.repo}@{spec.revision} do not match {spec.lock_path.name}:\n"
@@ -230,7 +159,7 @@ def lock(spec: Spec, offline: bool) -> ModelLock:
             "revision if the change is intended."
         )
     result = ModelLock(spec.repo, revision, tuple(files))
-    write_files({spec.lock_path: result.to_json()})
+    write_lock(spec, result)
     return result
 
 

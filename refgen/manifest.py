@@ -23,7 +23,7 @@ from typing import Any
 import refgen
 from refgen import determinism
 from refgen.hashing import sha256_bytes, sha256_file
-from refgen.hub import ModelLock
+from refgen.lock import ModelLock
 from refgen.spec import Spec
 
 SCHEMA = "refgen.manifest/1"

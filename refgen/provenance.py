@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from refgen.errors import RefgenError
@@ -31,19 +31,12 @@ BUILD_TYPE = "urn:refgen:buildtype:forward-reference:v1"
 BUILDER_LOCAL = "urn:refgen:builder:local:v1"
 BUILDER_CONTAINER = "urn:refgen:builder:container:v1"
 """SLSA: each mode of a builder with different trust must have its own ``builder.id``."""
-STATEMENT_SUFFIX = ".intoto.json"
 INVOCATION_ENV = "REFGEN_INVOCATION_ID"
 _DIGEST = re.compile(r"(?:^|@)sha256:([0-9a-f]{64})\b")
 
 
 class ProvenanceError(RefgenError):
     """The manifest lacks something the provenance needs, or SOURCE_DATE_EPOCH is malformed."""
-
-
-def statement_path(reference: str | Path) -> Path:
-    """``X.json`` -> ``X.intoto.json`` (next to the manifest ``X.manifest.json``)."""
-    reference = Path(reference)
-    return reference.with_name(reference.stem + STATEMENT_SUFFIX)
 
 
 def _need(mapping: Mapping[str, Any], key: str, where: str) -> Any:

@@ -19,7 +19,6 @@ Example (the keys are documented in the README)::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 import tomllib
@@ -225,17 +224,6 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         tolerance=tolerance,
         local_path=local_path,
         local_path_text=model["path"],
-    )
-
-
-def add_spec_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
-    """``--spec`` (repeatable) and ``--specs-dir``, shared by every command that takes specs."""
-    parser.add_argument("--spec", type=Path, action="append", help="a spec file (repeatable)")
-    parser.add_argument(
-        "--specs-dir",
-        type=Path,
-        default=Path("specs"),
-        help=f"without --spec, {verb} every *.toml here (default: specs)",
     )
 
 

@@ -11,20 +11,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from refgen import hfcache
+
 TINY_REPO = "refgen-test/tiny-qwen3"
 SEED = 20260101
-CONFIG: dict[str, Any] = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "model_type": "qwen3",
+# The tiny shape, shared with the benchmark's tiny run (refgen.bench.run.TINY_CONFIG).
+SHAPE: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
@@ -32,16 +33,22 @@ CONFIG: dict[str, Any] = {
     "num_key_value_heads": 2,
     "head_dim": 16,
     "vocab_size": 512,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
+CONFIG: dict[str, Any] = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    **SHAPE,
     "max_position_embeddings": 512,
     "rms_norm_eps": 1e-06,
     "rope_theta": 1000000.0,
     "hidden_act": "silu",
     "tie_word_embeddings": True,
     "attention_bias": False,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
     "torch_dtype": "bfloat16",
 }
+PROMPTS = ("The capital of France is", "Two plus two equals", "Once upon a time, there was a")
 # A fixed corpus the tokenizer's merges are learned from (deterministically, below).
 CORPUS = (
     "The capital of France is Paris. Two plus two equals four. Once upon a time, there was a "
@@ -71,11 +78,17 @@ def build(hub_cache: Path, repo: str = TINY_REPO, seed: int = SEED) -> TinyCheck
 def write_spec(folder: Path, revision: str, output: str, repo: str = TINY_REPO) -> Path:
     """A spec for the tiny checkpoint (the three prompts of the real reference)."""
     path = folder / "tiny-qwen3.toml"
-    path.write_text(
-        f"""schema = 1
+    path.write_text(spec_text("tiny-qwen3-forward", output, repo, revision, PROMPTS))
+    return path
+
+
+def spec_text(name: str, output: str, repo: str, revision: str, prompts: Sequence[str]) -> str:
+    """A float32 / sdpa / top-10 spec (the template of the tiny and the benchmark specs)."""
+    listed = ", ".join(json.dumps(p) for p in prompts)  # JSON strings are TOML basic strings
+    return f"""schema = 1
 
 [reference]
-name = "tiny-qwen3-forward"
+name = "{name}"
 output = "{output}"
 
 [model]
@@ -85,11 +98,9 @@ dtype = "float32"
 attn_implementation = "sdpa"
 
 [run]
-prompts = ["The capital of France is", "Two plus two equals", "Once upon a time, there was a"]
+prompts = [{listed}]
 top_k = 10
 """
-    )
-    return path
 
 
 def _weights(seed: int) -> bytes:
@@ -176,17 +187,8 @@ def _write_cache(hub_cache: Path, repo: str, files: dict[str, bytes]) -> TinyChe
     """The layout huggingface_hub writes: content-addressed blobs, snapshot symlinks, a ref."""
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     revision = hashlib.sha1(json.dumps(digests, sort_keys=True).encode()).hexdigest()
-    repo_dir = hub_cache / f"models--{repo.replace('/', '--')}"
-    snapshot = repo_dir / "snapshots" / revision
-    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
+    writer = hfcache.SnapshotWriter(hub_cache, repo, revision)
     for name, data in files.items():
-        blob = repo_dir / "blobs" / digests[name]
-        if not blob.exists():
-            blob.write_bytes(data)
-        link = snapshot / name
-        if not link.is_symlink():
-            link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(revision)
-    return TinyCheckpoint(repo, revision, snapshot)
+        writer.link(name, writer.add_bytes(digests[name], data))
+    writer.set_ref()
+    return TinyCheckpoint(repo, revision, writer.snapshot)

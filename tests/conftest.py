@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,27 @@ class TinySetup:
         return self.spec.with_suffix(".lock.json")
 
 
+def refgen_env(hf_home: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A clean environment (no HF_* or REFGEN_* of the caller) with HF_HOME set and this
+    checkout first on the path; *env* on top."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
+    full_env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT)})
+    full_env.update(env or {})
+    return full_env
+
+
+def run(
+    cmd: Sequence[str | Path], env: Mapping[str, str], cwd: Path, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """A command in its own process; with *check*, a failure shows its output."""
+    result = subprocess.run(
+        [str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
 def run_refgen(
     *args: str | Path,
     hf_home: Path,
@@ -37,20 +58,8 @@ def run_refgen(
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m refgen ARGS`` in a clean process with HF_HOME set; extra env on top."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
-    full_env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT)})
-    full_env.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "refgen", *map(str, args)],
-        env=full_env,
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"refgen {args} failed ({result.returncode}):\n{result.stderr}")
-    return result
+    cmd = [sys.executable, "-m", "refgen", *args]
+    return run(cmd, refgen_env(hf_home, env), cwd or ROOT, check)
 
 
 @pytest.fixture(scope="session")
@@ -71,11 +80,16 @@ def tiny_copy(tiny_setup: TinySetup, tmp_path: Path) -> TinySetup:
     return TinySetup(base / "hf-home", checkpoint, base / "specs" / tiny_setup.spec.name)
 
 
-def _make_setup(base: Path) -> TinySetup:
-    hf_home = base / "hf-home"
+def make_setup(
+    hf_home: Path, specs: Path, output: str, env: Mapping[str, str] | None = None
+) -> TinySetup:
+    """The tiny checkpoint in ``hf_home``, its spec (writing to *output*) and lock in *specs*."""
     checkpoint = tiny.build(hf_home / "hub")
-    specs = base / "specs"
-    specs.mkdir()
-    spec = tiny.write_spec(specs, checkpoint.revision, "../out/tiny_qwen3_reference.json")
-    run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home)
+    specs.mkdir(parents=True)
+    spec = tiny.write_spec(specs, checkpoint.revision, output)
+    run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home, env=env)
     return TinySetup(hf_home, checkpoint, spec)
+
+
+def _make_setup(base: Path) -> TinySetup:
+    return make_setup(base / "hf-home", base / "specs", "../out/tiny_qwen3_reference.json")

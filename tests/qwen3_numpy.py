@@ -50,14 +50,15 @@ def read_checkpoint(folder: Path) -> dict[str, np.ndarray]:
 
 
 def _rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    return weight * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    out: np.ndarray = weight * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return out
 
 
 def _inv_freq(rope: dict[str, Any], dim: int) -> np.ndarray:
     """Rotary frequencies; ``rope_type`` llama3 rescales the low and middle ones (Llama 3.1)."""
     inv_freq = 1.0 / rope["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
     if rope.get("rope_type", "default") == "default":
-        return inv_freq
+        return np.asarray(inv_freq)
     if rope["rope_type"] != "llama3":
         raise ValueError(f"rope_type {rope['rope_type']} is not implemented here")
     factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
@@ -67,7 +68,7 @@ def _inv_freq(rope: dict[str, Any], dim: int) -> np.ndarray:
     smooth = (old / wavelen - low) / (high - low)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen >= old / high) & (wavelen <= old / low)
-    return np.where(medium, smoothed, scaled)
+    return np.asarray(np.where(medium, smoothed, scaled))
 
 
 def _rope(x: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
@@ -78,7 +79,8 @@ def _rope(x: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
     sin = np.sin(np.concatenate([angles, angles], axis=-1))[:, None, :]
     half = dim // 2
     rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    out: np.ndarray = x * cos + rotated * sin
+    return out
 
 
 def forward(
@@ -103,7 +105,7 @@ def forward(
         def proj(h: np.ndarray, name: str, p: str = p) -> np.ndarray:
             bias = weights.get(p + name + ".bias")  # Qwen2: q, k, v biases
             out = h @ weights[p + name + ".weight"].T
-            return out if bias is None else out + bias
+            return np.asarray(out if bias is None else out + bias)
 
         h = _rms_norm(x, weights[p + "input_layernorm.weight"], eps)
         q = proj(h, "self_attn.q_proj").reshape(t, n_heads, head_dim)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from refgen import compare
+from refgen import cli, compare
 from refgen.compare import Tolerance, Verdict, compare_documents
 
 
@@ -239,31 +239,32 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
         _write(tmp_path, "c.json", c),
     )
 
-    assert compare.main([str(pa), str(pa)]) == 0
+    assert cli.main(["diff", str(pa), str(pa)]) == 0
     assert capsys.readouterr().out.startswith("REPRODUCED BIT FOR BIT")
-    assert compare.main([str(pa), str(pb)]) == 10
+    assert cli.main(["diff", str(pa), str(pb)]) == 10
     assert capsys.readouterr().out.startswith("REPRODUCED WITHIN TOLERANCE")
-    assert compare.main([str(pa), str(pc), "--json"]) == 11
+    assert cli.main(["diff", str(pa), str(pc), "--json"]) == 11
     report = json.loads(capsys.readouterr().out)
     assert report["verdict"] == "NOT_REPRODUCED"
     assert report["differences"][0]["kind"] == "swap"
     assert report["differences"][0]["path"] == "test_cases[1].top_10[2]"
     # a tighter flag turns the 1e-7 change into a failure
-    assert compare.main([str(pa), str(pb), "--atol", "1e-9", "--rtol", "0"]) == 11
+    assert cli.main(["diff", str(pa), str(pb), "--atol", "1e-9", "--rtol", "0"]) == 11
     capsys.readouterr()
 
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = _write(tmp_path, "a.json", make_reference())
-    assert compare.main([str(good), str(tmp_path / "missing.json")]) == compare.EXIT_ERROR
-    assert "missing.json" in capsys.readouterr().err
+    assert cli.main(["diff", str(good), str(tmp_path / "missing.json")]) == compare.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("refgen: error: ") and "missing.json" in err
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    assert compare.main([str(good), str(bad)]) == compare.EXIT_ERROR
+    assert cli.main(["diff", str(good), str(bad)]) == compare.EXIT_ERROR
     assert "not valid JSON" in capsys.readouterr().err
     other = tmp_path / "other.json"
     other.write_text('{"hello": 1}')
-    assert compare.main([str(good), str(other)]) == compare.EXIT_ERROR
+    assert cli.main(["diff", str(good), str(other)]) == compare.EXIT_ERROR
     assert "not a reference" in capsys.readouterr().err
 
 

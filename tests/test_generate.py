@@ -112,20 +112,18 @@ def dtype_spec(tiny_setup: TinySetup, folder: Path, dtype: str) -> Path:
     return spec
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_bytes_do_not_depend_on_the_caller(
-    generated: Path, tiny_setup: TinySetup, tmp_path: Path, dtype: str
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_bytes_do_not_depend_on_the_caller(
+    tiny_setup: TinySetup, tmp_path: Path, dtype: str
 ) -> None:
-    """Another cwd, locale, time zone, HOME, and caller-set thread and ISA variables; in each
-    dtype (bf16 and f16 run their own CPU kernels, so the guarantee is checked for each)."""
-    spec = tiny_setup.spec
-    if dtype != "float32":
-        spec = dtype_spec(tiny_setup, tmp_path / "specs", dtype)
-        generated = tmp_path / "baseline"
-        run_refgen(
-            "generate", "--spec", spec, "--output-dir", generated, hf_home=tiny_setup.hf_home
-        )
-        assert json.loads((generated / f"{NAME}.json").read_text())["dtype"] == dtype
+    """bf16 and f16 run their own CPU kernels, so the caller-independence that
+    test_verify.test_generator_bytes_do_not_depend_on_the_caller shows for float32 (one
+    condition at a time) is checked for them too: another cwd, locale, time zone, HOME and
+    caller-set thread and ISA variables all at once, then one visible core."""
+    spec = dtype_spec(tiny_setup, tmp_path / "specs", dtype)
+    generated = tmp_path / "baseline"
+    run_refgen("generate", "--spec", spec, "--output-dir", generated, hf_home=tiny_setup.hf_home)
+    assert json.loads((generated / f"{NAME}.json").read_text())["dtype"] == dtype
     hostile = {
         "TZ": "Pacific/Kiritimati",
         "LANG": "tr_TR.UTF-8",
@@ -140,7 +138,7 @@ def test_bytes_do_not_depend_on_the_caller(
     out = tmp_path / "out"
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    cmd = ["generate", "--spec", spec, "--output-dir", out]
+    cmd: list[str | Path] = ["generate", "--spec", spec, "--output-dir", out]
     run_refgen(*cmd, hf_home=tiny_setup.hf_home, env=hostile, cwd=cwd)
     for suffix in (".json", ".manifest.json", ".sha256"):
         assert (out / f"{NAME}{suffix}").read_bytes() == (
@@ -222,9 +220,45 @@ def test_lock_offline_records_every_file_hash(tiny_setup: TinySetup) -> None:
     )
 
 
-def test_a_file_missing_from_the_lock_is_never_read(tiny_copy: TinySetup, generated: Path) -> None:
-    """A file added to the snapshot behind the lock's back cannot change the output."""
-    (tiny_copy.checkpoint.snapshot / "chat_template.jinja").write_text("{{ 'injected' }}")
+def test_a_file_missing_from_the_lock_is_never_read(
+    tiny_copy: TinySetup, generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file added to the snapshot behind the lock's back is not even visible to the loader:
+    the folder the generator loads from holds exactly the locked files, with the locked bytes."""
+    from huggingface_hub import constants
+
+    from refgen import generate
+    from refgen.lock import read_lock
+    from refgen.spec import load_spec
+
+    snapshot = tiny_copy.checkpoint.snapshot
+    (snapshot / "chat_template.jinja").write_text("{{ 'injected' }}")
+    spec = load_spec(tiny_copy.spec)
+    locked = {f.path: f.sha256 for f in read_lock(spec).files}
+    assert "chat_template.jinja" not in locked
+    seen: dict[str, Any] = {}
+
+    class Seen(Exception):
+        pass
+
+    def spy(spec: Any, model_dir: Path, timings: Any, verifier: Any) -> dict[str, Any]:
+        files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+        seen["files"] = {
+            p.relative_to(model_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files
+        }
+        seen["injected_readable"] = (model_dir / "chat_template.jinja").exists()
+        verifier.result()
+        raise Seen
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tiny_copy.hf_home / "hub"))
+    monkeypatch.setattr(generate, "compute_reference", spy)
+    with pytest.raises(Seen):
+        generate.generate(spec, tiny_copy.spec.parent / "unused")
+    assert seen["files"] == locked
+    assert seen["injected_readable"] is False
+
+    # End to end, in its own process: the output is the one made without the extra file.
     out = tiny_copy.spec.parent / "out"
     run_refgen("generate", "--spec", tiny_copy.spec, "--output-dir", out, hf_home=tiny_copy.hf_home)
     assert (out / f"{NAME}.json").read_bytes() == (generated / f"{NAME}.json").read_bytes()

@@ -18,7 +18,7 @@ import pytest
 from conftest import TinySetup
 
 from refgen import hub
-from refgen.errors import IntegrityError
+from refgen.errors import IntegrityError, ModelNotFoundError
 from refgen.spec import load_spec
 
 
@@ -111,5 +111,5 @@ def test_lock_offline_finds_nothing_without_a_snapshot(
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(hub.ModelNotFoundError, match="nox -s fetch"):
+    with pytest.raises(ModelNotFoundError, match="nox -s fetch"):
         hub.lock(load_spec(tiny_copy.spec), offline=True)

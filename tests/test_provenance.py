@@ -28,7 +28,7 @@ from refgen import provenance
 HEX = {"type": "string", "pattern": "^[a-f0-9]+$"}
 URI = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9+.-]*:"}
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"}
-EXTENSION = {"^[a-z0-9]+_[A-Za-z0-9]+$": {}}
+EXTENSION: dict[str, Any] = {"^[a-z0-9]+_[A-Za-z0-9]+$": {}}
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -296,7 +296,3 @@ def test_incomplete_manifest_is_a_clear_error() -> None:
     manifest["outputs"] = []
     with pytest.raises(provenance.ProvenanceError, match="no outputs"):
         provenance.build_statement(manifest)
-
-
-def test_statement_path() -> None:
-    assert provenance.statement_path("out/x.json").name == "x.intoto.json"

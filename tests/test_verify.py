@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT, make_setup, refgen_env, run
 
-from refgen import compare, provenance, tiny, verify
+from refgen import artifact, cli, provenance, verify
+from refgen.artifact import Artifact
 from refgen.spec import load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
 REF = "tiny_qwen3_reference.json"
 MANIFEST = "tiny_qwen3_reference.manifest.json"
 SUMS = "tiny_qwen3_reference.sha256"
@@ -44,20 +45,11 @@ def copy_project(dest: Path) -> Path:
 
 
 def base_env(hf_home: Path, project: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
-    # a private temp folder: what the processes leave there is theirs alone
-    env.update(HF_HOME=str(hf_home), PYTHONPATH=str(project), TMPDIR=str(project / "tmp"))
-    env.update(extra)
-    return env
-
-
-def run(
-    cmd: list[str], env: dict[str, str], cwd: Path, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    # the source snapshot first on the path, and a private temp folder: what the processes
+    # leave there is theirs alone
+    return refgen_env(
+        hf_home, {"PYTHONPATH": str(project), "TMPDIR": str(project / "tmp"), **extra}
+    )
 
 
 @dataclass(frozen=True)
@@ -95,16 +87,14 @@ class Workspace:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """Tiny checkpoint in a private HF cache, its spec and lock, and one generated artifact."""
     base = tmp_path_factory.mktemp("verify")
-    hf_home = base / "hf-home"
-    checkpoint = tiny.build(hf_home / "hub")
-    root = base / "ws"
-    (root / "specs").mkdir(parents=True)
-    tiny.write_spec(root / "specs", checkpoint.revision, f"../{REF}")
     project = copy_project(base / "project")
     (project / "tmp").mkdir()
+    root = base / "ws"
+    hf_home = base / "hf-home"
+    make_setup(hf_home, root / "specs", f"../{REF}", env=base_env(hf_home, project))
+    # After the checkpoint is built: importing torch here exported TORCHINDUCTOR_CACHE_DIR, which
+    # keeps torch's cache folder out of the processes' private temp folder (as in main's order).
     env = base_env(hf_home, project)
-    lock = [sys.executable, "-m", "refgen", "lock", "--spec", str(root / SPEC), "--offline"]
-    run(lock, env, cwd=project)
     run([sys.executable, "-m", "refgen", "generate", "--spec", str(root / SPEC)], env, cwd=project)
     return Workspace(root, hf_home, project)
 
@@ -135,7 +125,7 @@ def resign(ws: Workspace, doc: dict[str, Any]) -> None:
     manifest_bytes = dump(manifest)
     (ws.root / MANIFEST).write_bytes(manifest_bytes)
     files = {REF: data, MANIFEST: manifest_bytes}
-    statement = provenance.statement_path(ws.root / REF)
+    statement = Artifact(ws.root / REF).statement
     if statement.is_file():  # re-attest too, as the publisher's generator would have
         files[statement.name] = provenance.statement_bytes(
             manifest, manifest_name=MANIFEST, manifest_sha256=sha256_bytes(manifest_bytes)
@@ -328,7 +318,7 @@ def test_provenance_statement_is_checked(workspace: Workspace, tmp_path: Path) -
     deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
     weights = next(d for d in deps if d.get("uri", "").endswith("/model.safetensors"))
     weights["digest"]["sha256"] = "0" * 64  # claims other weights than the manifest
-    path = provenance.statement_path(ws.root / REF)
+    path = Artifact(ws.root / REF).statement
     path.write_bytes(provenance.render(statement))
 
     code, report = ws.verify()
@@ -375,17 +365,14 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize(
-    ("sig", "entry"),
-    [(signal.SIGTERM, ["refgen", "verify"]), (signal.SIGINT, ["refgen.verify"])],
-)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_verify_leaves_nothing_behind(
-    workspace: Workspace, tmp_path: Path, sig: signal.Signals, entry: list[str]
+    workspace: Workspace, tmp_path: Path, sig: signal.Signals
 ) -> None:
     ws = workspace.copy(tmp_path)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    cmd = [sys.executable, "-m", *entry, "--spec", str(ws.spec)]
+    cmd = [sys.executable, "-m", "refgen", "verify", "--spec", str(ws.spec)]
     proc = subprocess.Popen(
         cmd,
         env=ws.env(TMPDIR=str(tmpdir)),
@@ -421,26 +408,26 @@ def test_up_to_date(in_project: Workspace, tmp_path: Path) -> None:
     ws = workspace.copy(tmp_path)
     spec = load_spec(ws.spec)
     manifest = ws.root / MANIFEST
-    status = verify.is_up_to_date(spec, manifest)
-    assert status == verify.UpToDate(True, ()) and status
+    status = artifact.is_up_to_date(spec, manifest)
+    assert status == artifact.UpToDate(True, ()) and status
 
     tamper_edit_prompt(ws)
-    stale = verify.is_up_to_date(load_spec(ws.spec), manifest)
+    stale = artifact.is_up_to_date(load_spec(ws.spec), manifest)
     assert not stale.current
     assert any("spec tiny-qwen3.toml" in r and "run.prompts[1]" in r for r in stale.reasons)
 
     ws = workspace.copy(tmp_path / "b")
     tamper_edit_lock(ws)
-    reasons = verify.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
+    reasons = artifact.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
     assert any("model lock tiny-qwen3.lock.json" in r for r in reasons)
 
     ws = workspace.copy(tmp_path / "c")
     (ws.root / REF).unlink()
-    reasons = verify.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
+    reasons = artifact.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
     assert any(REF in r and "missing" in r for r in reasons)
 
     (ws.root / MANIFEST).unlink()
-    assert not verify.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).current
+    assert not artifact.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).current
 
 
 def test_up_to_date_notices_generator_changes(
@@ -454,7 +441,7 @@ def test_up_to_date_notices_generator_changes(
         manifest_mod, "generator_identity", lambda: {**real, "sources_sha256": "0" * 64}
     )
     ws = workspace.copy(tmp_path)
-    status = verify.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST)
+    status = artifact.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST)
     assert status.reasons == ("generator sources changed since the manifest was written",)
 
 
@@ -488,7 +475,9 @@ def test_diff_between_two_real_references(
     from refgen.generate import dump_reference
 
     other.write_bytes(dump_reference(changed))
-    assert compare.main([str(ws.root / REF), str(other), "--spec", str(ws.spec), "--json"]) == 10
+    assert (
+        cli.main(["diff", str(ws.root / REF), str(other), "--spec", str(ws.spec), "--json"]) == 10
+    )
     report = json.loads(capsys.readouterr().out)
     stats = {f["field"]: f for f in report["fields"]}
     assert stats["last_residual_f32"]["max_abs_path"] == "test_cases[2].last_residual_f32[7]"
@@ -508,7 +497,7 @@ def _conditions() -> dict[str, dict[str, Any]]:
         "taskset-one-core": {"prefix": ["taskset", "-c", one]},
         "taskset-all-cores": {"prefix": ["taskset", "-c", every]},
         "caller-threads": {"env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}},
-        "aten-default": {"env": {"ATEN_CPU_CAPABILITY": "default"}},
+        "aten-default": {"env": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "ALL"}},
         "aten-avx512": {"env": {"ATEN_CPU_CAPABILITY": "avx512"}},
         "mkl-cbwr-auto": {"env": {"MKL_CBWR": "AUTO"}},
         "umask-077": {"prefix": ["sh", "-c", 'umask 077 && exec "$@"', "sh"]},

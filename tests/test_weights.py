@@ -147,7 +147,15 @@ def test_a_local_folder_is_locked_and_generated(tiny_copy: TinySetup, tmp_path: 
     run_refgen("lock", "--spec", spec, hf_home=tmp_path / "none")
     lock = json.loads(spec.with_suffix(".lock.json").read_text())
     assert lock["repo"] == "local/my-checkpoint" and re.fullmatch("[0-9a-f]{64}", lock["revision"])
-    cmd = ["generate", "--spec", spec, "--spec", tiny_copy.spec, "--output-dir", out]
+    cmd: list[str | Path] = [
+        "generate",
+        "--spec",
+        spec,
+        "--spec",
+        tiny_copy.spec,
+        "--output-dir",
+        out,
+    ]
     run_refgen(*cmd, hf_home=tiny_copy.hf_home)
     local = json.loads((out / f"{NAME}.json").read_text())  # both specs name the same output
     assert local["model_repo"] == tiny_copy.checkpoint.repo  # the second spec wrote last

@@ -1,5 +1,5 @@
 import sys
 
-from refgen.bench.run import main
+from refgen.cli import bench_main
 
-sys.exit(main())
+sys.exit(bench_main())

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from refgen import hfcache
+
 # The published config.json of Qwen/Qwen3-1.7B-Base (only the values matter to transformers).
 QWEN3_1_7B_BASE_CONFIG: dict[str, Any] = {
     "architectures": ["Qwen3ForCausalLM"],
@@ -200,35 +202,18 @@ def build(
         "config": config,
     }
     revision = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-    repo_dir = hub_cache / f"models--{repo.replace('/', '--')}"
-    snapshot = repo_dir / "snapshots" / revision
-    ref = repo_dir / "refs" / "main"
-    weights = snapshot / "model.safetensors"
-    if ref.is_file() and ref.read_text() == revision and weights.exists():
-        return revision, snapshot  # finished before: the ref is written last
+    writer = hfcache.SnapshotWriter(hub_cache, repo, revision)
+    if writer.has_ref() and (writer.snapshot / "model.safetensors").exists():
+        return revision, writer.snapshot  # finished before: the ref is written last
     global FRESH_BUILDS
     FRESH_BUILDS += 1
-    blobs = repo_dir / "blobs"
-    blobs.mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-
-    def link(name: str, blob: Path) -> None:
-        target = snapshot / name
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        target.symlink_to(os.path.relpath(blob, snapshot))
-
     for name, data in small.items():
-        blob = blobs / _git_blob_sha1(data)
-        blob.write_bytes(data)
-        link(name, blob)
-    partial = blobs / f"{revision}.weights"
-    digest = write_safetensors(partial, config, seed)
-    os.replace(partial, blobs / digest)  # LFS blobs are named by their SHA-256
-    link("model.safetensors", blobs / digest)
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    ref.write_text(revision)
-    return revision, snapshot
+        writer.link(name, writer.add_bytes(_git_blob_sha1(data), data))
+    # LFS blobs are named by their SHA-256
+    weights = writer.add_streamed(lambda path: write_safetensors(path, config, seed))
+    writer.link("model.safetensors", weights)
+    writer.set_ref()
+    return revision, writer.snapshot
 
 
 def main(argv: list[str]) -> None:

@@ -17,14 +17,8 @@ START = time.perf_counter()
 
 
 def _skip_verification() -> None:
-    """Replace the hash checks by no-ops (whichever the generator uses)."""
-    from refgen import hub
-
-    hub.verify_snapshot = lambda *args, **kwargs: None
-    try:
-        from refgen import fastload
-    except ImportError:
-        return
+    """Make the generator's hash check (fastload.Verifier) a no-op."""
+    from refgen import fastload
 
     class Trusting(fastload.Verifier):
         def _run(self) -> None:

@@ -7,7 +7,6 @@ table reports medians and the ratios ours/baseline. See ``python -m refgen.bench
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from refgen import tiny
 from refgen.bench import checkpoint
 from refgen.bench.baseline import PROMPTS
 from refgen.bench.measure import ChildRun, run_child
@@ -28,19 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = ROOT / ".cache" / "bench"
 PY = sys.executable
 
-# A shape small enough for the test suite, on the same code path.
+# A shape small enough for the test suite (the tiny checkpoint's), on the same code path.
 TINY_CONFIG: dict[str, Any] = {
     **checkpoint.QWEN3_1_7B_BASE_CONFIG,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "vocab_size": 512,
+    **tiny.SHAPE,
     "max_window_layers": 2,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
 }
 EXTRA_PROMPTS = [
     "The children of the village played on",
@@ -59,15 +51,6 @@ PROMPT_LENGTHS = (5, 50, 500)
 
 def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def spec_text(name: str, repo: str, revision: str, prompts: Sequence[str]) -> str:
-    listed = ", ".join(json.dumps(p) for p in prompts)  # JSON strings are TOML basic strings
-    return (
-        f'schema = 1\n\n[reference]\nname = "{name}"\noutput = "{name}.json"\n\n'
-        f'[model]\nrepo = "{repo}"\nrevision = "{revision}"\ndtype = "float32"\n'
-        f'attn_implementation = "sdpa"\n\n[run]\nprompts = [{listed}]\ntop_k = 10\n'
-    )
 
 
 def prompt_of_length(tokenizer_json: Path, tokens: int) -> str:
@@ -171,7 +154,7 @@ class Bench:
 
     def write_spec(self, name: str, prompts: Sequence[str]) -> Path:
         path = self.specs / f"{name}.toml"
-        text = spec_text(name, checkpoint.BENCH_REPO, self.revision, prompts)
+        text = tiny.spec_text(name, f"{name}.json", checkpoint.BENCH_REPO, self.revision, prompts)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
         main_lock = self.specs / "bench-prompts-3.lock.json"
@@ -349,26 +332,19 @@ def fmt_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refgen.bench", description=__doc__)
-    parser.add_argument("--runs", type=int, default=5, help="alternating runs of each (default 5)")
-    parser.add_argument(
-        "--cache", type=Path, default=DEFAULT_CACHE, help="checkpoint + work folder"
-    )
-    parser.add_argument("--shape", choices=["real", "tiny"], default="real")
-    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
-    args = parser.parse_args(argv)
+def main(cache: Path, runs: int, shape: str, scaling: bool) -> int:
+    """The whole benchmark (arguments: ``python -m refgen.bench``, in :mod:`refgen.cli`)."""
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
     bench = Bench(
-        args.cache.resolve(),
-        checkpoint.QWEN3_1_7B_BASE_CONFIG if args.shape == "real" else TINY_CONFIG,
-        args.runs,
+        cache.resolve(),
+        checkpoint.QWEN3_1_7B_BASE_CONFIG if shape == "real" else TINY_CONFIG,
+        runs,
     )
     bench.prepare()
     bench.compare()
     bench.phases()
-    if not args.no_scaling:
+    if scaling:
         bench.scaling()
     bench.results["bench_seconds"] = time.perf_counter() - start
     bench.results["load_average_1min"] = [load_before, os.getloadavg()[0]]

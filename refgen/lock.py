@@ -1,0 +1,171 @@
+"""The model lock: the exact files of a pinned revision with their SHA-256 and size.
+
+The lock is to a model what ``requirements.lock`` is to packages. This module reads and writes
+it and holds the one check of files against it, :func:`check`, which returns a frozen
+:class:`LockCheck` (matched / mismatched / missing / extra, in the manner of huggingface_hub's
+``verify_maps`` and ``FolderVerification``). Fetching (:mod:`refgen.hub`), the auditor's input
+check (:mod:`refgen.verify`) and the verified load (:mod:`refgen.fastload`) all go through it;
+each words the failure for its own context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from refgen.atomic import write_files
+from refgen.errors import LockError
+from refgen.hashing import sha256_file
+from refgen.spec import Spec
+
+LOCK_SCHEMA = "refgen.model-lock/1"
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    path: str
+    sha256: str
+    size: int | None  # None: not recorded (a lock transcribed from a published hash list)
+
+
+@dataclass(frozen=True)
+class ModelLock:
+    repo: str
+    revision: str
+    files: tuple[LockedFile, ...]
+
+    def to_json(self) -> bytes:
+        data = {
+            "schema": LOCK_SCHEMA,
+            "repo": self.repo,
+            "revision": self.revision,
+            "files": [vars(f) for f in self.files],
+        }
+        return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def content_revision(files: Iterable[LockedFile]) -> str:
+    """A local folder's revision: SHA-256 of its locked files' names and hashes, sorted, as
+    JSON (``[["config.json", "<sha256>"], ...]``)."""
+    listing = sorted((f.path, f.sha256) for f in files)
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def read_lock(spec: Spec) -> ModelLock:
+    """The committed lock of a spec, checked against the spec's repo and revision."""
+    path = spec.lock_path
+    if not path.exists():
+        raise LockError(
+            f"no model lock for {spec.path.name}: expected {path.name} next to it. Record the file "
+            f"hashes with `nox -s lock-model -- --spec {spec.display}` (add `--offline` to hash a "
+            "snapshot already in the local cache) and commit it."
+        )
+    try:
+        data = json.loads(path.read_text())
+        files = tuple(
+            LockedFile(
+                str(f["path"]), str(f["sha256"]), None if f["size"] is None else int(f["size"])
+            )
+            for f in data["files"]
+        )
+        lock = ModelLock(str(data["repo"]), str(data["revision"]), files)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LockError(
+            f"{path.name} is malformed ({exc!r}); regenerate it with `nox -s lock-model`."
+        ) from None
+    if data.get("schema") != LOCK_SCHEMA:
+        raise LockError(f"{path.name}: schema {data.get('schema')!r} is not {LOCK_SCHEMA!r}.")
+    if spec.local_path is not None and (
+        lock.revision != content_revision(files) or spec.revision not in (None, lock.revision)
+    ):
+        raise LockError(
+            f"{path.name} does not pin the content of {spec.local_path.name} "
+            f"(revision {lock.revision}, spec {spec.revision}). Run "
+            f"`refgen lock --spec {spec.display}` again."
+        )
+    # A local folder's spec may leave its revision to the lock (the content revision).
+    if (lock.repo, lock.revision) != (spec.repo, spec.revision or lock.revision):
+        raise LockError(
+            f"{path.name} locks {lock.repo}@{lock.revision} but {spec.path.name} asks for "
+            f"{spec.repo}@{spec.revision}. Run `nox -s lock-model -- --spec {spec.display}` again."
+        )
+    if not files:
+        raise LockError(f"{path.name} lists no files; regenerate it with `nox -s lock-model`.")
+    return lock
+
+
+def write_lock(spec: Spec, lock: ModelLock) -> None:
+    """Write the spec's lock file atomically (an interrupted run keeps the old one)."""
+    write_files({spec.lock_path: lock.to_json()})
+
+
+# --- the one check --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileMismatch:
+    """A locked file whose content differs: expected (from the lock) and actual values."""
+
+    path: str
+    expected_sha256: str
+    actual_sha256: str
+    expected_size: int | None
+    actual_size: int
+
+
+@dataclass(frozen=True)
+class LockCheck:
+    """Files against a lock. ``extra`` are files present but not locked: never read, not a
+    failure (the verified view hides them from the loader)."""
+
+    matched: tuple[str, ...]
+    mismatched: tuple[FileMismatch, ...]
+    missing: tuple[str, ...]
+    extra: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatched and not self.missing
+
+
+def check(expected: Iterable[LockedFile], actual: Mapping[str, tuple[str, int]]) -> LockCheck:
+    """Compare locked files with actual ``{path: (sha256, size)}``; a size of None in the lock
+    is not compared (a lock transcribed from a published hash list records none)."""
+    matched: list[str] = []
+    mismatched: list[FileMismatch] = []
+    missing: list[str] = []
+    locked = set()
+    for f in expected:
+        locked.add(f.path)
+        if f.path not in actual:
+            missing.append(f.path)
+            continue
+        digest, size = actual[f.path]
+        if digest != f.sha256 or f.size not in (None, size):
+            mismatched.append(FileMismatch(f.path, f.sha256, digest, f.size, size))
+        else:
+            matched.append(f.path)
+    extra = sorted(p for p in actual if p not in locked)
+    return LockCheck(tuple(matched), tuple(mismatched), tuple(missing), tuple(extra))
+
+
+def check_folder(expected: Iterable[LockedFile], folder: Path, progress: bool = True) -> LockCheck:
+    """Hash every locked file present in *folder* and :func:`check` them; files of the folder
+    that the lock does not list are reported as ``extra`` (listed, not hashed)."""
+    files = tuple(expected)
+    actual: dict[str, tuple[str, int]] = {}
+    for f in files:
+        path = folder / f.path
+        if path.is_file():
+            actual[f.path] = sha256_file(path, progress=progress)
+    result = check(files, actual)
+    locked = {f.path for f in files}
+    extra = sorted(
+        rel
+        for rel in (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        if rel not in locked
+    )
+    return LockCheck(result.matched, result.mismatched, result.missing, tuple(extra))
