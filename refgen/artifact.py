@@ -1,7 +1,7 @@
 """A reference's file set: ``X.json`` and its siblings; reading, checking, committing them.
 
-* :class:`Artifact` names the files (one table, :data:`SIBLINGS`: a new sibling such as
-  ``X.safetensors`` is one line there) and commits them as one atomic step.
+* :class:`Artifact` names the files (one table, :data:`SIBLINGS`; ``X.safetensors``, the probe
+  file, is :data:`OPTIONAL`) and commits them as one atomic step.
 * :func:`read_manifest`, :func:`check_integrity` - the committed files against what they claim:
   every output listed in the manifest (SHA-256, size), the ``X.sha256`` file (which also covers
   the manifest itself), and the provenance statement's subject and dependencies.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refgen import provenance
+from refgen import probes, provenance
 from refgen.atomic import write_files
 from refgen.errors import ArtifactError, RefgenError
 from refgen.hashing import sha256_file
@@ -33,10 +33,13 @@ from refgen.spec import Spec
 # trusts the sums file, so it is renamed into place last.
 SIBLINGS: dict[str, str] = {
     "reference": ".json",
+    "probes": probes.SUFFIX,  # X.safetensors, only when the spec declares [probes]
     "manifest": ".manifest.json",
     "statement": ".intoto.json",  # in-toto Statement / SLSA provenance v1
     "sums": ".sha256",
 }
+OPTIONAL = frozenset({"probes"})
+"""Kinds a reference may lack; every other kind is written by every commit."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,36 @@ class Artifact:
         return {kind: self.sibling(kind) for kind in SIBLINGS}
 
     def commit(self, contents: Mapping[str, bytes]) -> None:
-        """Write the whole set (``{kind: bytes}``, every kind of :data:`SIBLINGS`) as one step:
-        a failed or interrupted run leaves the previous artifact as it was."""
-        if set(contents) != set(SIBLINGS):
-            raise ValueError(f"an artifact has the files {list(SIBLINGS)}, got {list(contents)}")
-        write_files({self.sibling(kind): contents[kind] for kind in SIBLINGS})
+        """Write the whole set (``{kind: bytes}``, every kind of :data:`SIBLINGS` but the
+        optional ones this reference lacks) as one step: a failed or interrupted run leaves the
+        previous artifact as it was.
+
+        An optional file the previous manifest listed and this set lacks (the spec no longer
+        declares probes) is removed after the commit: left in place, ``diff`` and ``verify``
+        would compare it as if it were current. A file the manifest did not list is not ours
+        and stays."""
+        required = [kind for kind in SIBLINGS if kind not in OPTIONAL]
+        if not set(required) <= set(contents) <= set(SIBLINGS):
+            raise ValueError(
+                f"an artifact has the files {required} (optionally {sorted(OPTIONAL)}), "
+                f"got {list(contents)}"
+            )
+        stale = [
+            self.sibling(kind)
+            for kind in sorted(OPTIONAL - set(contents))
+            if self.sibling(kind).name in self._listed_outputs()
+        ]
+        write_files({self.sibling(kind): contents[kind] for kind in SIBLINGS if kind in contents})
+        for path in stale:
+            path.unlink(missing_ok=True)
+
+    def _listed_outputs(self) -> set[str]:
+        """The output names the current manifest lists (none when it is missing or unreadable)."""
+        try:
+            outputs = read_manifest(self.manifest).get("outputs") or []
+        except ArtifactError:
+            return set()
+        return {str(o.get("path")) for o in outputs if isinstance(o, Mapping)}
 
 
 @dataclass(frozen=True)

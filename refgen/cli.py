@@ -149,13 +149,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             log.info("%s needs a build: %s", spec.name, "; ".join(status.reasons))
         log.info("generating %s (%s@%s)", spec.name, spec.repo, spec.revision)
         outputs = generate(spec, args.output_dir)
-        log.info(
-            "wrote %s (+ %s, %s, %s)",
-            outputs.reference,
-            outputs.manifest.name,
-            outputs.statement.name,
-            outputs.sums.name,
-        )
+        written = [p.name for k, p in outputs.paths().items() if k != "reference" and p.is_file()]
+        log.info("wrote %s (+ %s)", outputs.reference, ", ".join(written))
     return 0
 
 
@@ -201,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     hub.lock(spec, offline=True)
     outputs = generate(spec)
     print(f"demo outputs in {out}:")
-    shown = (spec.path, spec.lock_path, *outputs.paths().values())
+    shown = (spec.path, spec.lock_path, *(p for p in outputs.paths().values() if p.is_file()))
     for path in shown:
         print(f"  {path.relative_to(out)}")
     print(f"check them with: (cd {out} && sha256sum -c {outputs.sums.name})")

@@ -4,7 +4,10 @@ Two honest rebuilds on different CPUs can differ in the last bit of a float; "di
 enough. This module says *how much* and *where*: bit for bit, within a tolerance far tighter than
 the consumer's 1e-3 (with the largest absolute and relative difference per field and per test
 case), or not reproduced (every difference by path, e.g. ``test_cases[1].top_10[3].index``, with
-swapped top-k entries named).
+swapped top-k entries named). When both references have probe files beside them
+(``X.safetensors``, see :mod:`refgen.probes`), those are compared tensor by tensor too, and the
+report names, per prompt, the first layer that differs ("first difference at layer 7 of prompt
+2"): where a port first diverges.
 
 Exit codes (also used by ``refgen verify``):
 
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refgen import probes
 from refgen.errors import RefgenError
 
 DEFAULT_TOLERANCE = 1e-6
@@ -91,7 +95,7 @@ class Difference:
     """One place where B does not match A. ``kind`` is a short machine-readable tag."""
 
     path: str
-    kind: str  # missing | extra | type | value | length | index | swap | float
+    kind: str  # missing | extra | type | value | length | shape | index | swap | float | unreadable
     a: Any
     b: Any
     detail: str
@@ -119,6 +123,37 @@ class CaseStats:
 
 
 @dataclass(frozen=True)
+class FirstDifference:
+    """The first probe tensor of one prompt that is not bit-identical (layers upwards, then the
+    logits); ``beyond_tolerance`` says whether it also fails the tolerance."""
+
+    prompt: int
+    layer: int | None  # None: the last-position logits
+    tensor: str
+    max_abs: float | None  # None when the tensor is missing, or differs in dtype or shape
+    beyond_tolerance: bool
+    text: str  # "first difference at layer 7 of prompt 2"
+
+
+@dataclass(frozen=True)
+class ProbeComparison:
+    """The probe files beside A and B (``X.safetensors``), compared tensor by tensor."""
+
+    a_name: str | None  # None: A has no probe file
+    b_name: str | None
+    a_sha256: str
+    b_sha256: str
+    tensors: int  # tensors compared (present in both)
+    identical: bool  # same bytes
+    first_differences: tuple[FirstDifference, ...]  # one per prompt that differs, prompt order
+
+    @property
+    def first(self) -> FirstDifference | None:
+        """The earliest prompt's first differing layer: what the summary line names."""
+        return self.first_differences[0] if self.first_differences else None
+
+
+@dataclass(frozen=True)
 class Comparison:
     """The full result; ``differences`` is in document order, truncated to the cap."""
 
@@ -133,16 +168,32 @@ class Comparison:
     differences: tuple[Difference, ...]
     difference_count: int
     notes: tuple[str, ...] = field(default=())
+    probes: ProbeComparison | None = None  # when A or B has a probe file beside it
 
     @property
     def exit_code(self) -> int:
         return self.verdict.exit_code
 
+    @property
+    def first_probe_difference(self) -> str | None:
+        """ "first difference at layer 7 of prompt 2", when the probe files differ."""
+        first = self.probes.first if self.probes is not None else None
+        return first.text if first is not None else None
+
     def summary(self) -> str:
         """The one-line verdict printed first."""
         head = self.verdict.value.upper()
+        layer = f"; {self.first_probe_difference}" if self.first_probe_difference else ""
         if self.verdict is Verdict.IDENTICAL:
-            return f"{head}: {self.a_name} and {self.b_name} have the same SHA-256 {self.a_sha256}"
+            also = (
+                f" (probe files too: {self.probes.a_sha256})"
+                if self.probes is not None and self.probes.identical
+                else ""
+            )
+            return (
+                f"{head}: {self.a_name} and {self.b_name} have the same SHA-256 "
+                f"{self.a_sha256}{also}"
+            )
         if self.verdict is Verdict.WITHIN_TOLERANCE:
             worst = max(self.fields, key=lambda f: f.max_abs, default=None)
             where = (
@@ -152,11 +203,13 @@ class Comparison:
             )
             return (
                 f"{head}: {where} (atol {self.tolerance.atol:g}, rtol {self.tolerance.rtol:g}); "
-                "all top-k indices identical"
+                f"all top-k indices identical{layer}"
             )
         first = self.differences[0] if self.differences else None
-        return f"{head}: {self.difference_count} difference(s)" + (
-            f"; first at {first.path}: {first.detail}" if first else ""
+        return (
+            f"{head}: {self.difference_count} difference(s)"
+            + (f"; first at {first.path}: {first.detail}" if first else "")
+            + layer
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -166,6 +219,7 @@ class Comparison:
         data["verdict_text"] = self.verdict.value
         data["exit_code"] = self.exit_code
         data["summary"] = self.summary()
+        data["first_probe_difference"] = self.first_probe_difference
         safe: dict[str, Any] = _json_safe(data)
         return safe
 
@@ -181,6 +235,12 @@ class Comparison:
         for case in self.cases:
             lines += ["", f"test_cases[{case.case}] ({case.prompt!r}):"]
             lines += [_stat_line(s) for s in case.fields]
+        if self.probes is not None:
+            lines += ["", _probe_heading(self.probes)]
+            for first in self.probes.first_differences:
+                size = "" if first.max_abs is None else f", max |diff| {first.max_abs:.3g}"
+                verdict = "beyond tolerance" if first.beyond_tolerance else "within tolerance"
+                lines.append(f"  {first.text} ({first.tensor}{size}, {verdict})")
         if self.differences:
             shown = self.differences[:max_differences]
             lines += ["", f"Differences ({self.difference_count}; first {len(shown)} shown):"]
@@ -188,6 +248,15 @@ class Comparison:
         if self.notes:
             lines += ["", "Notes:"] + [f"  {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
+
+
+def _probe_heading(p: ProbeComparison) -> str:
+    names = f"{p.a_name or '(none)'} (A) vs {p.b_name or '(none)'} (B)"
+    if p.identical:
+        return f"Probe files {names}: identical, {p.tensors} tensors"
+    if not p.first_differences:
+        return f"Probe files {names}: {p.tensors} tensors compared, all values equal"
+    return f"Probe files {names}: {p.tensors} tensors compared; first difference per prompt:"
 
 
 def _stat_line(s: FieldStats) -> str:
@@ -231,6 +300,16 @@ class _Stats:
             self.max_abs, self.max_abs_path = diff, path
         if rel > self.max_rel or math.isnan(rel):
             self.max_rel, self.max_rel_path = rel, path
+
+    def add_many(
+        self, count: int, max_abs: float, abs_path: str, max_rel: float, rel_path: str
+    ) -> None:
+        """A whole tensor's contribution, its maxima already found (see ``_walk_tensor``)."""
+        self.count += count
+        if max_abs > self.max_abs or math.isnan(max_abs):
+            self.max_abs, self.max_abs_path = max_abs, abs_path
+        if max_rel > self.max_rel or math.isnan(max_rel):
+            self.max_rel, self.max_rel_path = max_rel, rel_path
 
     def freeze(self, name: str) -> FieldStats:
         return FieldStats(
@@ -373,6 +452,144 @@ class _Walker:
                 path, "float", a, b, f"{a!r} in A, {b!r} in B (|diff| {diff:.3g} > tolerance)"
             )
 
+    # --- probe files (X.safetensors) -----------------------------------------------------------
+
+    def walk_probes(self, a: Path | None, b: Path | None) -> ProbeComparison:
+        """Tensor by tensor, in prompt order and layers upwards; each tensor's statistics go
+        under its field (``hidden_states.layer7``) and its prompt's test case."""
+        if a is None or b is None:
+            there = a if a is not None else b
+            assert there is not None
+            kind, side = ("missing", "B") if b is None else ("extra", "A")
+            self.diff(
+                there.name,
+                kind,
+                there.name if a else None,
+                there.name if b else None,
+                f"probe file {there.name} beside {'A' if a else 'B'}, none beside {side}",
+            )
+            return ProbeComparison(
+                a.name if a else None, b.name if b else None, "", "", 0, False, ()
+            )
+        files = []
+        for path in (a, b):
+            try:
+                files.append(probes.read(path))
+            except probes.ProbeFileError as exc:
+                self.diff(path.name, "unreadable", None, None, str(exc))
+        sha = [hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "" for p in (a, b)]
+        if len(files) < 2:
+            return ProbeComparison(a.name, b.name, sha[0], sha[1], 0, False, ())
+        fa, fb = files
+        for key in sorted(set(fa.metadata) | set(fb.metadata)):
+            va, vb = fa.metadata.get(key), fb.metadata.get(key)
+            if va != vb:
+                self.diff(f"{a.name}:metadata.{key}", "value", va, vb, f"{va!r} in A, {vb!r} in B")
+        firsts: dict[int, FirstDifference] = {}
+        compared = 0
+        for name in sorted(set(fa.tensors) | set(fb.tensors), key=probes.sort_key):
+            ta, tb = fa.tensors.get(name), fb.tensors.get(name)
+            parsed = probes.parse_name(name)
+            max_abs: float | None = None
+            if ta is None or tb is None:
+                kind = "missing" if tb is None else "extra"
+                where = "present in A, missing in B" if tb is None else "missing in A, present in B"
+                self.diff(name, kind, None, None, f"tensor {where}")
+                differs, beyond = True, True
+            elif ta.dtype != tb.dtype:
+                self.diff(
+                    name, "type", ta.dtype, tb.dtype, f"dtype {ta.dtype} in A, {tb.dtype} in B"
+                )
+                differs, beyond = True, True
+            elif ta.shape != tb.shape:
+                self.diff(
+                    name,
+                    "shape",
+                    list(ta.shape),
+                    list(tb.shape),
+                    f"shape {list(ta.shape)} in A, {list(tb.shape)} in B",
+                )
+                differs, beyond = True, True
+            else:
+                compared += 1
+                differs = ta.data != tb.data
+                max_abs, beyond = self._walk_tensor(name, ta, tb, parsed, differs)
+            if differs and parsed is not None and parsed.prompt not in firsts:
+                firsts[parsed.prompt] = FirstDifference(
+                    parsed.prompt,
+                    parsed.layer,
+                    name,
+                    max_abs,
+                    beyond,
+                    f"first difference at {parsed.describe()}",
+                )
+        return ProbeComparison(
+            a.name,
+            b.name,
+            sha[0],
+            sha[1],
+            compared,
+            fa.raw == fb.raw,
+            tuple(firsts[k] for k in sorted(firsts)),
+        )
+
+    def _walk_tensor(
+        self,
+        name: str,
+        ta: probes.ProbeTensor,
+        tb: probes.ProbeTensor,
+        parsed: probes.TensorName | None,
+        differs: bool,
+    ) -> tuple[float, bool]:
+        """Statistics and the out-of-tolerance difference of one tensor; (max |diff|, beyond)."""
+        import numpy as np  # here: a diff without probe files never needs it
+
+        fld = probes.field_name(name)
+        case = parsed.prompt if parsed is not None else None
+        targets = [self.fields.setdefault(fld, _Stats())]
+        if case is not None:
+            targets.append(self.cases.setdefault(case, {}).setdefault(fld, _Stats()))
+        count = int(np.prod(ta.shape, dtype=np.int64))
+        if not differs:
+            for stats in targets:
+                stats.add_many(count, 0.0, "-", 0.0, "-")
+            return 0.0, False
+        va, vb = ta.values(), tb.values()
+        with np.errstate(invalid="ignore", over="ignore"):
+            both_nan = np.isnan(va) & np.isnan(vb)
+            same = (va == vb) | both_nan
+            diff = np.where(same, 0.0, np.abs(va - vb))  # NaN where only one side is NaN
+            scale = np.maximum(np.abs(va), np.abs(vb))
+            rel = np.where(same | (scale == 0), 0.0, diff / np.where(scale == 0, 1.0, scale))
+            finite = np.isfinite(va) & np.isfinite(vb)
+            ok = same | (finite & (diff <= self.tol.atol + self.tol.rtol * np.abs(va)))
+
+        def at(flat: int) -> str:
+            index = np.unravel_index(flat, ta.shape)
+            return f"{name}[{', '.join(str(int(i)) for i in index)}]"
+
+        def worst(values: Any) -> int:
+            nan = np.flatnonzero(np.isnan(values))
+            return int(nan[0]) if nan.size else int(np.argmax(values))
+
+        i_abs, i_rel = worst(diff), worst(rel)
+        max_abs, max_rel = float(diff.flat[i_abs]), float(rel.flat[i_rel])
+        for stats in targets:
+            stats.add_many(count, max_abs, at(i_abs), max_rel, at(i_rel))
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            first = int(bad[0])
+            x, y = float(va.flat[first]), float(vb.flat[first])
+            self.diff(
+                at(first),
+                "float",
+                x,
+                y,
+                f"{x!r} in A, {y!r} in B (|diff| {abs(x - y):.3g} > tolerance; {bad.size} of "
+                f"{count} values of the tensor beyond it)",
+            )
+        return max_abs, bool(bad.size)
+
 
 def _kind(value: Any) -> str:
     if value is None:
@@ -417,25 +634,37 @@ def compare_documents(
     b_bytes: bytes | None = None,
     a_name: str = "A",
     b_name: str = "B",
+    a_probes: Path | None = None,
+    b_probes: Path | None = None,
 ) -> Comparison:
-    """Compare two parsed references; pass the raw bytes too to allow the bit-for-bit verdict."""
+    """Compare two parsed references; pass the raw bytes too to allow the bit-for-bit verdict.
+
+    ``a_probes``/``b_probes``: the probe files beside A and B, when either has one; one
+    missing is a difference."""
     tol = tolerance or Tolerance()
     walker = _Walker(tol)
     walker.walk(a, b, "", "", None)
+    probe_result = None
+    if a_probes is not None or b_probes is not None:
+        probe_result = walker.walk_probes(a_probes, b_probes)
     a_sha = hashlib.sha256(a_bytes).hexdigest() if a_bytes is not None else ""
     b_sha = hashlib.sha256(b_bytes).hexdigest() if b_bytes is not None else ""
-    if a_bytes is not None and a_bytes == b_bytes:
+    if (
+        a_bytes is not None
+        and a_bytes == b_bytes
+        and (probe_result is None or probe_result.identical)
+    ):
         verdict = Verdict.IDENTICAL
     elif walker.differences:
         verdict = Verdict.NOT_REPRODUCED
     else:
         verdict = Verdict.WITHIN_TOLERANCE
-    fields = tuple(walker.fields[k].freeze(k) for k in sorted(walker.fields))
+    fields = tuple(walker.fields[k].freeze(k) for k in sorted(walker.fields, key=_natural))
     cases = tuple(
         CaseStats(
             i,
             _prompt(a, i),
-            tuple(stats[k].freeze(k) for k in sorted(stats)),
+            tuple(stats[k].freeze(k) for k in sorted(stats, key=_natural)),
         )
         for i, stats in sorted(walker.cases.items())
     )
@@ -451,7 +680,13 @@ def compare_documents(
         differences=tuple(walker.differences[:MAX_REPORTED_DIFFERENCES]),
         difference_count=len(walker.differences),
         notes=tuple(walker.notes),
+        probes=probe_result,
     )
+
+
+def _natural(name: str) -> list[Any]:
+    """``hidden_states.layer2`` before ``hidden_states.layer10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _prompt(doc: dict[str, Any], i: int) -> str | None:
@@ -483,18 +718,29 @@ def load_reference(path: str | Path) -> tuple[dict[str, Any], bytes]:
     return doc, raw
 
 
-def compare_files(a: str | Path, b: str | Path, tolerance: Tolerance | None = None) -> Comparison:
-    """Compare two reference files on disk (bit for bit first, then numerically)."""
+def compare_files(
+    a: str | Path,
+    b: str | Path,
+    tolerance: Tolerance | None = None,
+    *,
+    a_name: str | None = None,
+    b_name: str | None = None,
+) -> Comparison:
+    """Compare two reference files on disk (bit for bit first, then numerically), with the
+    probe files beside them (``X.safetensors``) when either has one."""
     doc_a, raw_a = load_reference(a)
     doc_b, raw_b = load_reference(b)
+    pa, pb = probes.probe_path(Path(a)), probes.probe_path(Path(b))
     return compare_documents(
         doc_a,
         doc_b,
         tolerance=tolerance,
         a_bytes=raw_a,
         b_bytes=raw_b,
-        a_name=str(a),
-        b_name=str(b),
+        a_name=str(a) if a_name is None else a_name,
+        b_name=str(b) if b_name is None else b_name,
+        a_probes=pa if pa.is_file() else None,
+        b_probes=pb if pb.is_file() else None,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, modelinfo, provenance, weights
+from refgen import determinism, fastload, hub, manifest, modelinfo, probes, provenance, weights
 from refgen.artifact import Artifact
 from refgen.errors import CheckpointError, SpecError
 from refgen.hashing import sha256_bytes
@@ -67,13 +67,22 @@ def generate(
     # Hashing runs on a thread from here on, beside the torch import and the load; the model
     # is handed out only once every file matched the lock (refgen.fastload).
     verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock_used.files})
+    capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock_used) as view:
-        reference, model_record = compute_reference(spec, view, timings, verifier, lock.revision)
+        reference, model_record = compute_reference(
+            spec, view, timings, verifier, capture, lock.revision
+        )
     timings.phases["verify_wait"] = verifier.waited_s
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
         reference_bytes = dump_reference(reference)
-        record = manifest.build(spec, lock, {outputs.reference.name: reference_bytes})
+        # X.safetensors beside X.json: listed in the manifest (so in the statement's subjects)
+        # and in X.sha256, and committed with the other files in one step.
+        data = {"reference": reference_bytes}
+        if capture is not None:
+            data["probes"] = capture.dump()
+        named = {outputs.sibling(kind).name: content for kind, content in data.items()}
+        record = manifest.build(spec, lock, named)
         record["model"]["config"] = model_record
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
@@ -84,7 +93,7 @@ def generate(
         )
         sums = manifest.sha256sums(
             {
-                outputs.reference.name: reference_bytes,
+                **named,
                 outputs.manifest.name: manifest_bytes,
                 outputs.statement.name: statement_bytes,
             }
@@ -92,7 +101,7 @@ def generate(
         # The sums file is what `sha256sum -c` trusts, so it is renamed into place last.
         outputs.commit(
             {
-                "reference": reference_bytes,
+                **data,
                 "manifest": manifest_bytes,
                 "statement": statement_bytes,
                 "sums": sums,
@@ -106,9 +115,11 @@ def compute_reference(
     model_dir: Path,
     timings: Timings,
     verifier: fastload.Verifier,
+    capture: probes.Capture | None = None,
     revision: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load in the spec's dtype and run each prompt alone, as the consumer will.
+    """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
+    keeps the spec's probe tensors of each forward.
 
     Returns the reference (the JSON) and the manifest's record of the model
     (refgen.modelinfo.describe). Everything about the model and the prompts is derived and
@@ -145,17 +156,20 @@ def compute_reference(
     log.info(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )
+    if capture is not None:  # layer indices checked against the model before any forward
+        capture.start(int(config.num_hidden_layers))
     cases = []
     with (
         timings.phase("forward"),
         torch.inference_mode(),
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
-        for prompt, input_ids in zip(spec.prompts, inputs, strict=True):
+        for number, (prompt, input_ids) in enumerate(zip(spec.prompts, inputs, strict=True)):
             log.info("forward: %r", prompt)
             out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+            if capture is not None:
+                capture.add(number, out)
             cases.append(_case(spec, prompt, input_ids, out, fields["vocab_size"]))
-            # Per-prompt probes (hidden states of chosen layers, full logits) read `out` here.
             bar.update(1)
     reference = {
         "model_repo": spec.repo,

@@ -15,6 +15,10 @@ Example (the keys are documented in the README)::
     top_k = 10
     [verify]
     tolerance = 1e-6
+    [probes]                         # optional; without it the run captures only the JSON
+    hidden_states = "all"            # or [0, 1, 2]: hidden_states[j] as transformers numbers them
+    positions = "last"               # or "all"
+    logits = "last"                  # the full last-position logits vector
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _CONTENT_REVISION = re.compile(r"^[0-9a-f]{64}$")
 _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
 
-_TYPE_NAMES: dict[Any, str] = {str: "a string", int: "an integer", list: "a list", dict: "a table"}
+_TYPE_NAMES: dict[Any, str] = {
+    str: "a string",
+    int: "an integer",
+    list: "a list",
+    dict: "a table",
+    (str, list): '"all" or a list of layer indices',
+}
 # table -> key -> (type, required, default)
 _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
     "reference": {"name": (str, True, None), "output": (str, True, None)},
@@ -51,7 +61,40 @@ _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
     },
     "run": {"prompts": (list, True, None), "top_k": (int, False, 10)},
     "verify": {"tolerance": ((float, int), False, 1e-6)},
+    # What refgen.probes captures into X.safetensors; absent: nothing beyond the JSON.
+    "probes": {
+        "hidden_states": ((str, list), False, None),
+        "positions": (str, False, None),
+        "logits": (str, False, None),
+    },
 }
+PROBE_POSITIONS = ("last", "all")
+PROBE_LOGITS = ("last",)
+
+
+@dataclass(frozen=True)
+class Probes:
+    """The spec's ``[probes]``: which hidden states (``"all"`` or layer indices as transformers'
+    ``output_hidden_states`` numbers them), at which positions, and whether the full
+    last-position logits are kept. Layer indices are checked against the model in
+    :mod:`refgen.probes`, before the first forward."""
+
+    hidden_states: str | tuple[int, ...] | None
+    positions: str
+    logits: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.hidden_states is not None:
+            out["hidden_states"] = (
+                self.hidden_states
+                if isinstance(self.hidden_states, str)
+                else list(self.hidden_states)
+            )
+            out["positions"] = self.positions
+        if self.logits is not None:
+            out["logits"] = self.logits
+        return out
 
 
 @dataclass(frozen=True)
@@ -71,6 +114,7 @@ class Spec:
     tolerance: float
     local_path: Path | None = None  # [model] path: a checkpoint folder outside the HF cache
     local_path_text: str | None = None  # as written in the spec (relative), for the manifest
+    probes: Probes | None = None
 
     @property
     def display(self) -> str:
@@ -91,13 +135,17 @@ class Spec:
         if self.local_path_text is not None:
             model["path"] = self.local_path_text
         model |= {"dtype": self.dtype, "attn_implementation": self.attn_implementation}
-        return {
+        content: dict[str, Any] = {
             "schema": SPEC_SCHEMA,
             "reference": {"name": self.name, "output": self.output.name},
             "model": model,
             "run": {"prompts": list(self.prompts), "top_k": self.top_k},
             "verify": {"tolerance": self.tolerance},
         }
+        # Only when declared: a spec without [probes] records exactly what it did before.
+        if self.probes is not None:
+            content["probes"] = self.probes.as_dict()
+        return content
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -224,7 +272,60 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         tolerance=tolerance,
         local_path=local_path,
         local_path_text=model["path"],
+        probes=_probes(where, v["probes"]),
     )
+
+
+def _probes(where: str, table: dict[str, Any]) -> Probes | None:
+    hidden, positions, logits = table["hidden_states"], table["positions"], table["logits"]
+    if hidden is None and logits is None:
+        if positions is not None:
+            raise SpecError(
+                f"{where}: 'probes.positions' applies to 'probes.hidden_states', which is not set. "
+                'Add hidden_states = "all" (or a list of layers) or remove positions.'
+            )
+        return None
+    layers: str | tuple[int, ...] | None = None
+    if isinstance(hidden, str):
+        if hidden != "all":
+            raise SpecError(
+                f"{where}: 'probes.hidden_states' must be \"all\" or a list of layer indices, "
+                f"got {hidden!r}."
+            )
+        layers = hidden
+    elif hidden is not None:
+        if not hidden:
+            raise SpecError(
+                f"{where}: 'probes.hidden_states' is an empty list. List layer indices "
+                '(0 = embedding output) or write "all", or remove the key.'
+            )
+        for i, layer in enumerate(hidden):
+            if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+                raise SpecError(
+                    f"{where}: 'probes.hidden_states[{i}]' must be a layer index >= 0 "
+                    f"(0 = embedding output, N = final norm output), got {layer!r}."
+                )
+        if len(set(hidden)) != len(hidden):
+            raise SpecError(f"{where}: 'probes.hidden_states' lists a layer twice: {hidden}.")
+        layers = tuple(sorted(hidden))
+    if positions is None:
+        positions = "last"
+    elif layers is None:
+        raise SpecError(
+            f"{where}: 'probes.positions' applies to 'probes.hidden_states', which is not set. "
+            'Add hidden_states = "all" (or a list of layers) or remove positions.'
+        )
+    if positions not in PROBE_POSITIONS:
+        raise SpecError(
+            f"{where}: 'probes.positions' must be one of {list(PROBE_POSITIONS)}, "
+            f"got {positions!r}."
+        )
+    if logits is not None and logits not in PROBE_LOGITS:
+        raise SpecError(
+            f"{where}: 'probes.logits' must be one of {list(PROBE_LOGITS)} (the full "
+            f"last-position logits vector), got {logits!r}."
+        )
+    return Probes(hidden_states=layers, positions=positions, logits=logits)
 
 
 def find_specs(folder: str | Path) -> list[Path]:

@@ -99,6 +99,8 @@ class VerifyResult:
                 )
             else:
                 parts.append(f"the rebuild itself was {self.comparison.verdict.value}")
+            if self.comparison.first_probe_difference:
+                parts.append(self.comparison.first_probe_difference)
         return head + " - " + "; ".join(parts)
 
     def render(self) -> str:
@@ -235,16 +237,9 @@ def verify(
     comparison = None
     with rebuild(spec) as (built, error):
         if built is not None:
-            doc_a, raw_a = compare.load_reference(artifact.reference)
-            doc_b, raw_b = compare.load_reference(built)
-            comparison = compare.compare_documents(
-                doc_a,
-                doc_b,
-                tolerance=tol,
-                a_bytes=raw_a,
-                b_bytes=raw_b,
-                a_name=artifact.reference.name,
-                b_name="rebuild",
+            # with the probe files beside each (X.safetensors), when either has one
+            comparison = compare.compare_files(
+                artifact.reference, built, tol, a_name=artifact.reference.name, b_name="rebuild"
             )
             if manifest is not None:
                 notes += _environment_notes(manifest, Artifact(built).manifest)
