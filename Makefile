@@ -12,7 +12,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup reference reference-container reference-native image fetch verify \
-	verify-native test lint demo bench
+	verify-native test lint demo bench crosscheck
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -56,3 +56,6 @@ demo: $(STAMP) ## the whole pipeline on a tiny local checkpoint, offline (build/
 
 bench: $(STAMP) ## baseline vs generate at the real shape (random 3.4 GB checkpoint in .cache/bench)
 	$(NOX) -s bench
+
+crosscheck: $(STAMP) ## same bytes under emulated Intel/AMD CPUs (qemu-user), profile on and off
+	$(NOX) -s crosscheck

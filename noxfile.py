@@ -114,6 +114,17 @@ def diff(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, default=False)
+def crosscheck(session: nox.Session) -> None:
+    """Build the tiny and a larger checkpoint's reference natively and under emulated Intel and
+    AMD CPUs (qemu-user), with the profile and without it (the control); print the table; exit
+    11 if a profiled run differs. `-- --cpus A,B --subjects tiny --variants profile,off`,
+    `-- --bench ROUNDS` times the forward per variant. Needs qemu-user; 53 min on a busy 2-core
+    host."""
+    install(session)
+    refgen_verdict(session, "crosscheck")
+
+
+@nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Baseline (the original script's from_pretrained) vs `refgen generate` at the real
     Qwen3-1.7B-Base shape, alternating runs; prints wall time, peak RSS, ratios, hashing speed,

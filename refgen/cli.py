@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     add_spec_arguments(gen, "build")
     gen.add_argument("--output-dir", type=Path, help="write here instead of the spec's output path")
     gen.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    # crosscheck only: the control (`off`) and candidate profiles, recorded in the manifest
+    gen.add_argument(
+        "--profile-variant", choices=sorted(determinism.VARIANTS), help=argparse.SUPPRESS
+    )
     gen.set_defaults(func=cmd_generate)
 
     fetch = sub.add_parser("fetch", help="download the pinned model files and verify them")
@@ -85,6 +89,23 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole pipeline on a tiny local checkpoint, offline")
     demo.add_argument("--output-dir", type=Path, default=Path("build/demo"))
     demo.set_defaults(func=cmd_demo)
+
+    from refgen import crosscheck
+
+    cross = sub.add_parser("crosscheck", help="build under emulated CPUs (qemu) and compare")
+    cross.add_argument("--subjects", default=",".join(crosscheck.SUBJECTS), help="%(default)s")
+    cross.add_argument("--cpus", default=",".join(crosscheck.DEFAULT_CPUS), help="%(default)s")
+    cross.add_argument(
+        "--variants",
+        default=",".join(crosscheck.DEFAULT_VARIANTS),
+        help=f"%(default)s; also {', '.join(v for v in determinism.VARIANTS if v != 'off')}",
+    )
+    cross.add_argument("--jobs", type=int, default=2, help="runs at a time (%(default)s)")
+    cross.add_argument("--work-dir", type=Path, help="keep checkpoints and outputs here")
+    cross.add_argument(
+        "--bench", type=int, default=0, metavar="ROUNDS", help="instead, time forwards natively"
+    )
+    cross.set_defaults(func=cmd_crosscheck)
 
     # `verify` and `diff` exit with the verdict: 0 bit for bit, 10 within tolerance, 11 not
     # reproduced (see refgen.compare).
@@ -134,7 +155,7 @@ def _specs(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    determinism.apply_environment()
+    determinism.apply_environment(args.profile_variant)
     from refgen.artifact import Artifact, is_up_to_date
     from refgen.generate import generate
     from refgen.spec import load_spec
@@ -201,6 +222,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {path.relative_to(out)}")
     print(f"check them with: (cd {out} && sha256sum -c {outputs.sums.name})")
     return 0
+
+
+def cmd_crosscheck(args: argparse.Namespace) -> int:
+    from refgen import crosscheck
+
+    return crosscheck.run(
+        args.subjects,
+        args.cpus,
+        args.variants,
+        jobs=args.jobs,
+        workdir=args.work_dir,
+        bench_rounds=args.bench,
+    )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

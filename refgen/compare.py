@@ -65,10 +65,14 @@ class Verdict(enum.Enum):
     IDENTICAL = "reproduced bit for bit"
     WITHIN_TOLERANCE = "reproduced within tolerance"
     NOT_REPRODUCED = "not reproduced"
+    # verify only: this CPU cannot run the determinism profile (no AVX2), so no rebuild here
+    # can confirm or refute the reference
+    NOT_COMPARABLE = "not comparable"
 
     @property
     def exit_code(self) -> int:
-        return {"IDENTICAL": 0, "WITHIN_TOLERANCE": 10, "NOT_REPRODUCED": 11}[self.name]
+        codes = {"IDENTICAL": 0, "WITHIN_TOLERANCE": 10, "NOT_REPRODUCED": 11, "NOT_COMPARABLE": 12}
+        return codes[self.name]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-from refgen.errors import EnvironmentProfileError
+from refgen.errors import EnvironmentProfileError, UnsupportedCpuError
 
 PROFILE_NAME = "refgen-cpu-avx2-2threads/1"
 # Fixed, whatever the machine has: with one core visible torch still runs two threads, so the
@@ -59,40 +59,118 @@ CLEARED_ENV: tuple[str, ...] = (
 )
 
 
-def apply_environment() -> None:
-    """Force the profile's variables into this process; must run before ``import torch``."""
+# Variables that only make the run offline and quiet; set even for the control (no numerics).
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
+
+# Variants for `refgen crosscheck` only (hidden `generate --profile-variant NAME`): the control
+# that proves the cross-CPU check can fail, and the cheaper candidates the profile was chosen
+# against (README, "Cross-CPU reproducibility"). A variant's name is recorded in the manifest;
+# no published reference is made with one.
+CONTROL = "off"
+VARIANTS: dict[str, dict[str, str | None]] = {
+    # the original method's environment: torch's defaults (all cores, best ISA, MKL's own path)
+    CONTROL: {},
+    # None removes a variable
+    "mkl-cbwr-avx2": {"MKL_CBWR": "AVX2"},
+    "mkl-cbwr-avx2-strict": {"MKL_CBWR": "AVX2,STRICT"},
+    "no-mkl-cbwr": {"MKL_CBWR": None},
+}
+_variant: str | None = None
+
+
+def apply_environment(variant: str | None = None) -> None:
+    """Force the profile's variables into this process; must run before ``import torch``.
+
+    Refuses up front on a CPU without AVX2 and FMA (:class:`UnsupportedCpuError`): the profile
+    caps every library at AVX2, and below it they fall back to other kernels and other bytes.
+    ``variant`` (crosscheck only) replaces the profile by one of :data:`VARIANTS`.
+    """
+    global _variant
     if "torch" in sys.modules:
         raise EnvironmentProfileError(
             "torch was imported before the determinism profile was applied, so its kernel "
             "selection can no longer be fixed. Run the generator as its own process: "
             "`python -m refgen generate ...`."
         )
+    if variant is not None and variant not in VARIANTS:
+        raise EnvironmentProfileError(
+            f"unknown profile variant {variant!r}; known: {', '.join(VARIANTS)}"
+        )
+    _variant = variant
+    if variant == CONTROL:
+        os.environ.update({k: PROFILE_ENV[k] for k in OFFLINE_ENV})
+        return
+    require_profile_cpu()
     for name in CLEARED_ENV:
         os.environ.pop(name, None)
     os.environ.update(PROFILE_ENV)
+    for name, value in VARIANTS.get(variant or "", {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def require_profile_cpu() -> None:
+    """Raise :class:`UnsupportedCpuError` unless CPUID shows AVX2 and FMA (read in microseconds,
+    before anything is loaded). A machine without CPUID (not x86-64) is not refused here: the
+    README says its bytes differ, and the manifest records it."""
+    from refgen import cpu
+
+    missing = cpu_lacks()
+    if missing:
+        seen = cpu.read()
+        name = seen.brand or seen.label if seen else "this CPU"
+        raise UnsupportedCpuError(
+            f"this CPU ({name}) lacks {' and '.join(missing)}, which the determinism profile "
+            f"{PROFILE_NAME} needs: torch, MKL and oneDNN would take other kernels and give other "
+            "bytes than a reference made with the profile. Build references on an x86-64 CPU "
+            "with AVX2 and FMA (Intel Haswell / AMD Zen or later)."
+        )
+
+
+def cpu_lacks() -> tuple[str, ...]:
+    """The profile's instruction sets this process's CPU lacks (empty when none, or no CPUID)."""
+    from refgen import cpu
+
+    seen = cpu.read()
+    return seen.missing() if seen is not None else ()
 
 
 def configure_torch() -> None:
     """Pin torch's own settings; call right after the first ``import torch``."""
     import torch
 
+    torch.set_grad_enabled(False)
+    if _variant == CONTROL:
+        return
     torch.set_num_threads(THREADS)
     # Settable once per process: a second spec in the same `generate` finds it already set.
     if torch.get_num_interop_threads() != THREADS:
         torch.set_num_interop_threads(THREADS)
     torch.use_deterministic_algorithms(True)
     torch.set_float32_matmul_precision("highest")
-    torch.set_grad_enabled(False)
 
 
 def describe() -> dict[str, Any]:
     """The profile as the manifest records it, with what torch reports it actually uses."""
     import torch
 
-    return {
+    described: dict[str, Any] = {
         "name": PROFILE_NAME,
         "environment": dict(sorted(PROFILE_ENV.items())),
         "cleared_environment": sorted(CLEARED_ENV),
+    }
+    if _variant is not None:
+        # A crosscheck run: say so, and what it ran with, instead of claiming the profile.
+        described = {
+            "name": f"crosscheck variant {_variant!r} (not the profile {PROFILE_NAME})",
+            "variant": _variant,
+            "environment": {
+                k: os.environ[k] for k in sorted({*PROFILE_ENV, *CLEARED_ENV}) if k in os.environ
+            },
+        }
+    return described | {
         "torch": {
             "num_threads": torch.get_num_threads(),
             "num_interop_threads": torch.get_num_interop_threads(),

@@ -36,3 +36,9 @@ class ArtifactError(RefgenError):
 class CheckpointError(RefgenError):
     """The checkpoint cannot give a trustworthy reference: pickle weights, weights missing from the
     lock, or tensors that would be left unused or newly initialised."""
+
+
+class UnsupportedCpuError(RefgenError):
+    """The CPU lacks an instruction set the determinism profile needs (AVX2, FMA)."""
+
+    exit_code = 4

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import refgen
-from refgen import determinism
+from refgen import cpu, determinism
 from refgen.hashing import sha256_bytes, sha256_file
 from refgen.lock import ModelLock
 from refgen.spec import Spec
@@ -142,8 +142,11 @@ def host_platform() -> dict[str, Any]:
         "release": platform.release(),
         "machine": platform.machine(),
         "libc": f"{libc} {libc_version}".strip() or None,
+        # /proc/cpuinfo: the host's CPU. `cpuid`: the CPU this process sees, which decides the
+        # kernels; the two differ under an emulator or a VM with a masked CPU model.
         "cpu_model": _cpu_model(),
         "cpu_isa": _cpu_isa(),
+        "cpuid": cpu.describe(),
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),

@@ -65,13 +65,23 @@ class TinyCheckpoint:
     snapshot: Path
 
 
-def build(hub_cache: Path, repo: str = TINY_REPO, seed: int = SEED) -> TinyCheckpoint:
-    """Write the checkpoint into ``hub_cache`` (an ``HF_HUB_CACHE`` folder); idempotent."""
+def build(
+    hub_cache: Path,
+    repo: str = TINY_REPO,
+    seed: int = SEED,
+    config: dict[str, Any] | None = None,
+    std: float = 0.08,
+) -> TinyCheckpoint:
+    """Write the checkpoint into ``hub_cache`` (an ``HF_HUB_CACHE`` folder); idempotent.
+
+    ``config`` (default :data:`CONFIG`) and ``std`` (of the weights) make other shapes of the
+    same architecture, e.g. crosscheck's larger subject."""
+    config = CONFIG if config is None else config
     with tempfile.TemporaryDirectory() as tmp:
         files = _tokenizer_files(Path(tmp))
-        files["config.json"] = (json.dumps(CONFIG, indent=2, sort_keys=True) + "\n").encode()
+        files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
         files["generation_config.json"] = b'{\n  "bos_token_id": 0,\n  "eos_token_id": 0\n}\n'
-        files["model.safetensors"] = _weights(seed)
+        files["model.safetensors"] = _weights(seed, config, std)
     return _write_cache(hub_cache, repo, files)
 
 
@@ -103,13 +113,13 @@ top_k = 10
 """
 
 
-def _weights(seed: int) -> bytes:
+def _weights(seed: int, config: dict[str, Any], std: float) -> bytes:
     import torch
     from safetensors.torch import save
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(Qwen3Config(**CONFIG))
+        model = Qwen3ForCausalLM(Qwen3Config(**config))
     rng = np.random.Generator(np.random.PCG64(seed))
     tensors = {}
     for name, param in sorted(model.state_dict().items()):
@@ -119,7 +129,7 @@ def _weights(seed: int) -> bytes:
         if name.endswith("norm.weight"):
             values = 1.0 + 0.1 * rng.standard_normal(shape)
         else:
-            values = 0.08 * rng.standard_normal(shape)
+            values = std * rng.standard_normal(shape)
         tensors[name] = torch.from_numpy(values.astype(np.float32)).to(torch.bfloat16)
     return save(tensors, metadata={"format": "pt"})
 

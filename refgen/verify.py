@@ -12,9 +12,10 @@ Steps, each reported:
 
 The verdict is the comparison's, except that a failed integrity check, a differing input or a
 failed rebuild make it NOT REPRODUCED: a rebuild from other inputs cannot confirm the claim that
-the artifact was made from the manifest's. Exit codes are :class:`refgen.compare.Verdict`'s
-(0 bit for bit, 10 within tolerance, 11 not reproduced); 2 when verification could not run
-(no spec, model not in the cache).
+the artifact was made from the manifest's. On a CPU without AVX2 and FMA there is no rebuild: the
+verdict is NOT COMPARABLE (unless integrity or inputs already fail). Exit codes are
+:class:`refgen.compare.Verdict`'s (0 bit for bit, 10 within tolerance, 11 not reproduced, 12 not
+comparable); 2 when verification could not run (no spec, model not in the cache).
 
 :func:`refgen.artifact.is_up_to_date` is the same input check, cheap, for ``generate``.
 """
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refgen import compare
+from refgen import compare, determinism
 from refgen.artifact import (
     Artifact,
     Finding,
@@ -66,6 +67,7 @@ class VerifyResult:
     rebuild_error: str | None
     comparison: Comparison | None
     notes: tuple[str, ...] = field(default=())
+    not_comparable: str | None = None  # why no rebuild was attempted on this CPU
 
     @property
     def exit_code(self) -> int:
@@ -83,6 +85,8 @@ class VerifyResult:
             return f"{head} - the rebuild has the same SHA-256 {self.comparison.a_sha256}"
         if self.verdict is Verdict.WITHIN_TOLERANCE and self.comparison is not None:
             return head + " - " + self.comparison.summary().split(": ", 1)[1]
+        if self.verdict is Verdict.NOT_COMPARABLE:
+            return f"{head} - {self.not_comparable}"
         parts = []
         if self.integrity:
             parts.append("committed files fail their manifest (" + _names(self.integrity) + ")")
@@ -90,6 +94,8 @@ class VerifyResult:
             parts.append("inputs differ from the manifest (" + _names(self.inputs) + ")")
         if self.rebuild_error:
             parts.append("rebuild failed")
+        if self.not_comparable:
+            parts.append("no rebuild: " + self.not_comparable.split(":", 1)[0])
         if self.comparison is not None:
             if self.comparison.verdict is Verdict.NOT_REPRODUCED:
                 first = self.comparison.differences[0] if self.comparison.differences else None
@@ -113,6 +119,8 @@ class VerifyResult:
             lines += [f"  {f}" for f in items]
         if self.rebuild_error:
             lines += ["Rebuild failed:"] + [f"  {x}" for x in self.rebuild_error.splitlines()]
+        if self.not_comparable:
+            lines += [f"Rebuild skipped: {self.not_comparable}"]
         if self.comparison is not None:
             lines += ["", "Comparison of the committed reference (A) with the rebuild (B):"]
             lines += ["  " + x if x else "" for x in self.comparison.render().splitlines()]
@@ -130,6 +138,7 @@ class VerifyResult:
             "integrity": [vars(f) for f in self.integrity],
             "inputs": [vars(f) for f in self.inputs],
             "rebuild_error": self.rebuild_error,
+            "not_comparable": self.not_comparable,
             "comparison": self.comparison.to_json() if self.comparison else None,
             "notes": list(self.notes),
         }
@@ -235,6 +244,24 @@ def verify(
                 "rebuild ran outside any image (`make verify` runs it in the pinned image)"
             )
     comparison = None
+    lacks = determinism.cpu_lacks()
+    if lacks:
+        # The generator would refuse (or, without the profile, compute other bytes): a numeric
+        # mismatch here would say nothing about the reference. Integrity and inputs still count.
+        return VerifyResult(
+            verdict=Verdict.NOT_REPRODUCED if integrity or inputs else Verdict.NOT_COMPARABLE,
+            reference=artifact.reference.name,
+            integrity=tuple(integrity),
+            inputs=tuple(inputs),
+            rebuild_error=None,
+            comparison=None,
+            notes=tuple(notes),
+            not_comparable=(
+                f"this CPU lacks {' and '.join(lacks)}: the determinism profile cannot hold here, "
+                "so a rebuild cannot confirm or refute the reference; verify on an x86-64 CPU "
+                "with AVX2 and FMA"
+            ),
+        )
     with rebuild(spec) as (built, error):
         if built is not None:
             # with the probe files beside each (X.safetensors), when either has one

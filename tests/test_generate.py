@@ -241,7 +241,7 @@ def test_a_file_missing_from_the_lock_is_never_read(
     class Seen(Exception):
         pass
 
-    def spy(spec: Any, model_dir: Path, timings: Any, verifier: Any, *rest: Any) -> dict[str, Any]:
+    def spy(spec: Any, model_dir: Path, timings: Any, verifier: Any, *_: Any) -> dict[str, Any]:
         files = sorted(p for p in model_dir.rglob("*") if p.is_file())
         seen["files"] = {
             p.relative_to(model_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
