@@ -103,21 +103,47 @@ source_url="$(git remote get-url origin 2>/dev/null || true)"
 [[ "$source_url" == https://* ]] || source_url=unknown
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)"
 
+# Every build on a shared daemon (a CI runner, two checkouts) touches only what it made itself:
+# its build stage carries this build's ID as a label, images it replaces are removed by ID, and
+# nothing is pruned by a label that other builds share (that removed a concurrent build's
+# intermediate images mid-build: "unknown parent image ID").
+build_id="${REFGEN_BUILD_ID:-$(date +%s)-$$-$RANDOM}"
+previous_image="$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
+previous_stage="$("$DOCKER" image inspect --format '{{.Id}}' "${IMAGE}-build" 2>/dev/null || true)"
+images_before="$(mktemp)"
+"$DOCKER" images -aq --no-trunc | sort -u >"$images_before"
 log_file="$(mktemp)"
-trap 'rm -f "$log_file"' EXIT
+trap 'rm -f "$log_file" "$images_before"' EXIT
+
+# After a failed build: the images this build committed (the legacy builder prints each step's
+# result as " ---> ID"), newest first, unless they existed before it started (a cache hit) or
+# something else now uses them (`docker rmi` without -f refuses then). Its containers are
+# already gone: --force-rm.
+remove_this_builds_images() {
+    local id full
+    grep -oE '^ ---> [0-9a-f]{12}$' "$log_file" | awk '{print $2}' | tac | while read -r id; do
+        full="$("$DOCKER" image inspect --format '{{.Id}}' "$id" 2>/dev/null)" || continue
+        grep -qx "$full" "$images_before" && continue
+        "$DOCKER" rmi --no-prune "$id" >/dev/null 2>&1 || true
+    done
+}
+
 build_args=(--network none --platform linux/amd64 -f docker/Dockerfile -t "$IMAGE" "${base_args[@]}"
     --build-arg "SOURCE_DATE_EPOCH=$epoch" --build-arg "VCS_REF=$revision"
     --build-arg "VERSION=$version" --build-arg "SOURCE_URL=$source_url"
-    --label "io.refgen.base.id=$base_id")
-log "building $IMAGE from $base with $builder (network disabled)"
+    --build-arg "BUILD_ID=$build_id" --label "io.refgen.base.id=$base_id")
+log "building $IMAGE from $base with $builder (network disabled, build $build_id)"
 if [[ "$builder" == buildah ]]; then
     # --timestamp pins every created time and file mtime, so the image ID itself is reproducible;
     # the image is then handed to Docker, which keeps buildah's ID.
+    # (buildah keeps no intermediate images without --layers and removes its working
+    # containers itself; it refuses --force-rm then)
     build=(buildah build "${no_cache[@]}" --pull-never --timestamp "$epoch" "${build_args[@]}" "$CONTEXT")
 else
-    build=("$DOCKER" build "${no_cache[@]}" "${build_args[@]}" "$CONTEXT")
+    build=("$DOCKER" build "${no_cache[@]}" --force-rm "${build_args[@]}" "$CONTEXT")
 fi
 if ! "${build[@]}" 2>&1 | tee "$log_file" >&2; then
+    [[ "$builder" == docker ]] && remove_this_builds_images
     if grep -qi 'no space left on device' "$log_file"; then
         die "the image build ran out of disk space. Free space ('docker image prune', 'docker builder prune', 'buildah rmi --prune') and run again."
     fi
@@ -128,13 +154,22 @@ if [[ "$builder" == buildah ]]; then
     buildah rmi "$IMAGE" >/dev/null  # Docker holds it now; no second multi-GB copy
 fi
 
-# The legacy builder leaves each build's multi-GB build stage as a dangling image. Keep the newest
-# (tagged, so the next build reuses its cached layers) and drop older ones and replaced images.
-stage_id="$("$DOCKER" images -q --filter dangling=true --filter label=io.refgen.stage=build | head -n1)"
+# The legacy builder leaves the multi-GB build stage as an untagged image. Keep this build's
+# (tagged ${IMAGE}-build, so the next build of this image reuses its cached layers) and remove
+# the one it replaces, and the image $IMAGE named before, by ID: both only if now untagged and
+# unused (`docker rmi` without -f refuses otherwise).
+stage_id="$("$DOCKER" images -q --filter "label=io.refgen.build-id=$build_id" | head -n1)"
 if [[ -n "$stage_id" ]]; then
     "$DOCKER" tag "$stage_id" "${IMAGE}-build"
 fi
-"$DOCKER" image prune -f --filter label=io.refgen.stage=build >/dev/null
-"$DOCKER" image prune -f --filter label=org.opencontainers.image.title=refgen >/dev/null
+current_image="$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE")"
+current_stage="$("$DOCKER" image inspect --format '{{.Id}}' "${IMAGE}-build" 2>/dev/null || true)"
+for pair in "$previous_image $current_image" "$previous_stage $current_stage"; do
+    read -r old new <<<"$pair"
+    if [[ -n "$old" && "$old" != "${new:-}" ]] \
+            && [[ -z "$("$DOCKER" image inspect --format '{{join .RepoTags ","}}' "$old" 2>/dev/null)" ]]; then
+        "$DOCKER" rmi "$old" >/dev/null 2>&1 || true
+    fi
+done
 
 log "built $IMAGE: $("$DOCKER" image inspect --format '{{.Id}} ({{.Size}} bytes)' "$IMAGE")"

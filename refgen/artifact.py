@@ -16,7 +16,6 @@ The auditor (:mod:`refgen.verify`) runs these checks too, then rebuilds and comp
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from refgen import probes, provenance
 from refgen.atomic import write_files
+from refgen.compare import loads_bounded  # depth-checked: never RecursionError
 from refgen.errors import ArtifactError, RefgenError
 from refgen.hashing import sha256_file
 from refgen.lock import LockedFile, ModelLock, check_folder
@@ -132,7 +132,7 @@ class Finding:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest as a dict; a missing or malformed one is a :class:`VerifyError`."""
     try:
-        data = json.loads(path.read_bytes())
+        data = loads_bounded(path.read_bytes())
     except FileNotFoundError:
         raise ArtifactError(f"no manifest {path.name} next to the reference") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -192,7 +192,7 @@ def _check_statement(artifact: Artifact, manifest: Mapping[str, Any]) -> list[Fi
     """The statement must attest the same subject and dependencies the manifest records."""
     name = artifact.statement.name
     try:
-        statement = json.loads(artifact.statement.read_bytes())
+        statement = loads_bounded(artifact.statement.read_bytes())
         expected = provenance.build_statement(manifest, environ={})
         subject_ok = statement["subject"] == expected["subject"]
         deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
@@ -263,7 +263,7 @@ def check_inputs(spec: Spec, manifest: Mapping[str, Any], *, model_files: bool) 
 
 def _lock_detail(lock: Path, recorded: Any) -> str:
     try:
-        files = {f["path"]: f["sha256"] for f in json.loads(lock.read_text())["files"]}
+        files = {f["path"]: f["sha256"] for f in loads_bounded(lock.read_text())["files"]}
     except (ValueError, KeyError, TypeError):
         return "changed and no longer readable"
     before = {f.get("path"): f.get("sha256") for f in recorded or []}

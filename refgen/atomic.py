@@ -8,19 +8,22 @@ that point, the temporaries are removed and the previous artifact is untouched.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from refgen import cleanup
 
 
 def write_files(files: Mapping[Path, bytes]) -> None:
     """Write several files as one step, in the order given (put the file readers trust last)."""
     temps: list[tuple[Path, Path]] = []
+    keys: list[int] = []
     try:
         for target, data in files.items():
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            tmp = Path(name)
+            # registered: an interrupted run removes it even while this thread is elsewhere
+            fd, tmp, key = cleanup.temporary_file(f".{target.name}.", ".tmp", target.parent)
+            keys.append(key)
             temps.append((tmp, target))
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -30,12 +33,15 @@ def write_files(files: Mapping[Path, bytes]) -> None:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
-        for done, target in temps:
-            os.replace(done, target)
+        with cleanup.critical():  # an interruption waits for the whole set to be renamed
+            for done, target in temps:
+                os.replace(done, target)
         _fsync_dir(next(iter(files)).parent)
     finally:
         for leftover, _ in temps:
             leftover.unlink(missing_ok=True)
+        for key in keys:
+            cleanup.forget(key)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -11,12 +11,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any, NoReturn
 
-from refgen import determinism
-from refgen.errors import RefgenError
+from refgen import cleanup, determinism
+from refgen.errors import OutputError, RefgenError
 
 log = logging.getLogger("refgen")
 
@@ -32,27 +34,86 @@ exit codes: 0 success (verify/diff: reproduced bit for bit), 10 reproduced withi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Handlers first: a signal during the imports below must not end in a traceback.
+    signals = _Signals.install()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="refgen: %(message)s", stream=sys.stderr)
-    # SIGTERM (docker stop, CI timeouts) unwinds like Ctrl-C, so temporary files are removed.
-    signal.signal(signal.SIGTERM, _terminate)
+    if signals is None:  # not the main thread (an embedding caller): no signal path of our own
+        return _run(args)
+    # The work runs on a worker thread; this thread only waits, so SIGINT/SIGTERM (Ctrl-C, docker
+    # stop, CI timeouts) are handled within 0.1 s even while torch computes a forward.
+    result: list[int] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(_run(args))
+        except BaseException as exc:  # handed to the main thread, which reports it
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name="refgen-command", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive() and signals.received is None:
+            worker.join(0.1)
+        if signals.received is not None:
+            _exit_interrupted(143 if signals.received == signal.SIGTERM else 130)
+        if failure:
+            if isinstance(failure[0], KeyboardInterrupt | cleanup.Interrupted):
+                _exit_interrupted(130)
+            raise failure[0]
+        return result[0]
+    finally:
+        signals.restore()  # for callers in the same process (tests, python -m refgen.verify)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command itself; every expected failure becomes one ``refgen: error:`` line."""
     try:
         result: int = args.func(args)
         return result
     except RefgenError as exc:
         print(f"refgen: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (KeyboardInterrupt, Terminated) as exc:
-        print("refgen: interrupted; no output was changed", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised where the process is so that ``finally`` blocks clean up."""
+class _Signals:
+    """SIGINT and SIGTERM only record which arrived; the main thread acts on it."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    @classmethod
+    def install(cls) -> _Signals | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        signals = cls()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signals.previous[sig] = signal.signal(sig, signals._handle)
+        return signals
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:  # the first one counts (a terminal's Ctrl-C, then a SIGTERM)
+            self.received = signum
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+def _exit_interrupted(code: int) -> NoReturn:
+    """Remove this run's temporaries (and stop its child), then leave at once: the worker may
+    be deep in torch, and nothing it holds needs an orderly shutdown (outputs are only ever
+    renamed into place whole)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the cleanup short
+    cleanup.remove_all()
+    print("refgen: interrupted; no output was changed", file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,6 +222,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from refgen.spec import load_spec
 
     specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
+    for spec in specs:  # a folder we cannot write is named now, not after the model ran
+        check_writable(Artifact.of(spec, args.output_dir).reference.parent)
     for spec in specs:
         if not args.force:
             status = is_up_to_date(spec, Artifact.of(spec, args.output_dir).manifest)
@@ -175,13 +238,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_writable(folder: Path) -> None:
+    """The output folder (or the nearest existing parent it will be created in) must accept new
+    files: the outputs are written as temporaries there and renamed into place."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"the output folder {folder} is not a folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write to the output folder {existing} (permission denied for this user). "
+            "Make it writable, or pass --output-dir DIR with a folder you can write to."
+        )
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from refgen import hub
     from refgen.spec import load_spec
 
+    hub.log_retries_once()
     for spec in [load_spec(p) for p in _specs(args)]:
-        folder = hub.fetch(spec)
-        log.info("%s@%s fetched and verified in %s", spec.repo, spec.revision, folder)
+        fetched = hub.fetch_model(spec)
+        how = "downloaded and verified" if fetched.downloaded else "already in the cache, verified"
+        log.info("%s@%s %s in %s", spec.repo, spec.revision, how, fetched.folder)
     return 0
 
 
@@ -190,6 +270,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     from refgen.spec import load_spec
 
     spec = load_spec(args.spec)
+    hub.log_retries_once()
     result = hub.lock(spec, offline=args.offline)
     log.info(
         "locked %d files of %s@%s in %s",

@@ -12,7 +12,7 @@ report names, per prompt, the first layer that differs ("first difference at lay
 Exit codes (also used by ``refgen verify``):
 
 ====  ======================================================================
- 0    REPRODUCED BIT FOR BIT: same SHA-256
+ 0    REPRODUCED BIT FOR BIT: same SHA-256 (and no NaN: NaN never counts as reproduced)
  10   REPRODUCED WITHIN TOLERANCE: same structure and indices, floats within tolerance
  11   NOT REPRODUCED: a structural, exact-value, index or out-of-tolerance difference
  2    could not compare (unreadable file, not JSON): a usage error
@@ -87,8 +87,10 @@ class Tolerance:
     rtol: float = DEFAULT_TOLERANCE
 
     def accepts(self, a: float, b: float) -> bool:
+        # NaN is never a reproduced value, not even against NaN: a reference holding one is broken
+        # (identical bytes are still the bit-for-bit verdict, decided before any value is looked at)
         if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
+            return False
         if math.isinf(a) or math.isinf(b):
             return a == b
         return abs(a - b) <= self.atol + self.rtol * abs(a)
@@ -237,7 +239,7 @@ class Comparison:
             lines += ["", "Largest differences per field (all test cases):"]
             lines += [_stat_line(s) for s in self.fields]
         for case in self.cases:
-            lines += ["", f"test_cases[{case.case}] ({case.prompt!r}):"]
+            lines += ["", f"test_cases[{case.case}] ({shorten(case.prompt)}):"]
             lines += [_stat_line(s) for s in case.fields]
         if self.probes is not None:
             lines += ["", _probe_heading(self.probes)]
@@ -345,7 +347,7 @@ class _Walker:
         elif ta == "float":
             self.walk_float(a, b, path, fld, case)
         elif a != b:
-            self.diff(path, "value", a, b, f"{a!r} in A, {b!r} in B")
+            self.diff(path, "value", a, b, f"{shorten(a)} in A, {shorten(b)} in B")
 
     def walk_object(
         self, a: dict[str, Any], b: dict[str, Any], path: str, case: int | None
@@ -379,11 +381,17 @@ class _Walker:
         for i in range(len(b), len(a)):
             prompt = a[i].get("prompt") if isinstance(a[i], dict) else None
             self.diff(
-                f"test_cases[{i}]", "missing", prompt, None, f"test case {prompt!r} missing in B"
+                f"test_cases[{i}]",
+                "missing",
+                prompt,
+                None,
+                f"test case {shorten(prompt)} missing in B",
             )
         for i in range(len(a), len(b)):
             prompt = b[i].get("prompt") if isinstance(b[i], dict) else None
-            self.diff(f"test_cases[{i}]", "extra", None, prompt, f"test case {prompt!r} only in B")
+            self.diff(
+                f"test_cases[{i}]", "extra", None, prompt, f"test case {shorten(prompt)} only in B"
+            )
 
     def walk_array(self, a: list[Any], b: list[Any], path: str, fld: str, case: int | None) -> None:
         if len(a) != len(b):
@@ -451,10 +459,11 @@ class _Walker:
         if case is not None:
             self.cases.setdefault(case, {}).setdefault(fld, _Stats()).add(a, b, path)
         if not self.tol.accepts(a, b):
-            diff = abs(a - b)
-            self.diff(
-                path, "float", a, b, f"{a!r} in A, {b!r} in B (|diff| {diff:.3g} > tolerance)"
-            )
+            if math.isnan(a) or math.isnan(b):
+                why = "NaN is never within tolerance"
+            else:
+                why = f"|diff| {abs(a - b):.3g} > tolerance"
+            self.diff(path, "float", a, b, f"{a!r} in A, {b!r} in B ({why})")
 
     # --- probe files (X.safetensors) -----------------------------------------------------------
 
@@ -653,9 +662,13 @@ def compare_documents(
         probe_result = walker.walk_probes(a_probes, b_probes)
     a_sha = hashlib.sha256(a_bytes).hexdigest() if a_bytes is not None else ""
     b_sha = hashlib.sha256(b_bytes).hexdigest() if b_bytes is not None else ""
+    has_nan = any(d.kind == "float" and _is_nan_pair(d.a, d.b) for d in walker.differences)
+    # (refgen never writes NaN, allow_nan=False: a file holding one is no reference, even when a
+    # rebuild has the same bytes)
     if (
         a_bytes is not None
         and a_bytes == b_bytes
+        and not has_nan
         and (probe_result is None or probe_result.identical)
     ):
         verdict = Verdict.IDENTICAL
@@ -688,6 +701,10 @@ def compare_documents(
     )
 
 
+def _is_nan_pair(a: Any, b: Any) -> bool:
+    return any(isinstance(x, float) and math.isnan(x) for x in (a, b))
+
+
 def _natural(name: str) -> list[Any]:
     """``hidden_states.layer2`` before ``hidden_states.layer10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
@@ -701,6 +718,46 @@ def _prompt(doc: dict[str, Any], i: int) -> str | None:
     return None
 
 
+MAX_JSON_DEPTH = 64
+"""Nesting refgen's own documents never come near (a reference is 4 deep, a manifest 5); deeper
+input is refused before anything walks it recursively (100000 nested lists overflowed the stack)."""
+
+SHOWN_TEXT = 80
+"""Characters of a prompt (or other long text) echoed in logs and reports; the length follows."""
+
+
+def shorten(value: Any, limit: int = SHOWN_TEXT) -> str:
+    """``repr`` of a value, cut to ``limit`` characters with the full length named."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
+def json_depth_error(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """None when ``value`` nests at most ``limit`` levels, else what is wrong (iterative)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return f"nested more than {limit} levels deep"
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def loads_bounded(raw: bytes | str) -> Any:
+    """``json.loads`` that raises ValueError, never RecursionError, for too deeply nested input."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    problem = json_depth_error(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def load_reference(path: str | Path) -> tuple[dict[str, Any], bytes]:
     """Read a reference JSON; a missing file or a file that is not a reference is a CompareError."""
     path = Path(path)
@@ -711,8 +768,8 @@ def load_reference(path: str | Path) -> tuple[dict[str, Any], bytes]:
             f"cannot read {path}: {exc.strerror}. Pass an existing reference JSON."
         ) from None
     try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        doc = loads_bounded(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CompareError(f"{path} is not valid JSON ({exc}); it cannot be a reference.") from None
     if not isinstance(doc, dict) or not any(k in doc for k in REQUIRED_KEYS):
         raise CompareError(

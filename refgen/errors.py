@@ -29,6 +29,14 @@ class EnvironmentProfileError(RefgenError):
     """The determinism profile could not be applied (e.g. torch was imported too early)."""
 
 
+class HubError(RefgenError):
+    """The Hugging Face Hub could not be reached, or refused a download (network commands only)."""
+
+
+class OutputError(RefgenError):
+    """The output folder cannot be written (checked before the model is loaded)."""
+
+
 class ArtifactError(RefgenError):
     """A reference's files (the manifest next to the JSON) are missing or malformed."""
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from refgen import determinism, fastload, hub, manifest, modelinfo, probes, provenance, weights
 from refgen.artifact import Artifact
+from refgen.compare import shorten
 from refgen.errors import CheckpointError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.lock import read_lock
@@ -165,7 +166,7 @@ def compute_reference(
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
         for number, (prompt, input_ids) in enumerate(zip(spec.prompts, inputs, strict=True)):
-            log.info("forward: %r", prompt)
+            log.info("forward: %s", shorten(prompt))  # a 1 MB prompt is not one 1 MB log line
             out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
             if capture is not None:
                 capture.add(number, out)

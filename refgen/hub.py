@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from refgen import weights
-from refgen.errors import IntegrityError, LockError, ModelNotFoundError
+from refgen import cleanup, weights
+from refgen.errors import HubError, IntegrityError, LockError, ModelNotFoundError
 from refgen.hashing import sha256_file
 from refgen.lock import (
     LockedFile,
@@ -103,8 +103,7 @@ def verify_snapshot(spec: Spec, lock: ModelLock, folder: Path) -> None:
 @contextlib.contextmanager
 def verified_view(folder: Path, lock: ModelLock) -> Iterator[Path]:
     """A temporary folder holding only the locked files, so the loader can read nothing else."""
-    with tempfile.TemporaryDirectory(prefix="refgen-model-") as tmp:
-        view = Path(tmp)
+    with cleanup.temporary_directory(prefix="refgen-model-") as view:
         for f in lock.files:
             link = view / f.path
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -112,22 +111,79 @@ def verified_view(folder: Path, lock: ModelLock) -> Iterator[Path]:
         yield view
 
 
+@dataclass(frozen=True)
+class Fetched:
+    folder: Path
+    downloaded: bool  # False: every locked file was already in the cache (no network used)
+
+
 def fetch(spec: Spec) -> Path:
     """Download exactly the locked files of the pinned revision, then verify them."""
-    from huggingface_hub import snapshot_download
+    return fetch_model(spec).folder
 
+
+def fetch_model(spec: Spec) -> Fetched:
+    """The locked files of the pinned revision, from the cache when all are there (no network),
+    else downloaded; verified against the lock either way."""
     lock = read_lock(spec)
-    if spec.local_path is not None:  # nothing to download: check the folder
-        folder = cached_snapshot(spec, lock)
-        verify_snapshot(spec, lock, folder)
-        return folder
-    folder = Path(
-        snapshot_download(
-            spec.repo, revision=spec.revision, allow_patterns=[f.path for f in lock.files]
-        )
-    )
+    try:
+        folder: Path | None = cached_snapshot(spec, lock)
+    except ModelNotFoundError:
+        if spec.local_path is not None:  # a local folder has nothing to download
+            raise
+        folder = None
+    downloaded = folder is None
+    if folder is None:
+        from huggingface_hub import snapshot_download
+
+        with hub_errors(spec, "download"):
+            folder = Path(
+                snapshot_download(
+                    spec.repo, revision=spec.revision, allow_patterns=[f.path for f in lock.files]
+                )
+            )
     verify_snapshot(spec, lock, folder)
-    return folder
+    return Fetched(folder, downloaded)
+
+
+@contextlib.contextmanager
+def hub_errors(spec: Spec, action: str) -> Iterator[None]:
+    """A Hub that cannot be reached or refuses becomes one HubError line: what failed, why (the
+    innermost cause, not a chain of tracebacks) and what to do. huggingface_hub logs each retry
+    on its own logger; :func:`log_retries_once` keeps those lines from being printed twice."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    what = f"cannot {action} {spec.repo}@{spec.revision} from {constants.ENDPOINT}"
+    try:
+        yield
+    except LocalEntryNotFoundError as exc:
+        raise HubError(
+            f"{what}: the Hub is not reachable ({_root_cause(exc)}). Check the network "
+            "connection (and HF_ENDPOINT or proxy settings) and run it again; without network, "
+            "point HF_HOME at a cache that already holds the model."
+        ) from None
+    except HfHubHTTPError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HubError(
+            f"{what}: the Hub refused ({first}). Check the spec's repo and revision, and "
+            "HF_TOKEN for a gated or private repo."
+        ) from None
+
+
+def log_retries_once() -> None:
+    """huggingface_hub prints its records (retries) through its own handler and passes them on
+    to the root logger, whose handler printed them a second time."""
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.disable_propagation()
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def lock(spec: Spec, offline: bool) -> ModelLock:
@@ -169,8 +225,9 @@ def _download_for_lock(spec: Spec) -> tuple[Path, list[str]]:
     from huggingface_hub import HfApi, snapshot_download
 
     skip = [*IGNORED, *weights.WEIGHT_PATTERNS]
-    folder = Path(snapshot_download(spec.repo, revision=spec.revision, ignore_patterns=skip))
-    info = HfApi().model_info(spec.repo, revision=spec.revision)
+    with hub_errors(spec, "download"):
+        folder = Path(snapshot_download(spec.repo, revision=spec.revision, ignore_patterns=skip))
+        info = HfApi().model_info(spec.repo, revision=spec.revision)
     listing = [
         s.rfilename
         for s in info.siblings or []
@@ -178,7 +235,8 @@ def _download_for_lock(spec: Spec) -> tuple[Path, list[str]]:
     ]
     present = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
     named = weights.named_weights([*present, *listing], folder)
-    snapshot_download(spec.repo, revision=spec.revision, allow_patterns=named)
+    with hub_errors(spec, "download"):
+        snapshot_download(spec.repo, revision=spec.revision, allow_patterns=named)
     return folder, listing
 
 
@@ -186,7 +244,8 @@ def _check_against_hub(spec: Spec, files: list[LockedFile]) -> None:
     """Cross-check local hashes of LFS files with the SHA-256 the Hub itself publishes."""
     from huggingface_hub import HfApi
 
-    info = HfApi().model_info(spec.repo, revision=spec.revision, files_metadata=True)
+    with hub_errors(spec, "read the published hashes of"):
+        info = HfApi().model_info(spec.repo, revision=spec.revision, files_metadata=True)
     published = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs is not None}
     for f in files:
         expected = published.get(f.path)

@@ -157,6 +157,10 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(
             f"spec file not found: {path}. Pass an existing TOML file to --spec."
         ) from None
+    except OSError as exc:  # unreadable (permissions), a folder, ...
+        raise SpecError(
+            f"cannot read the spec {path}: {exc.strerror}. Pass a readable TOML file to --spec."
+        ) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

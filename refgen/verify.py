@@ -25,14 +25,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refgen import compare, determinism
+from refgen import cleanup, compare, determinism
 from refgen.artifact import (
     Artifact,
     Finding,
@@ -157,7 +156,7 @@ def rebuild(spec: Spec) -> Iterator[tuple[Path | None, str | None]]:
 
     The folder and the child process are cleaned up on every exit, Ctrl-C and SIGTERM included.
     """
-    with tempfile.TemporaryDirectory(prefix=REBUILD_PREFIX) as tmp:
+    with cleanup.temporary_directory(prefix=REBUILD_PREFIX) as tmp:
         cmd = [
             sys.executable,
             "-m",
@@ -166,23 +165,16 @@ def rebuild(spec: Spec) -> Iterator[tuple[Path | None, str | None]]:
             "--spec",
             str(spec.path),
             "--output-dir",
-            tmp,
+            str(tmp),
             "--force",
         ]
-        proc = subprocess.Popen(
-            cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        try:
+        # Registered, so an interrupted verify stops the child (which removes its own model
+        # view first) before the folder it writes into is removed.
+        with cleanup.child_process(
+            cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as proc:
             log, _ = proc.communicate()
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        built = Path(tmp) / spec.output.name
+        built = tmp / spec.output.name
         if proc.returncode != 0 or not built.is_file():
             lines = [line for line in log.splitlines() if "it/s]" not in line]
             # from the generator's error message on (it names the file and the fix), else all
@@ -219,7 +211,7 @@ def verify(
     if not artifact.reference.is_file():
         raise VerifyError(
             f"no reference to verify at {artifact.reference}; pass --reference PATH, or generate "
-            f"it first with `refgen generate --spec {spec.path.name}`"
+            f"it first with `refgen generate --spec {spec.display}`"
         )
     tol = tolerance or Tolerance(spec.tolerance, spec.tolerance)
     manifest: dict[str, Any] | None

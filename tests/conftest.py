@@ -7,7 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +94,82 @@ def make_setup(
 
 def _make_setup(base: Path) -> TinySetup:
     return make_setup(base / "hf-home", base / "specs", "../out/tiny_qwen3_reference.json")
+
+
+# --- running as an unprivileged user ------------------------------------------------------------
+# Root ignores file modes, so permission cases run the CLI as `nobody` (setpriv, util-linux) when
+# the tests run as root; as any other user they run as that user. Everything the unprivileged
+# process reads must be reachable by it: pytest's own temporary folders are private (0700), so
+# ``shared_tiny`` copies the tiny setup into a folder of its own under the system's temp folder.
+UNPRIVILEGED_USER = ("nobody", "nogroup")
+
+
+def unprivileged_prefix() -> list[str]:
+    """The command prefix that drops root, or nothing when we are not root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("running as root without setpriv (util-linux): cannot test permissions")
+    user, group = UNPRIVILEGED_USER
+    return [setpriv, f"--reuid={user}", f"--regid={group}", "--clear-groups"]
+
+
+def run_refgen_unprivileged(
+    *args: str | Path,
+    hf_home: Path,
+    home: Path,
+    env: Mapping[str, str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """``python -m refgen ARGS`` as an unprivileged user; ``home`` is its HOME and TMPDIR."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
+    full_env.update(
+        HF_HOME=str(hf_home),
+        PYTHONPATH=str(ROOT),
+        PYTHONDONTWRITEBYTECODE="1",  # it cannot write __pycache__ in the checkout
+        HOME=str(home),
+        TMPDIR=str(home),
+    )
+    full_env.update(env or {})
+    result = subprocess.run(
+        [*unprivileged_prefix(), sys.executable, "-m", "refgen", *map(str, args)],
+        env=full_env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"refgen {args} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@dataclass(frozen=True)
+class SharedTiny:
+    """A copy of the tiny setup the unprivileged user can read; ``home`` it can write."""
+
+    setup: TinySetup
+    root: Path
+    home: Path
+
+
+@pytest.fixture
+def shared_tiny(tiny_setup: TinySetup) -> Iterator[SharedTiny]:
+    root = Path(tempfile.mkdtemp(prefix="refgen-unprivileged-"))
+    try:
+        shutil.copytree(tiny_setup.hf_home.parent, root / "tiny", symlinks=True)
+        home = root / "home"
+        home.mkdir()
+        for path in [root, *root.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        home.chmod(0o1777)  # sticky and world-writable, as /tmp
+        base = root / "tiny"
+        old = tiny_setup.checkpoint
+        snapshot = base / old.snapshot.relative_to(tiny_setup.hf_home.parent)
+        checkpoint = tiny.TinyCheckpoint(old.repo, old.revision, snapshot)
+        setup = TinySetup(base / "hf-home", checkpoint, base / "specs" / tiny_setup.spec.name)
+        yield SharedTiny(setup, root, home)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -101,11 +101,10 @@ def test_sigterm_during_a_run_keeps_the_previous_artifact(
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Signal only once the main thread waits in open() on the FIFO (after torch's import, whose
-    # C code may defer or swallow a signal): there the signal interrupts the call for certain.
-    wchan = Path(f"/proc/{proc.pid}/wchan")
+    # Signal once the command's thread waits in open() on the FIFO: the run is then certainly
+    # past startup and stuck in a system call that does not return on its own.
     deadline = time.monotonic() + 120
-    while wchan.read_text() != "wait_for_partner":
+    while not _a_thread_waits_on_a_fifo(proc.pid):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the run never reached the weights"
         time.sleep(0.05)
@@ -114,3 +113,14 @@ def test_sigterm_during_a_run_keeps_the_previous_artifact(
     assert proc.returncode == 143, stderr
     assert "interrupted; no output was changed" in stderr
     assert_untouched(out)
+
+
+def _a_thread_waits_on_a_fifo(pid: int) -> bool:
+    """Whether any thread of ``pid`` sleeps in open() of a FIFO with no writer."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "wchan").read_text() == "wait_for_partner":
+                return True
+        except OSError:
+            continue
+    return False

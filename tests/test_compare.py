@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_refgen
 
 from refgen import cli, compare
 from refgen.compare import Tolerance, Verdict, compare_documents
@@ -200,7 +201,68 @@ def test_relative_part_accepts_one_ulp_at_large_logit() -> None:
     assert Tolerance().accepts(float(x), up)
     assert not Tolerance(atol=1e-6, rtol=0.0).accepts(float(x), up)
     assert not Tolerance().accepts(1.0, float("nan"))
-    assert Tolerance().accepts(float("nan"), float("nan"))
+    assert not Tolerance().accepts(float("nan"), float("nan"))
+
+
+@pytest.mark.parametrize("a_value", [float("nan"), 0.5])
+def test_nan_is_never_within_tolerance(a_value: float) -> None:
+    """NaN against a number, and NaN against NaN, is not reproduced; the path is named."""
+    a = make_reference()
+    b = copy.deepcopy(a)
+    a["test_cases"][1]["last_residual_f32"][2] = a_value
+    b["test_cases"][1]["last_residual_f32"][2] = float("nan")
+    result = run(a, b)  # for NaN vs NaN even the bytes are the same
+    assert result.verdict is Verdict.NOT_REPRODUCED
+    assert [d.path for d in result.differences] == ["test_cases[1].last_residual_f32[2]"]
+    assert "NaN is never within tolerance" in result.differences[0].detail
+
+
+def test_nan_files_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = make_reference()
+    a["test_cases"][0]["top_10"][0]["logit"] = float("nan")
+    pa = tmp_path / "a.json"
+    pb = tmp_path / "b.json"
+    pa.write_text(json.dumps(a, indent=2))  # Python writes the NaN literal
+    pb.write_text(json.dumps(a, indent=1))  # same values, other bytes
+    assert cli.main(["diff", str(pa), str(pb)]) == 11
+    assert "test_cases[0].top_10[0].logit" in capsys.readouterr().out
+
+
+def test_deep_json_is_an_error_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _write(tmp_path, "a.json", make_reference())
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    assert cli.main(["diff", str(good), str(deep)]) == compare.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("refgen: error:") and "deep.json" in err and "nested" in err
+    # deep enough to overflow a recursive walk, shallow enough for the JSON parser
+    medium = make_reference()
+    medium["extra"] = json.loads("[" * 900 + "]" * 900)
+    assert cli.main(["diff", str(good), str(_write(tmp_path, "m.json", medium))]) == 2
+    assert "nested more than" in capsys.readouterr().err
+
+
+def test_deep_json_through_the_cli(tmp_path: Path) -> None:
+    good = _write(tmp_path, "a.json", make_reference())
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    result = run_refgen("diff", good, deep, hf_home=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("refgen: error:") and "Traceback" not in result.stderr
+
+
+def test_long_prompts_are_shortened_in_reports() -> None:
+    a = make_reference()
+    b = copy.deepcopy(a)
+    a["test_cases"][0]["prompt"] = "x" * 1_000_000
+    b["test_cases"][0]["prompt"] = "y" * 1_000_000
+    result = run(a, b)
+    assert result.verdict is Verdict.NOT_REPRODUCED
+    longest = max(len(line) for line in result.render().splitlines())
+    assert longest < 300 and "(1000000 characters)" in result.render()
+    assert compare.shorten("short") == "'short'"
 
 
 def test_results_are_frozen_and_json_is_deterministic() -> None:

@@ -15,7 +15,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +26,10 @@ import pytest
 from conftest import TinySetup, run_refgen
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "refgen-test:ci"
+# Unique per test run: the daemon may be shared with other checkouts and CI jobs, whose images
+# these tests must never replace or remove.
+RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+IMAGE = f"refgen-test-{RUN_ID}:ci"
 STANDIN = "refgen-standin-base:bookworm"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -62,6 +67,18 @@ def _script(
 class Built:
     image_id: str
     layers: list[str]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_our_images() -> Iterator[None]:
+    """Afterwards, remove the images this run tagged (never anything else on the daemon)."""
+    yield
+    if shutil.which("docker") is None or _docker("info", check=False).returncode != 0:
+        return
+    ours = _docker("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
+    tags = [t for t in ours if t.startswith(f"refgen-test-{RUN_ID}")]
+    if tags:  # multi-GB layers: removing them can take minutes on a busy disk
+        subprocess.run(["docker", "rmi", *tags], capture_output=True, check=False, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +136,8 @@ def test_rebuild_gives_identical_layers(two_builds: tuple[Built, Built]) -> None
     first, second = two_builds
     assert len(second.layers) >= 2
     assert first.layers == second.layers, "a --no-cache rebuild changed the image's layers"
+    if first.image_id != second.image_id:  # the replaced image is removed, by its ID
+        assert _docker("image", "inspect", first.image_id, check=False).returncode != 0
 
 
 @pytest.mark.docker
@@ -169,6 +188,103 @@ def test_buildah_rebuild_gives_identical_image_id(
         ids.append(_build({**env, "IMAGE": f"{IMAGE}-buildah-{tag}"}, *flags).image_id)
     _docker("rmi", f"{IMAGE}-buildah-a", f"{IMAGE}-buildah-b")
     assert ids[0].startswith("sha256:") and ids[0] == ids[1]
+
+
+def _stage(setup: TinySetup, context: Path) -> None:
+    stage = [sys.executable, str(ROOT / "docker/stage.py"), "--context", str(context)]
+    result = subprocess.run(
+        [*stage, "--spec", str(setup.spec)],
+        env={**os.environ, "HF_HOME": str(setup.hf_home)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _foreign_stage_image(base: str) -> str:
+    """An untagged image labelled as a refgen build stage, as another build would leave it."""
+    dockerfile = f"FROM {base}\nLABEL io.refgen.stage=build io.refgen.test=foreign-{RUN_ID}\n"
+    result = subprocess.run(
+        ["docker", "build", "-q", "-"],
+        input=dockerfile,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_concurrent_builds_on_one_daemon(
+    base_image: str, tiny_setup: TinySetup, tmp_path: Path
+) -> None:
+    """Two builds at once from two staged contexts both succeed, and neither removes the other's
+    images nor an unrelated build stage (before, each pruned every refgen stage on the daemon)."""
+    foreign = _foreign_stage_image(base_image)
+    try:
+        envs = []
+        for name in ("a", "b"):
+            context = tmp_path / name / "image"
+            _stage(tiny_setup, context)
+            env = {**_build_env(base_image, tiny_setup, context), "IMAGE": f"{IMAGE}-par-{name}"}
+            envs.append(env)
+        with ThreadPoolExecutor(2) as pool:
+            runs = list(
+                pool.map(
+                    lambda env: _script(
+                        "build.sh", "--skip-stage", "--no-cache", env=env, check=False
+                    ),
+                    envs,
+                )
+            )
+        for env, run in zip(envs, runs, strict=True):
+            assert run.returncode == 0, f"{env['IMAGE']}: {run.stderr[-3000:]}"
+            for tag in (env["IMAGE"], env["IMAGE"] + "-build"):
+                assert _docker("image", "inspect", tag, check=False).returncode == 0, tag
+        assert _docker("image", "inspect", foreign, check=False).returncode == 0, (
+            "a build removed another build's stage image"
+        )
+    finally:
+        _docker("rmi", foreign, check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_failed_build_leaves_nothing_behind(
+    base_image: str, tiny_setup: TinySetup, tmp_path: Path
+) -> None:
+    """A build that fails in a RUN step leaves no container and none of the images it made."""
+    context = tmp_path / "broken" / "image"
+    _stage(tiny_setup, context)
+    # pip refuses this lock after the wheels were copied: layers exist when the build fails
+    lock = context / "app" / "requirements.lock"
+    lock.unlink()  # a hard link into the wheelhouse's tree may be shared: replace, never edit
+    lock.write_text("not-a-package==1.0 --hash=sha256:" + "0" * 64 + "\n")
+    env = {**_build_env(base_image, tiny_setup, context), "IMAGE": f"{IMAGE}-broken"}
+    before = set(_docker("images", "-aq").stdout.split())  # the base, cache hits: not its own
+    run = _script("build.sh", "--skip-stage", env=env, check=False)
+    assert run.returncode != 0 and "the image build failed" in run.stderr, run.stderr[-3000:]
+    log = run.stderr
+    made = [line.split()[-1] for line in log.splitlines() if line.startswith(" ---> ")]
+    containers = [line.split()[-1] for line in log.splitlines() if "Running in" in line]
+    assert containers, "the build never ran a step; the test does not test anything"
+    for container in containers:
+        ps = _docker("ps", "-aq", "--filter", f"id={container}").stdout.strip()
+        assert ps == "", f"container {container} of the failed build is left behind"
+    used_cache = {
+        line.split()[-1]
+        for prev, line in zip(log.splitlines(), log.splitlines()[1:], strict=False)
+        if "Using cache" in prev and line.startswith(" ---> ")
+    }
+    for image in set(made) - used_cache - before - set(containers):
+        assert _docker("image", "inspect", image, check=False).returncode != 0, (
+            f"image {image} made by the failed build is left behind"
+        )
+    assert _docker("image", "inspect", env["IMAGE"], check=False).returncode != 0
 
 
 # Failure paths: each must name the problem and the fix, and stage nothing.

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import huggingface_hub
 import pytest
-from conftest import TinySetup
+from conftest import TinySetup, run_refgen
 
 from refgen import hub
 from refgen.errors import IntegrityError, ModelNotFoundError
@@ -113,3 +114,58 @@ def test_lock_offline_finds_nothing_without_a_snapshot(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(ModelNotFoundError, match="nox -s fetch"):
         hub.lock(load_spec(tiny_copy.spec), offline=True)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_fetch_without_network_is_one_clear_line(tiny_copy: TinySetup, tmp_path: Path) -> None:
+    """No Hub answers (a closed local port, offline mode off): one error line with the hint, no
+    traceback, each of huggingface_hub's retry lines printed once (they were printed twice)."""
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    result = run_refgen(
+        "fetch",
+        "--spec",
+        tiny_copy.spec,
+        hf_home=tmp_path / "empty-hf-home",
+        env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("refgen: error: cannot download"), errors
+    assert endpoint in errors[0] and "not reachable" in errors[0] and "HF_ENDPOINT" in errors[0]
+    retries = [line for line in result.stderr.splitlines() if "Retrying in" in line]
+    assert len(retries) == len(set(retries)), "a retry line was printed twice"
+
+
+def test_fetch_says_when_nothing_was_downloaded(tiny_copy: TinySetup) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"  # not needed: everything is cached
+    result = run_refgen(
+        "fetch",
+        "--spec",
+        tiny_copy.spec,
+        hf_home=tiny_copy.hf_home,
+        env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
+    )
+    assert "already in the cache, verified" in result.stderr
+    assert "fetched" not in result.stderr and "Retrying" not in result.stderr
+
+
+def test_fetch_names_a_download(tiny_copy: TinySetup, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    snapshot = tiny_copy.checkpoint.snapshot
+
+    def snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        if kwargs.get("local_files_only"):
+            raise LocalEntryNotFoundError("not cached")
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    fetched = hub.fetch_model(load_spec(tiny_copy.spec))
+    assert fetched.downloaded and fetched.folder == snapshot

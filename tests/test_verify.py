@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, make_setup, refgen_env, run
+from conftest import ROOT, TinySetup, make_setup, refgen_env, run
 
 from refgen import artifact, cli, provenance, verify
 from refgen.artifact import Artifact
+from refgen.errors import ArtifactError
 from refgen.spec import load_spec
 
 REF = "tiny_qwen3_reference.json"
@@ -365,9 +366,18 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [
+        (signal.SIGTERM, False),
+        (signal.SIGINT, False),
+        # Ctrl-C at a terminal: the whole process group, the rebuild child included, gets SIGINT,
+        # and then the parent's SIGTERM while the child is already cleaning up
+        (signal.SIGINT, True),
+    ],
+)
 def test_interrupted_verify_leaves_nothing_behind(
-    workspace: Workspace, tmp_path: Path, sig: signal.Signals
+    workspace: Workspace, tmp_path: Path, sig: signal.Signals, group: bool
 ) -> None:
     ws = workspace.copy(tmp_path)
     tmpdir = tmp_path / "tmp"
@@ -380,6 +390,7 @@ def test_interrupted_verify_leaves_nothing_behind(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a process group of its own, as a terminal gives a command
     )
     deadline = time.monotonic() + 120
     # wait until the rebuild is under way: its temporary folder exists and the generator runs
@@ -390,7 +401,10 @@ def test_interrupted_verify_leaves_nothing_behind(
         assert time.monotonic() < deadline, "the rebuild never started"
         time.sleep(0.05)
     time.sleep(0.5)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == (143 if sig == signal.SIGTERM else 130), err
     assert "interrupted" in err
@@ -548,3 +562,12 @@ def _nothing_left_in_temp(workspace: Workspace) -> Iterator[None]:
     """No process of any test may leave anything in the temp folder (rebuilds included)."""
     yield
     assert list((workspace.project / "tmp").iterdir()) == []
+
+
+def test_deep_manifest_is_a_finding_not_a_crash(tiny_setup: TinySetup, tmp_path: Path) -> None:
+    manifest = tmp_path / "x.manifest.json"
+    manifest.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ArtifactError, match="nested more than"):
+        artifact.read_manifest(manifest)
+    status = artifact.is_up_to_date(load_spec(tiny_setup.spec), manifest)
+    assert not status.current and "nested more than" in status.reasons[0]
