@@ -54,8 +54,8 @@ lint: $(STAMP) ## pre-commit hooks on every file: ruff, ruff format, mypy, hadol
 demo: $(STAMP) ## the whole pipeline on a tiny local checkpoint, offline (build/demo)
 	$(NOX) -s demo
 
-bench: $(STAMP) ## baseline vs generate at the real shape (random 3.4 GB checkpoint in .cache/bench)
-	$(NOX) -s bench
+bench: $(STAMP) ## baseline vs generate at the real shape (random 3.4 GB checkpoint in .cache/bench); BENCH_ARGS="--shape 8b" adds a model bigger than memory
+	$(NOX) -s bench -- $(BENCH_ARGS)
 
 crosscheck: $(STAMP) ## same bytes under emulated Intel/AMD CPUs (qemu-user), profile on and off
 	$(NOX) -s crosscheck

@@ -129,6 +129,8 @@ def bench(session: nox.Session) -> None:
     """Baseline (the original script's from_pretrained) vs `refgen generate` at the real
     Qwen3-1.7B-Base shape, alternating runs; prints wall time, peak RSS, ratios, hashing speed,
     the no-op time, the phase split and the scaling table. Builds a random-weight 3.4 GB
-    checkpoint into .cache/bench once. `-- --runs N`, `-- --no-scaling`."""
+    checkpoint into .cache/bench once. `-- --runs N`, `-- --no-scaling`; `-- --shape 8b` adds a
+    Llama-3-8B-shaped checkpoint (16 GB): ours streamed, accelerate's disk offload, the original
+    method under an RSS cap."""
     install(session)
     session.run("python", "-m", "refgen.bench", *session.posargs)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -55,6 +56,8 @@ DTYPES = {
     "U8": "uint8",
     "BOOL": "bool",
 }
+ITEMSIZES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
+ITEMSIZES |= {"U8": 1, "BOOL": 1}
 
 
 class Verifier:
@@ -139,22 +142,60 @@ class TensorEntry:
 
 
 def read_header(path: Path) -> list[TensorEntry]:
-    """The tensors of a safetensors file (u64 header size, JSON header, raw data), by offset."""
+    """The tensors of a safetensors file (u64 header size, JSON header, raw data), by offset.
+
+    The header is checked against the file before anything is allocated from it: every tensor
+    lies inside the data section, its byte count is prod(shape) x itemsize and no two tensors
+    overlap. A damaged or hostile header (say, one announcing a 10^12-element shape) is an
+    :class:`IntegrityError` naming the file, never an allocation.
+    """
+    import math
+
+    def bad(why: str) -> IntegrityError:
+        return IntegrityError(f"{path}: not a valid safetensors file: {why}")
+
+    file_size = path.stat().st_size
     with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        if size > MAX_HEADER:
-            raise ValueError(f"{path.name}: a safetensors header of {size} bytes is not plausible")
-        header = json.loads(f.read(size))
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise bad(f"{file_size} bytes, too short for the 8-byte header size")
+        (size,) = struct.unpack("<Q", prefix)
+        if size > MAX_HEADER or 8 + size > file_size:
+            raise bad(f"a header of {size} bytes is not plausible in a file of {file_size} bytes")
+        try:
+            header = json.loads(f.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise bad(f"the header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    data_size = file_size - 8 - size
     entries = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        start, end = info["data_offsets"]
-        if info["dtype"] not in DTYPES:
-            raise ValueError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
-        shape = tuple(info["shape"])
-        entries.append(TensorEntry(name, info["dtype"], shape, 8 + size + start, end - start))
-    return sorted(entries, key=lambda e: e.offset)
+        try:
+            dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise bad(f"tensor {name}: needs dtype, shape and two data_offsets") from None
+        if dtype not in DTYPES:
+            raise bad(f"tensor {name} has unsupported dtype {dtype!r}")
+        numbers = (*shape, start, end)
+        if not all(type(n) is int and n >= 0 for n in numbers):
+            raise bad(f"tensor {name}: shape and offsets must be non-negative integers")
+        if not start <= end <= data_size:
+            raise bad(f"tensor {name}: bytes {start}..{end} outside the {data_size}-byte data")
+        nbytes = math.prod(shape) * ITEMSIZES[dtype]
+        if end - start != nbytes:
+            raise bad(
+                f"tensor {name}: shape {list(shape)} of {dtype} is {nbytes} bytes, "
+                f"but its offsets span {end - start}"
+            )
+        entries.append(TensorEntry(name, dtype, shape, 8 + size + start, end - start))
+    entries.sort(key=lambda e: (e.offset, e.nbytes))
+    for before, after in itertools.pairwise(entries):
+        if before.offset + before.nbytes > after.offset:
+            raise bad(f"tensors {before.name} and {after.name} overlap")
+    return entries
 
 
 def load_state_dict(files: Iterable[Path], dtype: str, progress: bool = True) -> dict[str, Any]:
@@ -171,22 +212,7 @@ def load_state_dict(files: Iterable[Path], dtype: str, progress: bool = True) ->
 
     def load(job: tuple[Path, TensorEntry]) -> tuple[str, Any]:
         path, entry = job
-        data = maps[path]
-        if entry.offset + entry.nbytes > len(data):
-            raise ValueError(f"{path.name} ends inside tensor {entry.name}")
-        source_dtype = getattr(torch, DTYPES[entry.dtype])
-        into = target if source_dtype.is_floating_point else source_dtype
-        tensor = torch.empty(entry.shape, dtype=into)
-        flat = tensor.view(-1)
-        itemsize = source_dtype.itemsize
-        step = CHUNK_BYTES // itemsize
-        for first in range(0, flat.numel(), step):
-            count = min(step, flat.numel() - first)
-            offset = entry.offset + first * itemsize
-            source = torch.frombuffer(data, dtype=source_dtype, count=count, offset=offset)
-            flat[first : first + count].copy_(source)  # the up-cast; releases the GIL
-            del source
-            drop_pages(data, offset, count * itemsize)
+        tensor = read_tensor(maps[path], entry, target, path)
         bar.update(entry.nbytes)
         return entry.name, tensor
 
@@ -204,6 +230,29 @@ def load_state_dict(files: Iterable[Path], dtype: str, progress: bool = True) ->
         )
         pool = stack.enter_context(ThreadPoolExecutor(WORKERS, thread_name_prefix="refgen-load"))
         return dict(pool.map(load, jobs))
+
+
+def read_tensor(data: mmap.mmap | bytes, entry: TensorEntry, target: Any, path: Path) -> Any:
+    """One tensor of a mapped safetensors file in a fresh tensor, floating ones up-cast to the
+    torch dtype *target*, chunk by chunk; the pages read are unmapped as they are used."""
+    import torch
+
+    if entry.offset + entry.nbytes > len(data):
+        raise ValueError(f"{path.name} ends inside tensor {entry.name}")
+    source_dtype = getattr(torch, DTYPES[entry.dtype])
+    into = target if source_dtype.is_floating_point else source_dtype
+    tensor = torch.empty(entry.shape, dtype=into)
+    flat = tensor.view(-1)
+    itemsize = source_dtype.itemsize
+    step = CHUNK_BYTES // itemsize
+    for first in range(0, flat.numel(), step):
+        count = min(step, flat.numel() - first)
+        offset = entry.offset + first * itemsize
+        source = torch.frombuffer(data, dtype=source_dtype, count=count, offset=offset)
+        flat[first : first + count].copy_(source)  # the up-cast; releases the GIL
+        del source
+        drop_pages(data, offset, count * itemsize)
+    return tensor
 
 
 @contextlib.contextmanager
@@ -257,7 +306,7 @@ def load_verified_model(
     weights = [folder / n for n in names if n.endswith(".safetensors")]
     try:
         state = load_state_dict(weights, dtype)
-    except (ValueError, KeyError, TypeError, OSError, struct.error):
+    except (IntegrityError, ValueError, KeyError, TypeError, OSError, struct.error):
         verifier.result(hint)  # a damaged file: report its hash, the real cause
         raise
     digests = verifier.result(hint)  # nothing from the files is used before this

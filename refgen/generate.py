@@ -19,10 +19,20 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, modelinfo, probes, provenance, weights
+from refgen import (
+    determinism,
+    fastload,
+    hub,
+    manifest,
+    modelinfo,
+    probes,
+    provenance,
+    streaming,
+    weights,
+)
 from refgen.artifact import Artifact
 from refgen.compare import shorten
-from refgen.errors import CheckpointError, SpecError
+from refgen.errors import CheckpointError, IntegrityError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.lock import read_lock
 from refgen.spec import Spec
@@ -53,9 +63,15 @@ class Timings:
 
 
 def generate(
-    spec: Spec, output_dir: Path | None = None, timings: Timings | None = None
+    spec: Spec,
+    output_dir: Path | None = None,
+    timings: Timings | None = None,
+    load: streaming.LoadOptions | None = None,
 ) -> Artifact:
-    """Verify inputs, compute the reference and write its files atomically."""
+    """Verify inputs, compute the reference and write its files atomically.
+
+    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``.
+    """
     timings = timings or Timings()
     outputs = Artifact.of(spec, output_dir)
     lock = read_lock(spec)
@@ -70,8 +86,15 @@ def generate(
     verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock_used.files})
     capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock_used) as view:
+        files = [view / f.path for f in lock_used.files if f.path.endswith(".safetensors")]
+        options = load or streaming.LoadOptions(spec.load, spec.memory_budget)
+        try:
+            load_plan = streaming.plan(files, spec.dtype, options)  # in memory, or streamed
+        except IntegrityError:
+            verifier.result(integrity_hint(spec))  # a damaged file: its hash is the real cause
+            raise
         reference, model_record = compute_reference(
-            spec, view, timings, verifier, capture, lock.revision
+            spec, view, timings, verifier, capture, load_plan, lock.revision
         )
     timings.phases["verify_wait"] = verifier.waited_s
     timings.phases["verify_thread"] = verifier.hashing_s
@@ -85,6 +108,7 @@ def generate(
         named = {outputs.sibling(kind).name: content for kind, content in data.items()}
         record = manifest.build(spec, lock, named)
         record["model"]["config"] = model_record
+        record["loading"] = load_plan.manifest()
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
         statement_bytes = provenance.statement_bytes(
@@ -117,6 +141,7 @@ def compute_reference(
     timings: Timings,
     verifier: fastload.Verifier,
     capture: probes.Capture | None = None,
+    load_plan: streaming.LoadPlan | None = None,
     revision: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
@@ -135,15 +160,13 @@ def compute_reference(
     with timings.phase("load"):
         # What AutoModelForCausalLM.from_pretrained builds, from bytes hashed as they are read;
         # raises IntegrityError before any file content is used if a hash differs.
-        model, _ = fastload.load_verified_model(
+        model, _ = streaming.load_model(
             model_dir,
             verifier,
+            load_plan or streaming.LoadPlan("memory", "memory", 0, 0, False),
             spec.dtype,
             spec.attn_implementation,
-            hint=(
-                "The cached copy is corrupt or was modified. Delete it (`hf cache delete`) and "
-                f"run {hub.fetch_hint(spec)}."
-            ),
+            hint=integrity_hint(spec),
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         # The config as transformers resolves it from the (verified) file, before
@@ -165,9 +188,12 @@ def compute_reference(
         torch.inference_mode(),
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
-        for number, (prompt, input_ids) in enumerate(zip(spec.prompts, inputs, strict=True)):
+        # One forward per prompt; a streamed model runs them together, layer by layer.
+        runs = streaming.forwards(model, inputs, output_hidden_states=True, use_cache=False)
+        for number, (prompt, input_ids, out) in enumerate(
+            zip(spec.prompts, inputs, runs, strict=True)
+        ):
             log.info("forward: %s", shorten(prompt))  # a 1 MB prompt is not one 1 MB log line
-            out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
             if capture is not None:
                 capture.add(number, out)
             cases.append(_case(spec, prompt, input_ids, out, fields["vocab_size"]))
@@ -229,6 +255,13 @@ def _case(spec: Spec, prompt: str, input_ids: Any, out: Any, vocab_size: int) ->
         ],
         "last_residual_f32": [float(x) for x in residual.tolist()],
     }
+
+
+def integrity_hint(spec: Spec) -> str:
+    return (
+        "The cached copy is corrupt or was modified. Delete it (`hf cache delete`) and "
+        f"run {hub.fetch_hint(spec)}."
+    )
 
 
 def dump_reference(reference: dict[str, Any]) -> bytes:

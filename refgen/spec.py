@@ -13,6 +13,8 @@ Example (the keys are documented in the README)::
     [run]
     prompts = ["The capital of France is"]
     top_k = 10
+    load = "auto"              # or "memory", "stream" (layer by layer: models bigger than RAM)
+    memory_budget = "16GB"     # optional; default 0.75 x the memory available at run time
     [verify]
     tolerance = 1e-6
     [probes]                         # optional; without it the run captures only the JSON
@@ -40,6 +42,10 @@ _REVISION = re.compile(r"^[0-9a-f]{40}$")
 # A local folder's revision is derived from its content: see ``hub.content_revision``.
 _CONTENT_REVISION = re.compile(r"^[0-9a-f]{64}$")
 _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
+# How weights are loaded (refgen.streaming): in memory, layer-streamed, or chosen by size.
+LOAD_MODES = ("auto", "memory", "stream")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 _TYPE_NAMES: dict[Any, str] = {
     str: "a string",
@@ -59,7 +65,12 @@ _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
         # None: what from_pretrained picks for the model (sdpa for most, eager for Gemma2)
         "attn_implementation": (str, False, None),
     },
-    "run": {"prompts": (list, True, None), "top_k": (int, False, 10)},
+    "run": {
+        "prompts": (list, True, None),
+        "top_k": (int, False, 10),
+        "load": (str, False, "auto"),
+        "memory_budget": ((str, int), False, None),
+    },
     "verify": {"tolerance": ((float, int), False, 1e-6)},
     # What refgen.probes captures into X.safetensors; absent: nothing beyond the JSON.
     "probes": {
@@ -115,6 +126,8 @@ class Spec:
     local_path: Path | None = None  # [model] path: a checkpoint folder outside the HF cache
     local_path_text: str | None = None  # as written in the spec (relative), for the manifest
     probes: Probes | None = None
+    load: str = "auto"  # "auto", "memory" or "stream" (refgen.streaming)
+    memory_budget: int | None = None  # bytes; None: derived from available memory
 
     @property
     def display(self) -> str:
@@ -139,13 +152,36 @@ class Spec:
             "schema": SPEC_SCHEMA,
             "reference": {"name": self.name, "output": self.output.name},
             "model": model,
-            "run": {"prompts": list(self.prompts), "top_k": self.top_k},
+            "run": {"prompts": list(self.prompts), "top_k": self.top_k, **self._loading()},
             "verify": {"tolerance": self.tolerance},
         }
         # Only when declared: a spec without [probes] records exactly what it did before.
         if self.probes is not None:
             content["probes"] = self.probes.as_dict()
         return content
+
+    def _loading(self) -> dict[str, Any]:
+        """The loading keys, only when set: specs without them keep their recorded content."""
+        keys: dict[str, Any] = {"load": self.load} if self.load != "auto" else {}
+        if self.memory_budget is not None:
+            keys["memory_budget"] = self.memory_budget
+        return keys
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``6GB``, ``6G``, ``6GiB``, ``512M`` or a plain number (decimal units; ``i``
+    for binary); ValueError when it is not a positive size."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _SIZE.match(str(text))
+        if not match:
+            raise ValueError(f"not a size: {text!r} (examples: 6GB, 6GiB, 512MB, 6000000000)")
+        number, unit, binary = match.groups()
+        value = int(float(number) * (1024 if binary else 1000) ** _UNITS[unit.lower()])
+    if value <= 0:
+        raise ValueError(f"a memory budget must be positive, got {text!r}")
+    return value
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -252,6 +288,16 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
             raise SpecError(
                 f"{where}: 'run.prompts[{i}]' must be a non-empty string, got {prompt!r}."
             )
+    if run["load"] not in LOAD_MODES:
+        raise SpecError(
+            f"{where}: 'run.load' must be one of {list(LOAD_MODES)}, got {run['load']!r}."
+        )
+    budget = run["memory_budget"]
+    if budget is not None:
+        try:
+            budget = parse_size(budget)
+        except ValueError as exc:
+            raise SpecError(f"{where}: 'run.memory_budget': {exc}.") from None
     if run["top_k"] < 1:
         raise SpecError(f"{where}: 'run.top_k' must be at least 1, got {run['top_k']}.")
     tolerance = float(v["verify"]["tolerance"])
@@ -277,6 +323,8 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         local_path=local_path,
         local_path_text=model["path"],
         probes=_probes(where, v["probes"]),
+        load=run["load"],
+        memory_budget=budget,
     )
 
 

@@ -103,6 +103,21 @@ def test_child_peak_rss_is_measured_from_outside() -> None:
         run_child([sys.executable, "-c", "raise SystemExit('boom')"], os.environ)
 
 
+def test_the_watchdog_stops_a_child_past_its_rss_cap_and_io_is_read() -> None:
+    grow = (
+        "import time\nblocks = []\nfor _ in range(40):\n"
+        "    b = bytearray(50 << 20); b[::4096] = b'x' * len(b[::4096]); blocks.append(b)\n"
+        "    time.sleep(0.05)\n"
+    )
+    run = run_child([sys.executable, "-c", grow], os.environ, check=False, rss_limit=300 << 20)
+    assert run.killed_at_rss_bytes is not None and run.killed_at_rss_bytes > 300 << 20
+    assert run.returncode == -9
+    assert run.max_rss_bytes < 1 << 30  # stopped long before its 2 GB
+    small = run_child([sys.executable, "-c", "open(__import__('os').devnull).read()"], os.environ)
+    assert small.killed_at_rss_bytes is None
+    assert small.io["rchar"] > 0  # read from /proc/PID/io before the child was reaped
+
+
 def test_fast_loader_builds_the_same_model_as_from_pretrained(
     bench_tiny: tuple[str, Path],
 ) -> None:
@@ -177,6 +192,13 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     assert results["numbers_identical_to_baseline_under_profile"] is True
     assert results["noop_outputs_unchanged"] is True
     assert results["baseline"]["max_rss_gb"] > 0.1 and results["ours"]["max_rss_gb"] > 0.1
+    assert results["streamed_json_identical_to_in_memory"] is True
+    big = results["large"]["bigger_than_memory"]
+    for program in ("ours_streamed", "accelerate", "original"):
+        assert big[program]["result"] == "completed", big[program]
+    assert big["numbers_identical_to_accelerate_under_profile"] is True
     table = (tmp_path / "results.md").read_text()
     assert "| ratio ours / baseline |" in table
     assert "split of our run" in table
+    assert "| ours streamed (`--stream --memory-budget" in table
+    assert "accelerate disk offload" in table and "Scaling (this run)" in table

@@ -1,5 +1,9 @@
 """The original script's method, as the benchmark's baseline (run as a child process).
 
+With ``REFGEN_BENCH_OFFLOAD_FOLDER`` and ``REFGEN_BENCH_OFFLOAD_CPU`` set, the same with
+accelerate's disk offload (``device_map="auto"``, ``max_memory={"cpu": ...}``, an offload folder):
+what a user would try for a model bigger than memory.
+
 ``python -m refgen.bench.baseline SNAPSHOT OUTPUT [PROMPT ...]``: ``from_pretrained`` in F32,
 the tokenizer, one forward per prompt with hidden states, top-10 logits and the last residual,
 ``json.dump(indent=2)``. No hashing, no determinism profile beyond what the caller's environment
@@ -26,7 +30,17 @@ def main(argv: list[str]) -> None:
     snapshot, output, *prompts = argv
     marks = {"import": time.perf_counter() - start}
     tokenizer = AutoTokenizer.from_pretrained(snapshot)
-    model = AutoModelForCausalLM.from_pretrained(snapshot, dtype=torch.float32)
+    offload = os.environ.get("REFGEN_BENCH_OFFLOAD_FOLDER")
+    if offload:  # accelerate's disk offload: what fits in the CPU budget, the rest on disk
+        model = AutoModelForCausalLM.from_pretrained(
+            snapshot,
+            dtype=torch.float32,
+            device_map="auto",
+            max_memory={"cpu": os.environ["REFGEN_BENCH_OFFLOAD_CPU"]},
+            offload_folder=offload,
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(snapshot, dtype=torch.float32)
     model.eval()
     config = model.config
     marks["load"] = time.perf_counter() - start - sum(marks.values())
@@ -58,8 +72,8 @@ def main(argv: list[str]) -> None:
         "hidden_size": config.hidden_size,
         "num_layers": config.num_hidden_layers,
         "num_attention_heads": config.num_attention_heads,
-        "num_kv_heads": config.num_key_value_heads,
-        "head_dim": config.head_dim,
+        "num_kv_heads": getattr(config, "num_key_value_heads", None),
+        "head_dim": getattr(config, "head_dim", None),
         "vocab_size": config.vocab_size,
         "max_position_embeddings": config.max_position_embeddings,
         "rope_theta": getattr(config, "rope_theta", None),

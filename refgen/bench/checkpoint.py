@@ -13,6 +13,7 @@ import json
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,37 @@ QWEN3_1_7B_BASE_CONFIG: dict[str, Any] = {
     "vocab_size": 151936,
 }
 
+# The published config.json of meta-llama/Meta-Llama-3-8B: 32 layers, untied 128256-token
+# embeddings and head, no q/k norms; 8.0B parameters, 16.1 GB of BF16.
+LLAMA3_8B_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 8192,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "vocab_size": 128256,
+}
+
 BENCH_REPO = "refgen-bench/Qwen3-1.7B-Base-random"
+LLAMA_BENCH_REPO = "refgen-bench/Llama-3-8B-random"
+SHARD_BYTES = 5 * 10**9  # at most this much per safetensors file, as the Hub's big models
 FORMAT_VERSION = 1  # bump when the bytes this module writes change
 WEIGHT_STD = 0.02
 CHUNK_ELEMENTS = 1 << 24  # values generated per step: 64 MB of float32
@@ -72,8 +103,10 @@ CORPUS = (
 
 
 def tensor_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Every parameter a Qwen3ForCausalLM checkpoint stores, with its shape."""
-    h, d = config["hidden_size"], config["head_dim"]
+    """Every parameter a Qwen3ForCausalLM (or LlamaForCausalLM) checkpoint stores, by shape."""
+    h = config["hidden_size"]
+    d = config.get("head_dim") or h // config["num_attention_heads"]
+    qk_norm = config["model_type"] == "qwen3"
     q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
     inter = config["intermediate_size"]
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config["vocab_size"], h)}
@@ -86,12 +119,12 @@ def tensor_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             p + "self_attn.k_proj.weight": (kv, h),
             p + "self_attn.v_proj.weight": (kv, h),
             p + "self_attn.o_proj.weight": (h, q),
-            p + "self_attn.q_norm.weight": (d,),
-            p + "self_attn.k_norm.weight": (d,),
             p + "mlp.gate_proj.weight": (inter, h),
             p + "mlp.up_proj.weight": (inter, h),
             p + "mlp.down_proj.weight": (h, inter),
         }
+        if qk_norm:
+            shapes |= {p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)}
     shapes["model.norm.weight"] = (h,)
     if not config.get("tie_word_embeddings", False):
         shapes["lm_head.weight"] = (config["vocab_size"], h)
@@ -113,10 +146,15 @@ def _chunk_bf16(seed: int, index: int, chunk: int, count: int, centre: float) ->
     return (values.view(np.uint32) >> 16).astype("<u2").tobytes()  # truncation: a valid BF16
 
 
-def _chunk_jobs(shapes: dict[str, tuple[int, ...]]) -> list[tuple[int, int, int, float]]:
-    """(tensor index, chunk number, element count, centre) for every chunk, in file order."""
+def _chunk_jobs(
+    shapes: dict[str, tuple[int, ...]], names: list[str]
+) -> list[tuple[int, int, int, float]]:
+    """(tensor index, chunk number, element count, centre) for every chunk of *names*, in file
+    order; the index is the tensor's place in the whole checkpoint, whatever the shard."""
     jobs = []
-    for index, shape in enumerate(shapes.values()):
+    for index, (name, shape) in enumerate(shapes.items()):
+        if name not in names:
+            continue
         total = int(np.prod(shape))
         centre = 1.0 if len(shape) == 1 else 0.0
         for chunk, start in enumerate(range(0, total, CHUNK_ELEMENTS)):
@@ -124,16 +162,21 @@ def _chunk_jobs(shapes: dict[str, tuple[int, ...]]) -> list[tuple[int, int, int,
     return jobs
 
 
-def write_safetensors(path: Path, config: dict[str, Any], seed: int) -> str:
-    """Stream a BF16 safetensors file of random weights to *path*; return its SHA-256.
+def write_safetensors(
+    path: Path, config: dict[str, Any], seed: int, names: list[str] | None = None
+) -> str:
+    """Stream a BF16 safetensors file of random weights (all, or the tensors *names*) to
+    *path*; return its SHA-256.
 
     safetensors' own writers need every tensor in memory at once (and numpy has no bfloat16),
     so the file is written here following the format: u64 header size, JSON header, raw data.
     """
     shapes = tensor_shapes(config)
+    names = list(shapes) if names is None else names
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, shape in shapes.items():
+    for name in names:
+        shape = shapes[name]
         size = int(np.prod(shape)) * 2
         header[name] = {
             "dtype": "BF16",
@@ -150,7 +193,7 @@ def write_safetensors(path: Path, config: dict[str, Any], seed: int) -> str:
             digest.update(block)
             out.write(block)
 
-        jobs = _chunk_jobs(shapes)
+        jobs = _chunk_jobs(shapes, names)
         # A few chunks in flight at a time: both cores busy, memory bounded by the window.
         for lo in range(0, len(jobs), 4):
             window = jobs[lo : lo + 4]
@@ -161,6 +204,10 @@ def write_safetensors(path: Path, config: dict[str, Any], seed: int) -> str:
         os.fsync(out.fileno())
     os.replace(tmp, path)
     return digest.hexdigest()
+
+
+def repo_for(config: dict[str, Any]) -> str:
+    return LLAMA_BENCH_REPO if config["model_type"] == "llama" else BENCH_REPO
 
 
 def _git_blob_sha1(data: bytes) -> str:
@@ -185,7 +232,7 @@ def _small_files(config: dict[str, Any]) -> dict[str, bytes]:
 def build(
     hub_cache: Path,
     config: dict[str, Any] = QWEN3_1_7B_BASE_CONFIG,
-    repo: str = BENCH_REPO,
+    repo: str | None = None,
     seed: int = 0,
 ) -> tuple[str, Path]:
     """Write the checkpoint under ``hub_cache`` once; return (revision, snapshot folder).
@@ -202,18 +249,56 @@ def build(
         "config": config,
     }
     revision = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    repo = repo or repo_for(config)
     writer = hfcache.SnapshotWriter(hub_cache, repo, revision)
-    if writer.has_ref() and (writer.snapshot / "model.safetensors").exists():
+    shards = _shards(config)
+    weights = next(iter(shards)) if len(shards) == 1 else INDEX
+    if writer.has_ref() and (writer.snapshot / weights).exists():
         return revision, writer.snapshot  # finished before: the ref is written last
     global FRESH_BUILDS
     FRESH_BUILDS += 1
     for name, data in small.items():
         writer.link(name, writer.add_bytes(_git_blob_sha1(data), data))
-    # LFS blobs are named by their SHA-256
-    weights = writer.add_streamed(lambda path: write_safetensors(path, config, seed))
-    writer.link("model.safetensors", weights)
+    if len(shards) > 1:
+        sizes = {n: int(np.prod(s)) * 2 for n, s in tensor_shapes(config).items()}
+        index = {
+            "metadata": {"total_size": sum(sizes.values())},
+            "weight_map": {n: file for file, names in shards.items() for n in names},
+        }
+        data = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+        writer.link(INDEX, writer.add_bytes(_git_blob_sha1(data), data))
+    for file, names in shards.items():
+        # LFS blobs are named by their SHA-256
+        writer.link(
+            file,
+            writer.add_streamed(partial(write_safetensors, config=config, seed=seed, names=names)),
+        )
     writer.set_ref()
     return revision, writer.snapshot
+
+
+INDEX = "model.safetensors.index.json"
+
+
+def _shards(config: dict[str, Any]) -> dict[str, list[str]]:
+    """File name -> tensor names, in order, at most SHARD_BYTES each (one file if it fits)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name, shape in tensor_shapes(config).items():
+        nbytes = int(np.prod(shape)) * 2
+        if groups[-1] and size + nbytes > SHARD_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    if len(groups) == 1:
+        return {"model.safetensors": groups[0]}
+    n = len(groups)
+    return {f"model-{i + 1:05d}-of-{n:05d}.safetensors": g for i, g in enumerate(groups)}
+
+
+def weight_files(snapshot: Path) -> list[Path]:
+    return sorted(snapshot.glob("*.safetensors"))
 
 
 def main(argv: list[str]) -> None:

@@ -1,9 +1,10 @@
 """``refgen generate`` for one spec with its phase timings written out (a benchmark child).
 
-``python -m refgen.bench.child SPEC OUTPUT_DIR TIMINGS_JSON [--no-verify]`` does what
-``python -m refgen generate --spec SPEC --output-dir OUTPUT_DIR --force`` does and also writes
-the generator's own phase timings. ``--no-verify`` trusts the lock without hashing, only to
-measure what verification costs; it never runs outside the benchmark.
+``python -m refgen.bench.child SPEC OUTPUT_DIR TIMINGS_JSON [--no-verify] [--stream [BUDGET]]``
+does what ``python -m refgen generate --spec SPEC --output-dir OUTPUT_DIR --force`` (with
+``--stream --memory-budget BUDGET``) does and also writes the generator's own phase timings.
+``--no-verify`` trusts the lock without hashing, only to measure what verification costs; it
+never runs outside the benchmark.
 """
 
 from __future__ import annotations
@@ -36,10 +37,15 @@ def main(argv: list[str]) -> None:
     if "--no-verify" in flags:
         _skip_verification()
     from refgen.generate import Timings, generate
-    from refgen.spec import load_spec
+    from refgen.spec import load_spec, parse_size
+    from refgen.streaming import LoadOptions
 
+    load = None
+    if "--stream" in flags:  # --stream [BUDGET]: layer-streamed, within BUDGET if given
+        budget = flags[flags.index("--stream") + 1 :]
+        load = LoadOptions("stream", parse_size(budget[0]) if budget else None)
     timings = Timings()
-    generate(load_spec(spec_path), Path(output_dir), timings)
+    generate(load_spec(spec_path), Path(output_dir), timings, load=load)
     phases = dict(timings.phases)
     phases["total_in_process"] = time.perf_counter() - START
     Path(timings_path).write_text(json.dumps(phases, indent=2))

@@ -10,11 +10,13 @@ process must stay small (the benchmark's parent never imports torch).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -27,6 +29,27 @@ class ChildRun:
     returncode: int
     stdout: str
     stderr: str
+    io: dict[str, int] = field(default_factory=dict)  # /proc/PID/io at exit: read_bytes, rchar...
+    killed_at_rss_bytes: int | None = None  # set when the watchdog killed it
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _io(pid: int) -> dict[str, int]:
+    try:
+        lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v) for k, v in (line.split(": ") for line in lines if ": " in line)}
 
 
 class ChildFailed(RuntimeError):
@@ -34,14 +57,40 @@ class ChildFailed(RuntimeError):
 
 
 def run_child(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None, check: bool = True
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    check: bool = True,
+    rss_limit: int | None = None,
 ) -> ChildRun:
-    """Run *argv*, wait for it with wait4 and return its wall time, CPU times and peak RSS."""
+    """Run *argv*, wait for it with wait4 and return its wall time, CPU times, peak RSS and I/O.
+
+    *rss_limit*: a watchdog thread reads the child's RSS every 20 ms and kills it (SIGKILL) past
+    that many bytes, so a program that cannot fit stops before it takes the machine down.
+    """
+    killed: list[int] = []
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdout=out, stderr=err)
+        done = threading.Event()
+
+        def watch() -> None:
+            while rss_limit and not done.wait(0.02):
+                rss = _rss_bytes(proc.pid)
+                if rss > rss_limit:
+                    killed.append(rss)
+                    os.kill(proc.pid, signal.SIGKILL)
+                    return
+
+        watchdog = threading.Thread(target=watch, daemon=True)
+        watchdog.start()
+        # Wait without reaping, so that /proc/PID/io can still be read, then reap with wait4.
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        done.set()
+        io = _io(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        watchdog.join()
         proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
         out.seek(0)
         err.seek(0)
@@ -53,6 +102,8 @@ def run_child(
             returncode=proc.returncode,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
+            io=io,
+            killed_at_rss_bytes=killed[0] if killed else None,
         )
     if check and run.returncode != 0:
         tail = "\n".join(run.stderr.strip().splitlines()[-15:])

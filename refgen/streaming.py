@@ -1,0 +1,581 @@
+"""Models bigger than memory: each decoder layer's weights are resident only while it runs.
+
+The model is built as ``from_pretrained`` builds it (same class, same construction context, same
+non-persistent buffers, same weight tying) but with every parameter on the meta device. Forward
+pre/post hooks on the decoder layers (found generically, from ``_no_split_modules`` or as the
+largest ``ModuleList``) and on the modules outside them (embeddings, final norm, LM head) put each
+module's weights in place right before it runs, read from the verified safetensors and up-cast
+exactly as :mod:`refgen.fastload` does, and put the meta tensors back after. The arithmetic of
+each module is unchanged, so every output byte is the in-memory run's.
+
+All prompts go through the model together, layer by layer ("layer-major"): each prompt runs its
+usual forward on its own thread, and the hooks let one prompt at a time into a module, in prompt
+order, so each layer is read and up-cast once for all prompts and only one forward computes at a
+time (torch's two intra-op threads, as in the in-memory run). A loader thread reads the next layer
+while the current one computes. Nothing is read from the weight files before every file's SHA-256
+matched the lock (the verifier is waited for first).
+
+Memory: the resident modules (embeddings, norm, LM head, when the budget allows), two decoder
+layers in F32, the activations and torch itself. Time: the in-memory run's plus the reads, minus
+nothing: the loads overlap the compute only where the two cores are not both busy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refgen import fastload
+from refgen.errors import RefgenError
+
+log = logging.getLogger("refgen")
+
+# The automatic budget is this share of the memory the kernel reports available
+# (MemAvailable, which counts reclaimable page cache). The in-memory path
+# peaks at 1.06x the F32 weights plus about 0.5 GB for torch, the tokenizer and activations
+# (measured at the Qwen3-1.7B shape: 7.27 GB for 6.88 GB of weights); the remaining quarter is
+# for that overhead, for the page cache the weights are read through, and for other processes.
+AVAILABLE_SHARE = 0.75
+# What a streamed run needs beyond the weights it holds: the interpreter with torch and
+# transformers imported, the tokenizer, activations and hidden states of a few short prompts
+# (measured: about 0.6 GB at the Qwen3-1.7B shape), with a margin.
+RUNTIME_BYTES = 1_000_000_000
+
+
+class StreamingError(RefgenError):
+    """The model cannot be streamed as its files are laid out (a parameter has no tensor)."""
+
+
+def available_memory() -> int:
+    """The kernel's MemAvailable (free plus reclaimable page cache), as psutil reports it."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_budget() -> int:
+    return int(available_memory() * AVAILABLE_SHARE)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load, as asked (CLI over spec); ``None`` budget: derived from available memory."""
+
+    mode: str = "auto"
+    memory_budget: int | None = None
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How this run loads, decided before torch is imported; recorded in the manifest."""
+
+    mode: str  # "memory" or "stream"
+    requested: str  # "auto", "memory" or "stream"
+    weights_bytes: int  # the weights in the run dtype
+    budget: int  # bytes the run may use
+    budget_explicit: bool  # given by the spec or the CLI (else derived from available memory)
+
+    def manifest(self) -> dict[str, Any]:
+        """Host-independent unless the budget was derived: then only the rule is recorded."""
+        return {
+            "mode": self.mode,
+            "requested": self.requested,
+            "memory_budget_bytes": self.budget if self.budget_explicit else None,
+            "memory_budget_rule": None
+            if self.budget_explicit
+            else f"available memory x {AVAILABLE_SHARE}",
+            "weights_bytes": self.weights_bytes,
+        }
+
+
+def weights_bytes(files: Sequence[Path], dtype: str = "float32") -> int:
+    """Bytes of the weights once floating tensors are in *dtype*, from the (validated) headers."""
+    size = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}[dtype]
+    total = 0
+    for path in files:
+        for entry in fastload.read_header(path):
+            itemsize = fastload.ITEMSIZES[entry.dtype]
+            floating = entry.dtype in ("BF16", "F16", "F32", "F64")
+            total += entry.nbytes // itemsize * size if floating else entry.nbytes
+    return total
+
+
+def plan(files: Sequence[Path], dtype: str, options: LoadOptions) -> LoadPlan:
+    """Stream when asked, or (auto) when the weights in *dtype* would not fit the budget."""
+    need = weights_bytes(files, dtype)
+    explicit = options.memory_budget is not None
+    budget = options.memory_budget if options.memory_budget is not None else default_budget()
+    if options.mode == "auto":
+        # The in-memory peak is the weights plus the runtime (see AVAILABLE_SHARE).
+        mode = "stream" if need + RUNTIME_BYTES // 2 > budget else "memory"
+    else:
+        mode = options.mode
+    log.info(
+        "load: %s (%s; weights %.2f GB in %s, memory budget %.2f GB%s)",
+        mode,
+        "asked" if options.mode != "auto" else "automatic",
+        need / 1e9,
+        dtype,
+        budget / 1e9,
+        "" if explicit else f" = {AVAILABLE_SHARE} x available",
+    )
+    return LoadPlan(mode, options.mode, need, budget, explicit)
+
+
+def load_model(
+    folder: Path,
+    verifier: fastload.Verifier,
+    load_plan: LoadPlan,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    hint: str = "",
+) -> tuple[Any, dict[str, str]]:
+    """The model as the plan says: :func:`fastload.load_verified_model` or a streamed one."""
+    if load_plan.mode == "memory":
+        return fastload.load_verified_model(folder, verifier, dtype, attn_implementation, hint)
+    return load_streamed_model(folder, verifier, dtype, attn_implementation, hint, load_plan.budget)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class _Tensor:
+    owner: Any  # the module that holds the parameter (or buffer) directly
+    local: str  # its name there
+    key: str  # the checkpoint key it is read from
+    meta: Any  # the meta tensor put back on release
+
+
+@dataclass
+class _Unit:
+    name: str
+    module: Any
+    tensors: list[_Tensor]
+    nbytes: int  # in the run dtype
+    layer: bool
+    hooked: bool = True
+    resident: bool = False
+    state: str = "absent"  # absent -> loading -> loaded -> released (-> loading ...)
+
+
+def decoder_layers(model: Any) -> tuple[str, Any]:
+    """(name, ModuleList) of the decoder layers: the list whose items are the model's
+    ``_no_split_modules`` classes, else the ModuleList holding the most parameters."""
+    import torch
+
+    lists = [
+        (name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and m
+    ]
+    if not lists:
+        raise StreamingError(f"{type(model).__name__} has no ModuleList of layers to stream")
+    no_split = set(getattr(model, "_no_split_modules", None) or ())
+    for name, modules in lists:
+        if no_split and all(type(m).__name__ in no_split for m in modules):
+            return name, modules
+
+    def size(item: tuple[str, Any]) -> int:
+        return sum(p.numel() for p in item[1].parameters())
+
+    return max(lists, key=size)
+
+
+def _build_meta_model(
+    folder: Path, dtype: str, attn_implementation: str | None, sources: Mapping[str, Any]
+) -> Any:
+    """The model ``from_pretrained`` would build, parameters on meta, buffers as it sets them.
+
+    Construction runs in ``from_pretrained``'s own init context (meta device, run dtype, no tying
+    yet). Then, as ``from_pretrained`` does after loading: buffers stored in the files are read;
+    the others get CPU storage and the model's ``_init_weights`` fills them (rotary ``inv_freq``
+    and the like) while every parameter and read buffer is marked as loaded, so nothing else is
+    initialised; then the weights are tied.
+    """
+    import torch
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers.utils.generic import ContextManagers
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    contexts = model_class.get_init_context(getattr(torch, dtype), False, False, None)
+    with ContextManagers(contexts):
+        model = model_class(config)
+    with contextlib.suppress(ImportError):
+        from transformers.monkey_patching import patch_output_recorders
+
+        patch_output_recorders(model)
+    for param in model.parameters():
+        param._is_hf_initialized = True
+    for name, buffer in list(model.named_buffers()):
+        if buffer.device.type != "meta":
+            continue
+        owner_name, _, local = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if name in sources:
+            data, entry, path = sources[name]
+            value = fastload.read_tensor(data, entry, buffer.dtype, path)
+            value._is_hf_initialized = True
+        else:
+            value = torch.empty_like(buffer, device="cpu")
+        owner._buffers[local] = value
+    with torch.no_grad():
+        model.initialize_weights()
+    model.tie_weights()
+    model.eval()
+    return model
+
+
+def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
+    """Decoder layers, and the outermost modules outside them that own parameters, in
+    registration order, each with the checkpoint key of each of its parameters (tied ones too).
+
+    A module above the layers that owns a parameter directly (a scale, say) cannot be hooked
+    without wrapping the layers: its own parameters form a resident unit without hooks.
+    """
+    import torch
+
+    layers_name, layers = decoder_layers(model)
+    prefix = getattr(model, "base_model_prefix", "")
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    # Every name a parameter goes by (tied parameters have several), so a tied LM head finds the
+    # embedding's tensor in the files.
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+
+    def key_of(name: str, tensor: Any) -> str:
+        for candidate in [name, *aliases.get(id(tensor), [])]:
+            for variant in (candidate, candidate.removeprefix(prefix + "."), f"{prefix}.{name}"):
+                if variant in keys:
+                    return variant
+        raise StreamingError(
+            f"the model's parameter {name} has no tensor in the checkpoint's safetensors files; "
+            "this checkpoint cannot be streamed. Load it in memory (--load memory)."
+        )
+
+    def inside(name: str, parent: str) -> bool:
+        return parent == "" or name == parent or name.startswith(parent + ".")
+
+    layer_names = [f"{layers_name}.{i}" for i in range(len(layers))]
+    owners: dict[str, list[tuple[str, Any]]] = {}  # unit name -> [(module name, module)]
+    containers: list[tuple[str, Any]] = []
+    for module_name, module in model.named_modules():  # parents before children
+        if not list(module.parameters(recurse=False)):
+            continue
+        if inside(layers_name, module_name):
+            containers.append((module_name, module))
+            continue
+        unit = next((u for u in [*layer_names, *owners] if inside(module_name, u)), module_name)
+        owners.setdefault(unit, []).append((module_name, module))
+
+    def unit_of(name: str, members: list[tuple[str, Any]], layer: bool, hooked: bool) -> _Unit:
+        tensors, nbytes = [], 0
+        for module_name, module in members:
+            for local, param in module.named_parameters(recurse=False):
+                full = f"{module_name}.{local}" if module_name else local
+                tensors.append(_Tensor(module, local, key_of(full, param), param))
+                nbytes += param.numel() * itemsize
+        module = model.get_submodule(name) if hooked else None
+        return _Unit(name, module, tensors, nbytes, layer=layer, hooked=hooked)
+
+    units = [unit_of(n, m, n in layer_names, hooked=True) for n, m in owners.items()]
+    if containers:
+        units.append(unit_of("(containers)", containers, layer=False, hooked=False))
+    return units
+
+
+class Streamer:
+    """Materialises units around their forward, one prompt at a time per unit, in prompt order.
+
+    Threads: one per prompt (its forward), one loader. A unit is entered by prompt k on its v-th
+    hooked call at global step ``v * prompts + k``; the step counter skips prompts whose forward
+    has finished (or failed), so no thread waits on one that will never come.
+    """
+
+    def __init__(self, model: Any, units: list[_Unit], sources: Mapping[str, Any], dtype: str):
+        import torch
+
+        self.model = model
+        self.units = units
+        self.sources = sources  # checkpoint key -> (mapped file, TensorEntry, path)
+        self.target = getattr(torch, dtype)
+        self.cond = threading.Condition()
+        self.local = threading.local()
+        self.prompts = 0
+        self.step = 0
+        self.finished: set[int] = set()
+        self.error: BaseException | None = None
+        self.bar: Any = None
+        self.window = 2  # streamed units in memory at once: the one running and the next
+        self.pool = ThreadPoolExecutor(fastload.WORKERS, thread_name_prefix="refgen-stream-read")
+        self.by_module = {id(u.module): u for u in units if u.hooked}
+        for unit in units:
+            if unit.hooked:
+                unit.module.register_forward_pre_hook(self._enter)
+                unit.module.register_forward_hook(self._leave)
+
+    # ---- loading
+    def _read(self, t: _Tensor) -> Any:
+        import torch
+
+        data, entry, path = self.sources[t.key]
+        if tuple(entry.shape) != tuple(t.meta.shape):
+            raise StreamingError(
+                f"{t.key} in {path.name} has shape {list(entry.shape)}, the model "
+                f"expects {list(t.meta.shape)}"
+            )
+        tensor = fastload.read_tensor(data, entry, self.target, path)
+        return torch.nn.Parameter(tensor, requires_grad=False)
+
+    def _materialise(self, unit: _Unit, shared: dict[str, Any] | None = None) -> None:
+        """Read a unit's tensors (on two threads, as fastload does) and put them in place."""
+        todo = [t for t in unit.tensors if shared is None or t.key not in shared]
+        values = dict(zip((t.key for t in todo), self.pool.map(self._read, todo), strict=True))
+        if shared is not None:
+            shared.update(values)
+            values = shared
+        for t in unit.tensors:
+            t.owner._parameters[t.local] = values[t.key]
+
+    def _release(self, unit: _Unit) -> None:
+        for t in unit.tensors:
+            t.owner._parameters[t.local] = t.meta
+
+    def load_residents(self) -> None:
+        shared: dict[str, Any] = {}  # tied resident weights stay one tensor, as in memory
+        for unit in self.units:
+            if unit.resident:
+                self._materialise(unit, shared)
+                unit.state = "loaded"
+
+    def _loader(self) -> None:
+        """Reads the units ahead of the prompts, in registration order, within the window."""
+        try:
+            for unit in self.units:
+                if unit.resident:
+                    continue
+                with self.cond:
+                    while (
+                        self.error is None
+                        and unit.state == "absent"
+                        and self._in_memory() >= self.window
+                    ):
+                        self.cond.wait()
+                    if self.error is not None:
+                        return
+                    if unit.state != "absent":  # a prompt got there first
+                        continue
+                    unit.state = "loading"
+                self._load_now(unit)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _in_memory(self) -> int:
+        return sum(1 for u in self.units if not u.resident and u.state in ("loading", "loaded"))
+
+    def _load_now(self, unit: _Unit) -> None:
+        try:
+            self._materialise(unit)
+        except BaseException:
+            with self.cond:
+                unit.state = "absent"
+                self.cond.notify_all()
+            raise
+        with self.cond:
+            unit.state = "loaded"
+            self.cond.notify_all()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = exc
+            self.cond.notify_all()
+
+    # ---- hooks
+    def _enter(self, module: Any, args: Any) -> None:
+        unit = self.by_module[id(module)]
+        k = self.local.prompt
+        my_step = self.local.visits * self.prompts + k
+        with self.cond:
+            while True:
+                self._check()
+                if self.step == my_step:
+                    if unit.state == "loaded":
+                        return
+                    if unit.state in ("absent", "released"):
+                        # Not read yet (the loader is behind, or did not foresee this call):
+                        # read it here, on this prompt's turn.
+                        unit.state = "loading"
+                        break
+                self.cond.wait()
+        self._load_now(unit)
+
+    def _leave(self, module: Any, args: Any, output: Any) -> None:
+        unit = self.by_module[id(module)]
+        with self.cond:
+            self.local.visits += 1
+            later = [
+                p for p in range(self.local.prompt + 1, self.prompts) if p not in self.finished
+            ]
+            if not later and not unit.resident:
+                self._release(unit)
+                unit.state = "released"
+            self._advance()
+            self.cond.notify_all()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _advance(self) -> None:
+        self.step += 1
+        for _ in range(self.prompts):
+            if self.step % self.prompts in self.finished:
+                self.step += 1
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError("another prompt's forward failed") from self.error
+
+    # ---- running
+    def run(self, inputs: Sequence[Any], kwargs: Mapping[str, Any], progress: bool) -> list[Any]:
+        import torch
+        from tqdm.auto import tqdm
+
+        self.prompts = len(inputs)
+        self.step = 0
+        self.finished = set()
+        self.error = None
+        for unit in self.units:
+            if not unit.resident:
+                unit.state = "absent"
+        results: list[Any] = [None] * len(inputs)
+        threads_count = torch.get_num_threads()
+
+        def forward(k: int) -> None:
+            # Grad mode and torch's intra-op thread count are per thread: set both as the caller
+            # has them, so each op runs exactly as it would on the caller's thread.
+            torch.set_num_threads(threads_count)
+            self.local.prompt = k
+            self.local.visits = 0
+            try:
+                with torch.inference_mode():
+                    results[k] = self.model(input_ids=inputs[k], **kwargs)
+            except BaseException as exc:
+                self._fail(exc)
+            finally:
+                with self.cond:
+                    self.finished.add(k)
+                    if self.step % self.prompts == k:
+                        self._advance()
+                    self.cond.notify_all()
+
+        total = len(self.units) * len(inputs)
+        with tqdm(
+            total=total, desc="stream", unit="layer", disable=None if progress else True
+        ) as self.bar:
+            loader = threading.Thread(target=self._loader, name="refgen-stream-load", daemon=True)
+            loader.start()
+            threads = [
+                threading.Thread(target=forward, args=(k,), name=f"refgen-prompt-{k}")
+                for k in range(len(inputs))
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            self._fail(StopIteration())  # stops the loader if it waits for a window
+            loader.join()
+        self.bar = None
+        for unit in self.units:
+            if not unit.resident and unit.state == "loaded":
+                self._release(unit)
+                unit.state = "released"
+        error, self.error = self.error, None
+        if error is not None and not isinstance(error, StopIteration):
+            raise error  # the first failure, from whichever thread had it
+        return results
+
+
+def load_streamed_model(
+    folder: Path,
+    verifier: fastload.Verifier,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    hint: str = "",
+    budget: int | None = None,
+) -> tuple[Any, dict[str, str]]:
+    """A model whose weights are read from *folder*'s verified safetensors as each module runs.
+
+    Use :func:`forwards` to run it. The files' hashes are checked (the verifier waited for)
+    before any tensor is read; the embeddings, final norm and LM head stay resident when they
+    fit *budget* beside two decoder layers, else they are streamed like the layers.
+    """
+    weights = [folder / n for n in verifier.expected if n.endswith(".safetensors")]
+    try:
+        headers = {path: fastload.read_header(path) for path in weights}
+    except (RefgenError, ValueError, OSError):
+        verifier.result(hint)  # a damaged file: report its hash, the real cause
+        raise
+    digests = verifier.result(hint)  # nothing from the files is read before this
+    import sys
+
+    import torch
+
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    stack = contextlib.ExitStack()
+    maps = {path: stack.enter_context(fastload.mapped(path, writable=True)) for path in weights}
+    sources = {e.name: (maps[p], e, p) for p, entries in headers.items() for e in entries}
+    model = _build_meta_model(folder, dtype, attn_implementation, sources)
+    units = _units(model, sources, dtype)
+    layer_max = max((u.nbytes for u in units if u.layer), default=0)
+    # Tied weights outside the layers (embeddings and head) are one tensor when resident.
+    sizes = {t.key: t.meta.numel() for u in units if not u.layer for t in u.tensors}
+    outside = sum(sizes.values()) * getattr(torch, dtype).itemsize
+    keep = budget is None or outside + 2 * layer_max + RUNTIME_BYTES <= budget
+    for unit in units:
+        unit.resident = not unit.hooked or (keep and not unit.layer)
+    streamer = Streamer(model, units, sources, dtype)
+    streamer.load_residents()
+    model._refgen_streamer = streamer
+    model._refgen_files = stack  # the mappings live as long as the model
+    log.info(
+        "streaming %d decoder layers (%.2f GB each in %s); embeddings, norm and head %s (%.2f GB)",
+        sum(u.layer for u in units),
+        layer_max / 1e9,
+        dtype,
+        "resident" if keep else "streamed too",
+        outside / 1e9,
+    )
+    return model, digests
+
+
+def forwards(
+    model: Any, inputs: Sequence[Any], progress: bool = True, **kwargs: Any
+) -> Iterator[Any]:
+    """``model(input_ids=x, **kwargs)`` for each of *inputs*, in order.
+
+    In memory, one after the other as they are consumed; streamed, all together layer by layer
+    (each layer read once for all prompts), yielded once all are done.
+    """
+    streamer: Streamer | None = getattr(model, "_refgen_streamer", None)
+    if streamer is None:
+        for input_ids in inputs:
+            yield model(input_ids=input_ids, **kwargs)
+        return
+    yield from streamer.run(inputs, kwargs, progress)
