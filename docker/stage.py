@@ -135,7 +135,7 @@ def verified_model(spec: Spec) -> tuple[Spec, ModelLock, Path]:
     """The spec's lock and cached snapshot, every locked file checked against the lock."""
     lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
-    print(f"stage: verifying {spec.repo}@{spec.revision[:12]}", file=sys.stderr)
+    print(f"stage: verifying {spec.repo}@{lock.revision[:12]}", file=sys.stderr)
     hub.verify_snapshot(spec, lock, folder)
     return spec, lock, folder
 
@@ -172,13 +172,18 @@ def stage_model(
     spec: Spec, lock: ModelLock, folder: Path, specs_dir: Path, hub_cache: Path
 ) -> None:
     """Copy a spec, its lock and its verified model files (HF cache layout, symlinks kept)."""
+    if spec.local_path is not None:  # its relative path would point elsewhere in the image
+        raise StageError(
+            f"{spec.path.name} reads a local folder ('model.path'); the image stages Hub "
+            "revisions only. Publish the checkpoint to a repo and pin its commit instead."
+        )
     specs_dir.mkdir(parents=True, exist_ok=True)
     for source in (spec.path, spec.lock_path):
         if (specs_dir / source.name).exists():
             raise StageError(f"two specs named {source.name}: rename one")
         shutil.copy2(source, specs_dir / source.name)
     # No refs/main: the specs pin commit hashes, and two specs may pin two revisions of one repo.
-    writer = hfcache.SnapshotWriter(hub_cache, spec.repo, spec.revision)
+    writer = hfcache.SnapshotWriter(hub_cache, spec.repo, lock.revision)
     for f in lock.files:
         blob = (folder / f.path).resolve()
         writer.link(f.path, writer.add_file(blob.name, blob))

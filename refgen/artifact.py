@@ -281,7 +281,9 @@ def check_inputs(spec: Spec, manifest: Mapping[str, Any], *, model_files: bool) 
         )
         found.append(Finding("input", f"spec {spec.path.name}", detail))
     model = manifest.get("model") or {}
-    if (model.get("repo"), model.get("revision")) != (spec.repo, spec.revision):
+    # A local folder's spec may leave the revision to its lock (whose hash is checked below).
+    wanted = spec.revision or model.get("revision")
+    if (model.get("repo"), model.get("revision")) != (spec.repo, wanted):
         found.append(
             Finding(
                 "input",
@@ -329,7 +331,7 @@ def _check_model_files(spec: Spec, model: Mapping[str, Any]) -> list[Finding]:
 
     recorded = ModelLock(
         spec.repo,
-        spec.revision,
+        spec.revision or str(model.get("revision")),
         tuple(
             LockedFile(str(f["path"]), str(f["sha256"]), f.get("size"))
             for f in model.get("files") or []

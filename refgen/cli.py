@@ -318,8 +318,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
     log.info(
         "locked %d files of %s@%s in %s",
         len(result.files),
-        spec.repo,
-        spec.revision,
+        result.repo,
+        result.revision,
         spec.lock_path,
     )
     return 0

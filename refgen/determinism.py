@@ -145,7 +145,9 @@ def configure_torch() -> None:
     if _variant == CONTROL:
         return
     torch.set_num_threads(THREADS)
-    torch.set_num_interop_threads(THREADS)
+    # Settable once per process: a second spec in the same `generate` finds it already set.
+    if torch.get_num_interop_threads() != THREADS:
+        torch.set_num_interop_threads(THREADS)
     torch.use_deterministic_algorithms(True)
     torch.set_float32_matmul_precision("highest")
 

@@ -43,6 +43,11 @@ class ArtifactError(RefgenError):
     """A reference's files (the manifest next to the JSON) are missing or malformed."""
 
 
+class CheckpointError(RefgenError):
+    """The checkpoint cannot give a trustworthy reference: pickle weights, weights missing from the
+    lock, or tensors that would be left unused or newly initialised."""
+
+
 class UnsupportedCpuError(RefgenError):
     """The CPU lacks an instruction set the determinism profile needs (AVX2, FMA)."""
 

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from refgen import lock
-from refgen.errors import IntegrityError
+from refgen import weights as weight_files
+from refgen.errors import CheckpointError, IntegrityError
 
 HASH_BLOCK = 8 * 1024 * 1024  # hashed, then unmapped, per step
 CHUNK_BYTES = 16 * 1024 * 1024  # source bytes up-cast, then unmapped, per step
@@ -292,11 +293,17 @@ def load_verified_model(
     """The causal LM of *folder* in *dtype*, built as ``AutoModelForCausalLM.from_pretrained``
     builds it, and the actual SHA-256 of every locked file; IntegrityError on any mismatch.
 
+    Only the weight files the checkpoint names are read (refgen.weights), and the model is
+    refused (CheckpointError) when transformers' loading report has any parameter left to be
+    newly initialised, any checkpoint tensor unused, or a shape mismatch: no model with random
+    weights is ever returned. ``attn_implementation`` None is from_pretrained's own choice.
+
     Pass a :class:`Verifier` started earlier (before importing torch) to overlap the hashing
     with the import; a mapping of expected hashes starts one now.
     """
     verifier = expected if isinstance(expected, Verifier) else Verifier(folder, expected)
-    weights = [folder / n for n in verifier.expected if n.endswith(".safetensors")]
+    names = weight_files.named_weights(verifier.expected, folder)
+    weights = [folder / n for n in names if n.endswith(".safetensors")]
     try:
         state = load_state_dict(weights, dtype)
     except (IntegrityError, ValueError, KeyError, TypeError, OSError, struct.error):
@@ -314,13 +321,43 @@ def load_verified_model(
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = model_class.from_pretrained(
+    model, report = model_class.from_pretrained(
         None,
         config=config,
         state_dict=state,
         dtype=getattr(torch, dtype),
         local_files_only=True,
+        output_loading_info=True,
         **kwargs,
     )
+    check_loading_report(report, folder)
     model.eval()
     return model, digests
+
+
+def check_loading_report(report: Mapping[str, Any], folder: Path) -> None:
+    """CheckpointError naming every parameter transformers would newly initialise, every
+    checkpoint tensor it would leave unused and every shape mismatch."""
+    kinds = {
+        "missing_keys": "model parameters not in the checkpoint (would be randomly initialised)",
+        "unexpected_keys": "checkpoint tensors the model does not use",
+        "mismatched_keys": "tensors whose shape differs from the model's",
+        "error_msgs": "loading errors",
+        "conversion_errors": "weight conversion errors",
+    }
+    problems = []
+    for key, what in kinds.items():
+        found = report.get(key) or ()
+        if found:
+            listed = sorted(str(k) for k in (found.items() if isinstance(found, dict) else found))
+            shown = ", ".join(listed[:8]) + (
+                f" (+{len(listed) - 8} more)" if len(listed) > 8 else ""
+            )
+            problems.append(f"  {what}: {shown}")
+    if problems:
+        raise CheckpointError(
+            "the checkpoint does not fit its model class exactly, so a "
+            "reference from it would not be the checkpoint's model:\n"
+            + "\n".join(problems)
+            + "\nUse a complete checkpoint whose config.json matches its weights."
+        )

@@ -7,6 +7,7 @@ in the manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,10 +19,20 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from refgen import determinism, fastload, hub, manifest, probes, provenance, streaming
+from refgen import (
+    determinism,
+    fastload,
+    hub,
+    manifest,
+    modelinfo,
+    probes,
+    provenance,
+    streaming,
+    weights,
+)
 from refgen.artifact import Artifact
 from refgen.compare import shorten
-from refgen.errors import IntegrityError
+from refgen.errors import CheckpointError, IntegrityError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.lock import LockedFile, ModelLock, read_lock
 from refgen.spec import Spec
@@ -68,19 +79,26 @@ def generate(
     # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
     # and the manifest records the sizes found, not what the lock claims.
     sizes = hub.check_sizes(spec, lock, folder)
+    # Only the config, tokenizer and the weights the checkpoint's index (or its single
+    # model.safetensors) names are hashed and visible to the loader; pickle weights or a lock
+    # without the weights are refused here, before any compute.
+    used = set(weights.select([f.path for f in lock.files], folder))
+    lock_used = dataclasses.replace(lock, files=tuple(f for f in lock.files if f.path in used))
     # Hashing runs on a thread from here on, beside the torch import and the load; the model
     # is handed out only once every file matched the lock (refgen.fastload).
-    verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock.files})
+    verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock_used.files})
     capture = probes.Capture(spec) if spec.probes is not None else None
-    with hub.verified_view(folder, lock) as view:
-        weights = [view / f.path for f in lock.files if f.path.endswith(".safetensors")]
+    with hub.verified_view(folder, lock_used) as view:
+        files = [view / f.path for f in lock_used.files if f.path.endswith(".safetensors")]
         options = load or streaming.LoadOptions(spec.load, spec.memory_budget)
         try:
-            load_plan = streaming.plan(weights, spec.dtype, options)  # in memory, or streamed
+            load_plan = streaming.plan(files, spec.dtype, options)  # in memory, or streamed
         except IntegrityError:
             verifier.result(integrity_hint(spec))  # a damaged file: its hash is the real cause
             raise
-        reference = compute_reference(spec, view, timings, verifier, capture, load_plan)
+        reference, model_record = compute_reference(
+            spec, view, timings, verifier, capture, load_plan, lock.revision
+        )
     timings.phases["verify_wait"] = verifier.waited_s
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):
@@ -97,6 +115,7 @@ def generate(
             tuple(LockedFile(f.path, f.sha256, sizes[f.path]) for f in lock.files),
         )
         record = manifest.build(spec, measured, named)
+        record["model"]["config"] = model_record
         record["loading"] = load_plan.manifest()
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
@@ -131,13 +150,19 @@ def compute_reference(
     verifier: fastload.Verifier,
     capture: probes.Capture | None = None,
     load_plan: streaming.LoadPlan | None = None,
-) -> dict[str, Any]:
+    revision: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
-    keeps the spec's probe tensors of each forward."""
+    keeps the spec's probe tensors of each forward.
+
+    Returns the reference (the JSON) and the manifest's record of the model
+    (refgen.modelinfo.describe). Everything about the model and the prompts is derived and
+    checked before the first forward.
+    """
     with timings.phase("import"):
         import torch
         import transformers
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         determinism.configure_torch()
     with timings.phase("load"):
@@ -152,17 +177,25 @@ def compute_reference(
             hint=integrity_hint(spec),
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        # The config as transformers resolves it from the (verified) file, before
+        # from_pretrained's run-time settings; the model's own copy carries those.
+        digest = modelinfo.config_sha256(AutoConfig.from_pretrained(model_dir))
     config = model.config
+    fields = modelinfo.contract_fields(config, model)
+    record = modelinfo.describe(config, model, digest) | {"dtype": spec.dtype}
+    inputs = [tokenizer(prompt, return_tensors="pt")["input_ids"] for prompt in spec.prompts]
+    _check_run(spec, fields, inputs)
+    log.info(
+        "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
+    )
     if capture is not None:  # layer indices checked against the model before any forward
         capture.start(int(config.num_hidden_layers))
     cases = []
-    vocab_size = None
     with (
         timings.phase("forward"),
         torch.inference_mode(),
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
-        inputs = [tokenizer(p, return_tensors="pt")["input_ids"] for p in spec.prompts]
         # One forward per prompt; a streamed model runs them together, layer by layer.
         runs = streaming.forwards(model, inputs, output_hidden_states=True, use_cache=False)
         for number, (prompt, input_ids, out) in enumerate(
@@ -171,41 +204,64 @@ def compute_reference(
             log.info("forward: %s", shorten(prompt))  # a 1 MB prompt is not one 1 MB log line
             if capture is not None:
                 capture.add(number, out)
-            logits = out.logits[0, -1]
-            vocab_size = int(logits.shape[-1])
-            values, indices = torch.topk(logits, spec.top_k)
-            residual = out.hidden_states[-1][0, -1].to(torch.float32)
-            cases.append(
-                {
-                    "prompt": prompt,
-                    "tokens": [int(t) for t in input_ids[0].tolist()],
-                    f"top_{spec.top_k}": [
-                        {"index": int(i), "logit": float(v)}
-                        for i, v in zip(indices.tolist(), values.tolist(), strict=True)
-                    ],
-                    "last_residual_f32": [float(x) for x in residual.tolist()],
-                }
-            )
+            cases.append(_case(spec, prompt, input_ids, out, fields["vocab_size"]))
             bar.update(1)
-    attention = model.model.layers[0].self_attn
-    return {
+    reference = {
         "model_repo": spec.repo,
-        "model_revision": spec.revision,
+        "model_revision": revision or spec.revision,
         "methodology": METHODOLOGY.format(dtype=spec.dtype),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "dtype": spec.dtype,
-        "hidden_size": int(config.hidden_size),
-        "num_layers": int(config.num_hidden_layers),
-        "num_attention_heads": int(config.num_attention_heads),
-        "num_kv_heads": int(config.num_key_value_heads),
-        "head_dim": int(config.head_dim),
-        "vocab_size": vocab_size,
-        "max_position_embeddings": int(config.max_position_embeddings),
-        "rope_theta": _rope_theta(config),
-        "rms_norm_eps": float(config.rms_norm_eps),
-        "use_qk_norm": hasattr(attention, "q_norm") and hasattr(attention, "k_norm"),
+        **fields,
         "test_cases": cases,
+    }
+    return reference, record
+
+
+def _check_run(spec: Spec, fields: dict[str, Any], inputs: list[Any]) -> None:
+    """What the spec asks of the model fits it: refused before the first forward."""
+    vocab = fields["vocab_size"]
+    if spec.top_k > vocab:
+        raise SpecError(
+            f"{spec.path.name}: 'run.top_k' = {spec.top_k} exceeds the model's vocabulary "
+            f"({vocab} tokens). Lower run.top_k."
+        )
+    context = fields.get("max_position_embeddings")
+    for prompt, input_ids in zip(spec.prompts, inputs, strict=True):
+        length = int(input_ids.shape[-1])
+        if length == 0:
+            raise SpecError(f"{spec.path.name}: prompt {prompt!r} tokenizes to no tokens.")
+        if context is not None and length > context:
+            raise SpecError(
+                f"{spec.path.name}: prompt {prompt[:40]!r}... is {length} tokens, longer than "
+                f"the model's context ({context} positions). Shorten it."
+            )
+
+
+def _case(spec: Spec, prompt: str, input_ids: Any, out: Any, vocab_size: int) -> dict[str, Any]:
+    """One test case: tokens, top-k of the last-position logits, final-norm residual.
+
+    Floats are the exact values of the run dtype's elements (bf16/f16 widen to float32 exactly).
+    """
+    import torch
+
+    logits = out.logits[0, -1]
+    if int(logits.shape[-1]) != vocab_size:
+        raise CheckpointError(
+            f"the model's logits have {logits.shape[-1]} entries but its config says "
+            f"vocab_size {vocab_size}; the checkpoint is inconsistent."
+        )
+    values, indices = torch.topk(logits, spec.top_k)
+    residual = out.hidden_states[-1][0, -1].to(torch.float32)
+    return {
+        "prompt": prompt,
+        "tokens": [int(t) for t in input_ids[0].tolist()],
+        f"top_{spec.top_k}": [
+            {"index": int(i), "logit": float(v)}
+            for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+        ],
+        "last_residual_f32": [float(x) for x in residual.tolist()],
     }
 
 
@@ -214,15 +270,6 @@ def integrity_hint(spec: Spec) -> str:
         "The cached copy is corrupt or was modified. Delete it (`hf cache delete`) and "
         f"run {hub.fetch_hint(spec)}."
     )
-
-
-def _rope_theta(config: Any) -> float:
-    """transformers 5 moved rope_theta into ``rope_parameters``; older ones kept the attribute."""
-    params = getattr(config, "rope_parameters", None) or {}
-    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-    if theta is None:
-        raise ValueError("the model config has no rope_theta; cannot record it")
-    return float(theta)
 
 
 def dump_reference(reference: dict[str, Any]) -> bytes:

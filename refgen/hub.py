@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from refgen import cleanup
+from refgen import cleanup, weights
 from refgen.errors import HubError, IntegrityError, LockError, ModelNotFoundError
 from refgen.hashing import sha256_file
 from refgen.lock import (
     LockedFile,
     ModelLock,
     check_folder,
+    content_revision,
     entry_problem,
     read_lock,
     write_lock,
@@ -31,11 +32,18 @@ IGNORED = ("*.md", "LICENSE*", ".gitattributes", "*.png", "*.jpg", "*.gif", "*.p
 
 
 def fetch_hint(spec: Spec) -> str:
+    if spec.local_path is not None:
+        return (
+            f"a copy of the checkpoint whose files match {spec.lock_path.name} in {spec.local_path}"
+        )
     return f"`nox -s fetch -- --spec {spec.display}` (needs network access to the Hub)"
 
 
 def cached_snapshot(spec: Spec, lock: ModelLock | None = None) -> Path:
-    """The snapshot folder of the pinned revision in the local cache, without any network."""
+    """The snapshot folder of the pinned revision in the local cache, without any network
+    (or the spec's local folder)."""
+    if spec.local_path is not None:
+        return _local_folder(spec, lock)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -60,6 +68,20 @@ def cached_snapshot(spec: Spec, lock: ModelLock | None = None) -> Path:
                 f"{spec.repo}@{spec.revision} is in the cache but lacks {missing}. "
                 f"Complete it with {fetch_hint(spec)}."
             )
+    return folder
+
+
+def _local_folder(spec: Spec, lock: ModelLock | None) -> Path:
+    folder = spec.local_path
+    assert folder is not None
+    if not folder.is_dir():
+        raise ModelNotFoundError(
+            f"the local checkpoint folder {folder} ('model.path' of {spec.path.name}) does not "
+            "exist. Put the checkpoint there or fix the path (relative to the spec's folder)."
+        )
+    missing = [f.path for f in lock.files if not (folder / f.path).is_file()] if lock else []
+    if missing:
+        raise ModelNotFoundError(f"the local checkpoint {folder} lacks {missing}.")
     return folder
 
 
@@ -146,6 +168,8 @@ def fetch_model(spec: Spec) -> Fetched:
     try:
         folder: Path | None = cached_snapshot(spec, lock)
     except ModelNotFoundError:
+        if spec.local_path is not None:  # a local folder has nothing to download
+            raise
         folder = None
     downloaded = folder is None
     if folder is None:
@@ -202,28 +226,57 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def lock(spec: Spec, offline: bool) -> ModelLock:
-    """Hash the files of the pinned revision (downloaded, or already cached when offline)."""
-    if offline:
+    """Hash the files a loader reads (refgen.weights.select: config, tokenizer and the weights
+    the checkpoint's index or single model.safetensors names) of the pinned revision: downloaded,
+    already cached when offline, or the spec's local folder."""
+    listing: list[str] = []
+    if spec.local_path is not None or offline:
         folder = cached_snapshot(spec)
     else:
-        from huggingface_hub import snapshot_download
-
-        with hub_errors(spec, "download"):
-            folder = Path(
-                snapshot_download(spec.repo, revision=spec.revision, ignore_patterns=list(IGNORED))
-            )
+        folder, listing = _download_for_lock(spec)
+    present = [
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and not any(fnmatch.fnmatch(p.name, pattern) for pattern in IGNORED)
+    ]
     files = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if any(fnmatch.fnmatch(path.name, pattern) for pattern in IGNORED):
-            continue
-        digest, size = sha256_file(path)
+    for rel in weights.select([*present, *listing], folder):
+        digest, size = sha256_file(folder / rel)
         files.append(LockedFile(rel, digest, size))
-    if not offline:
+    if not offline and spec.local_path is None:
         _check_against_hub(spec, files)
-    result = ModelLock(spec.repo, spec.revision, tuple(files))
+    revision = spec.revision if spec.local_path is None else content_revision(files)
+    assert revision is not None
+    if spec.revision not in (None, revision):
+        raise LockError(
+            f"the files of {spec.local_path} have content revision {revision}, but "
+            f"{spec.path.name} pins {spec.revision}: the checkpoint changed. Update the spec's "
+            "revision if the change is intended."
+        )
+    result = ModelLock(spec.repo, revision, tuple(files))
     write_lock(spec, result)
     return result
+
+
+def _download_for_lock(spec: Spec) -> tuple[Path, list[str]]:
+    """Config, tokenizer and index first; then only the weights the checkpoint names (an extra
+    consolidated.safetensors or pickle copy is never downloaded). Also the repo's file list."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    skip = [*IGNORED, *weights.WEIGHT_PATTERNS]
+    with hub_errors(spec, "download"):
+        folder = Path(snapshot_download(spec.repo, revision=spec.revision, ignore_patterns=skip))
+        info = HfApi().model_info(spec.repo, revision=spec.revision)
+    listing = [
+        s.rfilename
+        for s in info.siblings or []
+        if not any(fnmatch.fnmatch(Path(s.rfilename).name, pattern) for pattern in IGNORED)
+    ]
+    present = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    named = weights.named_weights([*present, *listing], folder)
+    with hub_errors(spec, "download"):
+        snapshot_download(spec.repo, revision=spec.revision, allow_patterns=named)
+    return folder, listing
 
 
 def _check_against_hub(spec: Spec, files: list[LockedFile]) -> None:

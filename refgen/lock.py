@@ -10,6 +10,7 @@ each words the failure for its own context.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -50,6 +51,13 @@ class ModelLock:
         return (json.dumps(data, indent=2) + "\n").encode()
 
 
+def content_revision(files: Iterable[LockedFile]) -> str:
+    """A local folder's revision: SHA-256 of its locked files' names and hashes, sorted, as
+    JSON (``[["config.json", "<sha256>"], ...]``)."""
+    listing = sorted((f.path, f.sha256) for f in files)
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
 def read_lock(spec: Spec) -> ModelLock:
     """The committed lock of a spec, checked against the spec's repo and revision."""
     path = spec.lock_path
@@ -72,7 +80,16 @@ def read_lock(spec: Spec) -> ModelLock:
     lock = ModelLock(data["repo"], data["revision"], files)
     if data.get("schema") != LOCK_SCHEMA:
         raise LockError(f"{path.name}: schema {data.get('schema')!r} is not {LOCK_SCHEMA!r}.")
-    if (lock.repo, lock.revision) != (spec.repo, spec.revision):
+    if spec.local_path is not None and (
+        lock.revision != content_revision(files) or spec.revision not in (None, lock.revision)
+    ):
+        raise LockError(
+            f"{path.name} does not pin the content of {spec.local_path.name} "
+            f"(revision {lock.revision}, spec {spec.revision}). Run "
+            f"`refgen lock --spec {spec.display}` again."
+        )
+    # A local folder's spec may leave its revision to the lock (the content revision).
+    if (lock.repo, lock.revision) != (spec.repo, spec.revision or lock.revision):
         raise LockError(
             f"{path.name} locks {lock.repo}@{lock.revision} but {spec.path.name} asks for "
             f"{spec.repo}@{spec.revision}. Run `nox -s lock-model -- --spec {spec.display}` again."

@@ -9,8 +9,7 @@ Example (the keys are documented in the README)::
     [model]
     repo = "Qwen/Qwen3-1.7B-Base"
     revision = "ea980cb0a6c2ae4b936e82123acc929f1cec04c1"
-    dtype = "float32"
-    attn_implementation = "sdpa"
+    dtype = "float32"                 # or "bfloat16", "float16"
     [run]
     prompts = ["The capital of France is"]
     top_k = 10
@@ -38,9 +37,11 @@ from refgen.errors import SpecError
 from refgen.paths import spec_output
 
 SPEC_SCHEMA = 1
-DTYPES = ("float32",)
+DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
+# A local folder's revision is derived from its content: see ``hub.content_revision``.
+_CONTENT_REVISION = re.compile(r"^[0-9a-f]{64}$")
 _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
 # How weights are loaded (refgen.streaming): in memory, layer-streamed, or chosen by size.
 LOAD_MODES = ("auto", "memory", "stream")
@@ -58,10 +59,12 @@ _TYPE_NAMES: dict[Any, str] = {
 _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
     "reference": {"name": (str, True, None), "output": (str, True, None)},
     "model": {
-        "repo": (str, True, None),
-        "revision": (str, True, None),
+        "repo": (str, False, None),
+        "revision": (str, False, None),
+        "path": (str, False, None),
         "dtype": (str, False, "float32"),
-        "attn_implementation": (str, False, "sdpa"),
+        # None: what from_pretrained picks for the model (sdpa for most, eager for Gemma2)
+        "attn_implementation": (str, False, None),
     },
     "run": {
         "prompts": (list, True, None),
@@ -115,12 +118,14 @@ class Spec:
     name: str
     output: Path
     repo: str
-    revision: str
+    revision: str | None  # None only for a local folder whose lock pins its content
     dtype: str
-    attn_implementation: str
+    attn_implementation: str | None  # None: from_pretrained's own choice
     prompts: tuple[str, ...]
     top_k: int
     tolerance: float
+    local_path: Path | None = None  # [model] path: a checkpoint folder outside the HF cache
+    local_path_text: str | None = None  # as written in the spec (relative), for the manifest
     probes: Probes | None = None
     load: str = "auto"  # "auto", "memory" or "stream" (refgen.streaming)
     memory_budget: int | None = None  # bytes; None: derived from available memory
@@ -142,15 +147,14 @@ class Spec:
 
     def as_dict(self) -> dict[str, Any]:
         """The spec's content as recorded in the manifest (no host paths)."""
+        model: dict[str, Any] = {"repo": self.repo, "revision": self.revision}
+        if self.local_path_text is not None:
+            model["path"] = self.local_path_text
+        model |= {"dtype": self.dtype, "attn_implementation": self.attn_implementation}
         content: dict[str, Any] = {
             "schema": SPEC_SCHEMA,
             "reference": {"name": self.name, "output": self.output_relative or self.output.name},
-            "model": {
-                "repo": self.repo,
-                "revision": self.revision,
-                "dtype": self.dtype,
-                "attn_implementation": self.attn_implementation,
-            },
+            "model": model,
             "run": {"prompts": list(self.prompts), "top_k": self.top_k, **self._loading()},
             "verify": {"tolerance": self.tolerance},
         }
@@ -252,21 +256,37 @@ def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
 def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
     where = path.name
     ref, model, run = v["reference"], v["model"], v["run"]
+    local_path = None
+    if model["path"] is not None:
+        local_path = (path.parent / model["path"]).resolve()
+        if model["repo"] is None:  # a name for the JSON's model_repo and the lock
+            model["repo"] = "local/" + re.sub(r"[^\w.-]", "_", local_path.name)
+        if model["revision"] is not None and not _CONTENT_REVISION.match(model["revision"]):
+            raise SpecError(
+                f"{where}: 'model.revision' of a local 'model.path' is the 64-character content "
+                f"revision `refgen lock` prints (or leave it out), got {model['revision']!r}."
+            )
+    elif model["repo"] is None or model["revision"] is None:
+        missing = "repo" if model["repo"] is None else "revision"
+        raise SpecError(
+            f"{where}: missing required key 'model.{missing}'. Add it to [model] (or give "
+            "'model.path', a local checkpoint folder)."
+        )
+    elif not _REVISION.match(model["revision"]):
+        raise SpecError(
+            f"{where}: 'model.revision' must be a full 40-character commit hash, got "
+            f"{model['revision']!r}. Pin the exact commit, not a branch or tag."
+        )
     if not _REPO.match(model["repo"]) or _hub_rejects(model["repo"]):
         raise SpecError(
             f"{where}: 'model.repo' must be a Hugging Face repo id 'org/name' (letters, digits, "
             f"'-', '_', '.'; no '..' or '--'), got {model['repo']!r}."
         )
-    if not _REVISION.match(model["revision"]):
-        raise SpecError(
-            f"{where}: 'model.revision' must be a full 40-character commit hash, got "
-            f"{model['revision']!r}. Pin the exact commit, not a branch or tag."
-        )
     if model["dtype"] not in DTYPES:
         raise SpecError(
             f"{where}: 'model.dtype' must be one of {list(DTYPES)}, got {model['dtype']!r}."
         )
-    if model["attn_implementation"] not in ATTN_IMPLEMENTATIONS:
+    if model["attn_implementation"] not in (None, *ATTN_IMPLEMENTATIONS):
         raise SpecError(
             f"{where}: 'model.attn_implementation' must be one of {list(ATTN_IMPLEMENTATIONS)}, "
             f"got {model['attn_implementation']!r}."
@@ -313,6 +333,8 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
         prompts=tuple(prompts),
         top_k=run["top_k"],
         tolerance=tolerance,
+        local_path=local_path,
+        local_path_text=model["path"],
         probes=_probes(where, v["probes"]),
         load=run["load"],
         memory_budget=budget,

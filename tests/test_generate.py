@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,59 @@ def test_manifest_hashes_match_and_sha256sum_checks(generated: Path, tiny_setup:
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.count(": OK") == 3
+
+
+def dtype_spec(tiny_setup: TinySetup, folder: Path, dtype: str) -> Path:
+    """The tiny spec run in another dtype (its lock is the same)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = folder / tiny_setup.spec.name
+    spec.write_text(tiny_setup.spec.read_text().replace('"float32"', f'"{dtype}"'))
+    shutil.copy(tiny_setup.lock, spec.with_suffix(".lock.json"))
+    return spec
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_bytes_do_not_depend_on_the_caller(
+    tiny_setup: TinySetup, tmp_path: Path, dtype: str
+) -> None:
+    """bf16 and f16 run their own CPU kernels, so the caller-independence that
+    test_verify.test_generator_bytes_do_not_depend_on_the_caller shows for float32 (one
+    condition at a time) is checked for them too: another cwd, locale, time zone, HOME and
+    caller-set thread and ISA variables all at once, then one visible core."""
+    spec = dtype_spec(tiny_setup, tmp_path / "specs", dtype)
+    generated = tmp_path / "baseline"
+    run_refgen("generate", "--spec", spec, "--output-dir", generated, hf_home=tiny_setup.hf_home)
+    assert json.loads((generated / f"{NAME}.json").read_text())["dtype"] == dtype
+    hostile = {
+        "TZ": "Pacific/Kiritimati",
+        "LANG": "tr_TR.UTF-8",
+        "LC_ALL": "C",
+        "HOME": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "3",
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_CBWR": "AUTO",
+        "ONEDNN_MAX_CPU_ISA": "ALL",
+    }
+    out = tmp_path / "out"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    cmd: list[str | Path] = ["generate", "--spec", spec, "--output-dir", out]
+    run_refgen(*cmd, hf_home=tiny_setup.hf_home, env=hostile, cwd=cwd)
+    for suffix in (".json", ".manifest.json", ".sha256"):
+        assert (out / f"{NAME}{suffix}").read_bytes() == (
+            generated / f"{NAME}{suffix}"
+        ).read_bytes()
+    # One visible core: torch would otherwise follow the core count.
+    taskset_out = tmp_path / "taskset"
+    subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-m", "refgen", *map(str, cmd[:-1]), taskset_out],
+        env={"HF_HOME": str(tiny_setup.hf_home), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+    assert (taskset_out / f"{NAME}.json").read_bytes() == (generated / f"{NAME}.json").read_bytes()
 
 
 @pytest.mark.parametrize("victim", ["model.safetensors", "config.json", "tokenizer.json"])

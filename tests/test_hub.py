@@ -36,6 +36,7 @@ def offline_hub(tiny_copy: TinySetup, monkeypatch: pytest.MonkeyPatch) -> dict[s
 
     def snapshot_download(repo_id: str, **kwargs: Any) -> str:
         calls["snapshot_download"] = (repo_id, kwargs)
+        calls.setdefault("downloads", []).append(kwargs)
         return str(snapshot)
 
     class Api:
@@ -59,7 +60,10 @@ def test_lock_from_the_hub_hashes_and_cross_checks(offline_hub: dict[str, Any]) 
     lock = hub.lock(spec, offline=False)
     repo, kwargs = offline_hub["calls"]["snapshot_download"]
     assert (repo, kwargs["revision"]) == (spec.repo, spec.revision)
-    assert "*.md" in kwargs["ignore_patterns"]
+    # first everything but weights, then only the weights the checkpoint names
+    first, second = offline_hub["calls"]["downloads"]
+    assert "*.md" in first["ignore_patterns"] and "*.safetensors" in first["ignore_patterns"]
+    assert second["allow_patterns"] == ["model.safetensors"]
     assert offline_hub["calls"]["model_info"][1]["files_metadata"] is True
     written = json.loads(setup.lock.read_text())
     assert written["files"] == [vars(f) for f in lock.files]

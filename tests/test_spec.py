@@ -30,7 +30,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_a_minimal_spec_gets_defaults(tmp_path: Path) -> None:
     spec = load_spec(write(tmp_path, GOOD))
-    assert (spec.dtype, spec.top_k, spec.attn_implementation) == ("float32", 10, "sdpa")
+    # attn_implementation None: from_pretrained picks (and the manifest records what it picked)
+    assert (spec.dtype, spec.top_k, spec.attn_implementation) == ("float32", 10, None)
+    assert spec.local_path is None
     assert spec.output == tmp_path / "out" / "x.json"  # relative to the spec, not the cwd
     assert spec.lock_path == tmp_path / "spec.lock.json"
 
@@ -50,6 +52,12 @@ def test_a_minimal_spec_gets_defaults(tmp_path: Path) -> None:
         (lambda t: t.replace("[run]", "[run"), "not valid TOML"),
         (lambda t: t + "[extra]\n", "unknown table(s) ['extra']"),
         (lambda t: t.replace('"out/x.json"', '"out/x.txt"'), "must name a .json file"),
+        (lambda t: t.replace("[run]", 'dtype = "float64"\n[run]'), "'model.dtype' must be one"),
+        (lambda t: t.replace("[run]", 'attn_implementation = "x"\n[run]'), "must be one of"),
+        (
+            lambda t: t.replace('repo = "org/name"', 'path = "ckpt"'),
+            "content revision `refgen lock` prints",
+        ),
     ],
 )
 def test_malformed_spec_is_named(tmp_path: Path, edit: object, message: str) -> None:
@@ -57,6 +65,22 @@ def test_malformed_spec_is_named(tmp_path: Path, edit: object, message: str) -> 
         load_spec(write(tmp_path, edit(GOOD)))  # type: ignore[operator]
     assert message in str(info.value)
     assert "spec.toml" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_dtypes(tmp_path: Path, dtype: str) -> None:
+    spec = load_spec(write(tmp_path, GOOD.replace("[run]", f'dtype = "{dtype}"\n[run]')))
+    assert spec.dtype == dtype
+
+
+def test_a_local_folder_needs_no_repo_or_revision(tmp_path: Path) -> None:
+    text = GOOD.replace('repo = "org/name"\n', 'path = "../my model"\n')
+    spec = load_spec(
+        write(tmp_path, text.replace('revision = "0123456789abcdef0123456789abcdef01234567"\n', ""))
+    )
+    assert spec.local_path == (tmp_path.parent / "my model").resolve()
+    assert (spec.repo, spec.revision) == ("local/my_model", None)
+    assert spec.as_dict()["model"]["path"] == "../my model"
 
 
 def test_cli_reports_a_bad_spec_without_a_traceback(tmp_path: Path) -> None:
