@@ -330,12 +330,12 @@ def load_verified_model(
         output_loading_info=True,
         **kwargs,
     )
-    check_loading_report(report, folder)
+    check_loading_report(report)
     model.eval()
     return model, digests
 
 
-def check_loading_report(report: Mapping[str, Any], folder: Path) -> None:
+def check_loading_report(report: Mapping[str, Any]) -> None:
     """CheckpointError naming every parameter transformers would newly initialise, every
     checkpoint tensor it would leave unused and every shape mismatch."""
     kinds = {

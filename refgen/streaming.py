@@ -262,10 +262,9 @@ def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
             for variant in (candidate, candidate.removeprefix(prefix + "."), f"{prefix}.{name}"):
                 if variant in keys:
                     return variant
-        raise StreamingError(
-            f"the model's parameter {name} has no tensor in the checkpoint's safetensors files; "
-            "this checkpoint cannot be streamed. Load it in memory (--load memory)."
-        )
+        # It would be randomly initialised: refused as the in-memory load refuses it.
+        fastload.check_loading_report({"missing_keys": [name]})
+        raise AssertionError("unreachable: a missing key is always refused")
 
     def inside(name: str, parent: str) -> bool:
         return parent == "" or name == parent or name.startswith(parent + ".")
@@ -509,6 +508,22 @@ class Streamer:
         return results
 
 
+def _check_checkpoint_fits(model: Any, units: list[_Unit], sources: Mapping[str, Any]) -> None:
+    """The streamed path's version of transformers' loading report (the in-memory path uses
+    the report itself): every checkpoint tensor is used, with the shape the model expects."""
+    used = {t.key for u in units for t in u.tensors}
+    used |= {name for name, _ in model.named_buffers() if name in sources}
+    mismatched = [
+        f"{t.key} {tuple(sources[t.key][1].shape)} != {tuple(t.meta.shape)}"
+        for u in units
+        for t in u.tensors
+        if tuple(sources[t.key][1].shape) != tuple(t.meta.shape)
+    ]
+    fastload.check_loading_report(
+        {"unexpected_keys": sorted(set(sources) - used), "mismatched_keys": mismatched}
+    )
+
+
 def load_streamed_model(
     folder: Path,
     verifier: fastload.Verifier,
@@ -543,6 +558,7 @@ def load_streamed_model(
     sources = {e.name: (maps[p], e, p) for p, entries in headers.items() for e in entries}
     model = _build_meta_model(folder, dtype, attn_implementation, sources)
     units = _units(model, sources, dtype)
+    _check_checkpoint_fits(model, units, sources)
     layer_max = max((u.nbytes for u in units if u.layer), default=0)
     # Tied weights outside the layers (embeddings and head) are one tensor when resident.
     sizes = {t.key: t.meta.numel() for u in units if not u.layer for t in u.tensors}
