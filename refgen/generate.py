@@ -197,11 +197,15 @@ def compute_reference(
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
     ):
         # One forward per prompt; a streamed model runs them together, layer by layer.
-        runs = streaming.forwards(model, inputs, output_hidden_states=True, use_cache=False)
+        def starting(number: int) -> None:  # a 1 MB prompt is not one 1 MB log line
+            log.info("forward: %s", shorten(spec.prompts[number]))
+
+        runs = streaming.forwards(
+            model, inputs, starting=starting, output_hidden_states=True, use_cache=False
+        )
         for number, (prompt, input_ids, out) in enumerate(
             zip(spec.prompts, inputs, runs, strict=True)
         ):
-            log.info("forward: %s", shorten(prompt))  # a 1 MB prompt is not one 1 MB log line
             if capture is not None:
                 capture.add(number, out)
             cases.append(_case(spec, prompt, input_ids, out, fields["vocab_size"]))

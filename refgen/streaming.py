@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -582,16 +582,26 @@ def load_streamed_model(
 
 
 def forwards(
-    model: Any, inputs: Sequence[Any], progress: bool = True, **kwargs: Any
+    model: Any,
+    inputs: Sequence[Any],
+    progress: bool = True,
+    starting: Callable[[int], None] | None = None,
+    **kwargs: Any,
 ) -> Iterator[Any]:
     """``model(input_ids=x, **kwargs)`` for each of *inputs*, in order.
 
     In memory, one after the other as they are consumed; streamed, all together layer by layer
-    (each layer read once for all prompts), yielded once all are done.
+    (each layer read once for all prompts), yielded once all are done. ``starting(i)`` is called
+    before prompt *i*'s forward begins (for the log: a line after it would come too late).
     """
     streamer: Streamer | None = getattr(model, "_refgen_streamer", None)
     if streamer is None:
-        for input_ids in inputs:
+        for number, input_ids in enumerate(inputs):
+            if starting is not None:
+                starting(number)
             yield model(input_ids=input_ids, **kwargs)
         return
+    if starting is not None:
+        for number in range(len(inputs)):
+            starting(number)
     yield from streamer.run(inputs, kwargs, progress)
