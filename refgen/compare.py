@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refgen import probes
+from refgen import jsonio, probes
 from refgen.errors import RefgenError
 
 DEFAULT_TOLERANCE = 1e-6
@@ -718,10 +717,6 @@ def _prompt(doc: dict[str, Any], i: int) -> str | None:
     return None
 
 
-MAX_JSON_DEPTH = 64
-"""Nesting refgen's own documents never come near (a reference is 4 deep, a manifest 5); deeper
-input is refused before anything walks it recursively (100000 nested lists overflowed the stack)."""
-
 SHOWN_TEXT = 80
 """Characters of a prompt (or other long text) echoed in logs and reports; the length follows."""
 
@@ -731,31 +726,6 @@ def shorten(value: Any, limit: int = SHOWN_TEXT) -> str:
     if isinstance(value, str) and len(value) > limit:
         return f"{value[:limit]!r}... ({len(value)} characters)"
     return repr(value)
-
-
-def json_depth_error(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
-    """None when ``value`` nests at most ``limit`` levels, else what is wrong (iterative)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return f"nested more than {limit} levels deep"
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return None
-
-
-def loads_bounded(raw: bytes | str) -> Any:
-    """``json.loads`` that raises ValueError, never RecursionError, for too deeply nested input."""
-    try:
-        value = json.loads(raw)
-    except RecursionError:
-        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
-    problem = json_depth_error(value)
-    if problem:
-        raise ValueError(problem)
-    return value
 
 
 def load_reference(path: str | Path) -> tuple[dict[str, Any], bytes]:
@@ -768,7 +738,7 @@ def load_reference(path: str | Path) -> tuple[dict[str, Any], bytes]:
             f"cannot read {path}: {exc.strerror}. Pass an existing reference JSON."
         ) from None
     try:
-        doc = loads_bounded(raw)
+        doc = jsonio.loads(raw)  # too deep is a ValueError, never a RecursionError
     except (ValueError, UnicodeDecodeError) as exc:
         raise CompareError(f"{path} is not valid JSON ({exc}); it cannot be a reference.") from None
     if not isinstance(doc, dict) or not any(k in doc for k in REQUIRED_KEYS):
