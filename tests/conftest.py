@@ -19,6 +19,26 @@ from refgen import tiny
 ROOT = Path(__file__).resolve().parent.parent
 
 
+MINIMAL_SPEC = """schema = 1
+[reference]
+name = "x"
+output = "x.json"
+[model]
+repo = "org/name"
+revision = "0123456789abcdef0123456789abcdef01234567"
+[run]
+prompts = ["hello"]
+"""
+"""The smallest valid spec, for tests of spec parsing (no model is needed to load it)."""
+
+
+def write_spec_text(folder: Path, text: str) -> Path:
+    """*text* as ``spec.toml`` in *folder*."""
+    path = folder / "spec.toml"
+    path.write_text(text)
+    return path
+
+
 @dataclass(frozen=True)
 class TinySetup:
     hf_home: Path

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_refgen
+from conftest import MINIMAL_SPEC, ROOT, run_refgen, write_spec_text
 
 from refgen import artifact, compare, probes, tiny
 from refgen.errors import SpecError
@@ -36,22 +36,9 @@ NUM_LAYERS = 2
 
 # --- the [probes] table ---------------------------------------------------------------------------
 
-BASE = """schema = 1
-[reference]
-name = "x"
-output = "x.json"
-[model]
-repo = "org/name"
-revision = "0123456789abcdef0123456789abcdef01234567"
-[run]
-prompts = ["hello"]
-"""
-
 
 def spec_with(tmp_path: Path, probes_table: str) -> Path:
-    path = tmp_path / "spec.toml"
-    path.write_text(BASE + probes_table)
-    return path
+    return write_spec_text(tmp_path, MINIMAL_SPEC + probes_table)
 
 
 def test_no_probes_table_records_nothing_new(tmp_path: Path) -> None:

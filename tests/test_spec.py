@@ -5,27 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import run_refgen
+from conftest import MINIMAL_SPEC, run_refgen, write_spec_text
 
 from refgen.errors import SpecError
 from refgen.spec import load_spec
 
-GOOD = """schema = 1
-[reference]
-name = "x"
-output = "out/x.json"
-[model]
-repo = "org/name"
-revision = "0123456789abcdef0123456789abcdef01234567"
-[run]
-prompts = ["hello"]
-"""
+GOOD = MINIMAL_SPEC.replace('output = "x.json"', 'output = "out/x.json"')
 
 
 def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "spec.toml"
-    path.write_text(text)
-    return path
+    return write_spec_text(tmp_path, text)
 
 
 def test_a_minimal_spec_gets_defaults(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, TinySetup, refgen_env, run_refgen
+from conftest import MINIMAL_SPEC, ROOT, TinySetup, refgen_env, run_refgen, write_spec_text
 
 from refgen import fastload, streaming, tiny
 from refgen.errors import IntegrityError, SpecError
@@ -323,29 +323,18 @@ def test_sizes_parse() -> None:
 
 
 def test_spec_loading_keys(tmp_path: Path) -> None:
-    base = """schema = 1
-[reference]
-name = "x"
-output = "x.json"
-[model]
-repo = "org/name"
-revision = "0123456789abcdef0123456789abcdef01234567"
-[run]
-prompts = ["hello"]
-"""
-    path = tmp_path / "spec.toml"
-    path.write_text(base)
+    path = write_spec_text(tmp_path, MINIMAL_SPEC)
     spec = load_spec(path)
     assert (spec.load, spec.memory_budget) == ("auto", None)
     assert "load" not in spec.as_dict()["run"]  # old specs keep their recorded content
-    path.write_text(base + 'load = "stream"\nmemory_budget = "6GB"\n')
+    path.write_text(MINIMAL_SPEC + 'load = "stream"\nmemory_budget = "6GB"\n')
     spec = load_spec(path)
     assert (spec.load, spec.memory_budget) == ("stream", 6_000_000_000)
     assert spec.as_dict()["run"]["memory_budget"] == 6_000_000_000
-    path.write_text(base + 'load = "disk"\n')
+    path.write_text(MINIMAL_SPEC + 'load = "disk"\n')
     with pytest.raises(SpecError, match=r"'run\.load' must be one of"):
         load_spec(path)
-    path.write_text(base + 'memory_budget = "plenty"\n')
+    path.write_text(MINIMAL_SPEC + 'memory_budget = "plenty"\n')
     with pytest.raises(SpecError, match=r"'run\.memory_budget': not a size"):
         load_spec(path)
 
