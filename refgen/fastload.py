@@ -63,19 +63,25 @@ ITEMSIZES |= {"U8": 1, "BOOL": 1}
 class Verifier:
     """Hashes the locked files of a snapshot on a background thread, started at construction.
 
-    :meth:`result` waits and raises :class:`IntegrityError` naming each file whose SHA-256
-    differs from the lock, with the expected and the actual hash.
+    Small files come first, then the weights in name order (shards are numbered in the order a
+    forward uses them), so a streamed run can start on the first shard while the later ones are
+    still being hashed. :meth:`verified` waits for one file, :meth:`result` for all; both raise
+    :class:`IntegrityError` naming each file whose SHA-256 differs from the lock, with the
+    expected and the actual hash.
     """
 
     def __init__(self, folder: Path, expected: Mapping[str, str], progress: bool = True) -> None:
         self.folder = folder
-        self.expected = dict(sorted(expected.items()))
+        self.expected = dict(
+            sorted(expected.items(), key=lambda item: (item[0].endswith(".safetensors"), item[0]))
+        )
         self.actual: dict[str, str] = {}
         self.sizes: dict[str, int] = {}
         self._error: BaseException | None = None
+        self._done = threading.Condition()
         self._progress = progress
         self.hashing_s = 0.0  # how long the thread hashed (overlapped with other work)
-        self.waited_s = 0.0  # how long result() blocked: what verification added to the wall
+        self.waited_s = 0.0  # how long timed waits blocked: what hashing added to the wall
         self._thread = threading.Thread(target=self._run, name="refgen-sha256", daemon=True)
         self._thread.start()
 
@@ -101,22 +107,45 @@ class Verifier:
                                 digest.update(block)  # releases the GIL: runs beside torch
                                 drop_pages(data, offset, len(block))
                                 bar.update(len(block))
-                        self.sizes[name] = len(data)
-                    self.actual[name] = digest.hexdigest()
-        except BaseException as exc:  # re-raised by result()
-            self._error = exc
+                        size = len(data)
+                    with self._done:
+                        self.sizes[name] = size
+                        self.actual[name] = digest.hexdigest()
+                        self._done.notify_all()
+        except BaseException as exc:  # re-raised by verified() and result()
+            with self._done:
+                self._error = exc
+                self._done.notify_all()
         self.hashing_s = time.perf_counter() - start
+
+    def verified(self, names: Iterable[str], hint: str = "", timed: bool = True) -> dict[str, str]:
+        """The actual SHA-256 of the locked files *names*, once each is hashed and matches.
+
+        *timed*: the wait is on the run's critical path and counts in :attr:`waited_s` (a
+        loader reading ahead of the forward passes False).
+        """
+        wanted = list(names)
+        start = time.perf_counter()
+        with self._done:
+            while self._error is None and not all(n in self.actual for n in wanted):
+                self._done.wait()
+        if timed:
+            self.waited_s += time.perf_counter() - start
+        if self._error is not None:
+            raise self._error
+        self._check(wanted, hint)
+        return {name: self.actual[name] for name in wanted}
 
     def result(self, hint: str = "") -> dict[str, str]:
         """The actual SHA-256 of every locked file, once all match; else IntegrityError."""
-        start = time.perf_counter()
+        digests = self.verified(self.expected, hint)
         self._thread.join()
-        self.waited_s += time.perf_counter() - start
-        if self._error is not None:
-            raise self._error
+        return digests
+
+    def _check(self, names: list[str], hint: str) -> None:
         result = lock.check(
-            (lock.LockedFile(name, want, None) for name, want in self.expected.items()),
-            {name: (digest, self.sizes[name]) for name, digest in self.actual.items()},
+            (lock.LockedFile(name, self.expected[name], None) for name in names),
+            {name: (self.actual[name], self.sizes[name]) for name in names},
         )
         problems = [
             f"  {m.path}: expected sha256 {m.expected_sha256}, got {m.actual_sha256} "
@@ -129,7 +158,6 @@ class Verifier:
                 + "\n".join(problems)
                 + (f"\n{hint}" if hint else "")
             )
-        return dict(self.actual)
 
 
 @dataclass(frozen=True)

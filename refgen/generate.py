@@ -84,8 +84,8 @@ def generate(
     # without the weights are refused here, before any compute.
     used = set(weights.select([f.path for f in lock.files], folder))
     lock_used = dataclasses.replace(lock, files=tuple(f for f in lock.files if f.path in used))
-    # Hashing runs on a thread from here on, beside the torch import and the load; the model
-    # is handed out only once every file matched the lock (refgen.fastload).
+    # Hashing runs on a thread from here on, beside the torch import and the load; no file's
+    # content is used before it matched the lock (refgen.fastload, refgen.streaming).
     verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock_used.files})
     capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock_used) as view:
@@ -99,6 +99,9 @@ def generate(
         reference, model_record = compute_reference(
             spec, view, timings, verifier, capture, load_plan, lock.revision
         )
+    # Every locked file matched before anything is written (a streamed run checks each shard
+    # before it reads from it, and may finish before the last hash does).
+    verifier.result(integrity_hint(spec))
     timings.phases["verify_wait"] = verifier.waited_s
     timings.phases["verify_thread"] = verifier.hashing_s
     with timings.phase("write"):

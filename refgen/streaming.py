@@ -12,8 +12,9 @@ All prompts go through the model together, layer by layer ("layer-major"): each 
 usual forward on its own thread, and the hooks let one prompt at a time into a module, in prompt
 order, so each layer is read and up-cast once for all prompts and only one forward computes at a
 time (torch's two intra-op threads, as in the in-memory run). A loader thread reads the next layer
-while the current one computes. Nothing is read from the weight files before every file's SHA-256
-matched the lock (the verifier is waited for first).
+while the current one computes. No tensor is read before its file's SHA-256 matched the lock: the
+config and tokenizer are hashed first, then the shards in order, so the first layers run while
+the later shards are still being hashed (a single-file checkpoint waits for the whole file).
 
 Memory: the resident modules (embeddings, norm, LM head, when the budget allows), two decoder
 layers in F32, the activations and torch itself. Time: the in-memory run's plus the reads, minus
@@ -192,7 +193,12 @@ def decoder_layers(model: Any) -> tuple[str, Any]:
 
 
 def _build_meta_model(
-    folder: Path, dtype: str, attn_implementation: str | None, sources: Mapping[str, Any]
+    folder: Path,
+    dtype: str,
+    attn_implementation: str | None,
+    sources: Mapping[str, Any],
+    verifier: fastload.Verifier,
+    hint: str,
 ) -> Any:
     """The model ``from_pretrained`` would build, parameters on meta, buffers as it sets them.
 
@@ -227,6 +233,7 @@ def _build_meta_model(
         owner = model.get_submodule(owner_name)
         if name in sources:
             data, entry, path = sources[name]
+            verifier.verified([path.name], hint)
             value = fastload.read_tensor(data, entry, buffer.dtype, path)
             value._is_hf_initialized = True
         else:
@@ -305,13 +312,24 @@ class Streamer:
     has finished (or failed), so no thread waits on one that will never come.
     """
 
-    def __init__(self, model: Any, units: list[_Unit], sources: Mapping[str, Any], dtype: str):
+    def __init__(
+        self,
+        model: Any,
+        units: list[_Unit],
+        sources: Mapping[str, Any],
+        dtype: str,
+        verifier: fastload.Verifier,
+        hint: str = "",
+    ):
         import torch
 
         self.model = model
         self.units = units
         self.sources = sources  # checkpoint key -> (mapped file, TensorEntry, path)
         self.target = getattr(torch, dtype)
+        self.verifier = verifier
+        self.hint = hint
+        self.shared: dict[str, Any] = {}  # tied resident weights stay one tensor, as in memory
         self.cond = threading.Condition()
         self.local = threading.local()
         self.prompts = 0
@@ -340,37 +358,40 @@ class Streamer:
         tensor = fastload.read_tensor(data, entry, self.target, path)
         return torch.nn.Parameter(tensor, requires_grad=False)
 
-    def _materialise(self, unit: _Unit, shared: dict[str, Any] | None = None) -> None:
-        """Read a unit's tensors (on two threads, as fastload does) and put them in place."""
-        todo = [t for t in unit.tensors if shared is None or t.key not in shared]
+    def _materialise(self, unit: _Unit, timed: bool) -> None:
+        """Read a unit's tensors (on two threads, as fastload does) once their files matched
+        the lock, and put them in place; *timed*: the wait for the hashes holds up a forward."""
+        self.verifier.verified({self.sources[t.key][2].name for t in unit.tensors}, self.hint, timed)
+        shared = self.shared if unit.resident else {}
+        todo = [t for t in unit.tensors if t.key not in shared]
         values = dict(zip((t.key for t in todo), self.pool.map(self._read, todo), strict=True))
-        if shared is not None:
-            shared.update(values)
-            values = shared
+        shared.update(values)
         for t in unit.tensors:
-            t.owner._parameters[t.local] = values[t.key]
+            t.owner._parameters[t.local] = shared[t.key]
 
     def _release(self, unit: _Unit) -> None:
         for t in unit.tensors:
             t.owner._parameters[t.local] = t.meta
 
-    def load_residents(self) -> None:
-        shared: dict[str, Any] = {}  # tied resident weights stay one tensor, as in memory
+    def load_unhooked(self) -> None:
+        """Parameters no hook can put in place (owned by a module above the layers)."""
         for unit in self.units:
-            if unit.resident:
-                self._materialise(unit, shared)
+            if not unit.hooked:
+                self._materialise(unit, timed=True)
                 unit.state = "loaded"
 
     def _loader(self) -> None:
-        """Reads the units ahead of the prompts, in registration order, within the window."""
+        """Reads the units ahead of the prompts, in registration order: the streamed ones within
+        the window, the resident ones (read once, on first use, kept) outside it."""
         try:
             for unit in self.units:
-                if unit.resident:
+                if unit.resident and unit.state == "loaded":
                     continue
                 with self.cond:
                     while (
                         self.error is None
                         and unit.state == "absent"
+                        and not unit.resident
                         and self._in_memory() >= self.window
                     ):
                         self.cond.wait()
@@ -379,16 +400,16 @@ class Streamer:
                     if unit.state != "absent":  # a prompt got there first
                         continue
                     unit.state = "loading"
-                self._load_now(unit)
+                self._load_now(unit, timed=False)
         except BaseException as exc:
             self._fail(exc)
 
     def _in_memory(self) -> int:
         return sum(1 for u in self.units if not u.resident and u.state in ("loading", "loaded"))
 
-    def _load_now(self, unit: _Unit) -> None:
+    def _load_now(self, unit: _Unit, timed: bool) -> None:
         try:
-            self._materialise(unit)
+            self._materialise(unit, timed)
         except BaseException:
             with self.cond:
                 unit.state = "absent"
@@ -421,7 +442,7 @@ class Streamer:
                         unit.state = "loading"
                         break
                 self.cond.wait()
-        self._load_now(unit)
+        self._load_now(unit, timed=True)
 
     def _leave(self, module: Any, args: Any, output: Any) -> None:
         unit = self.by_module[id(module)]
@@ -534,9 +555,12 @@ def load_streamed_model(
 ) -> tuple[Any, dict[str, str]]:
     """A model whose weights are read from *folder*'s verified safetensors as each module runs.
 
-    Use :func:`forwards` to run it. The files' hashes are checked (the verifier waited for)
-    before any tensor is read; the embeddings, final norm and LM head stay resident when they
-    fit *budget* beside two decoder layers, else they are streamed like the layers.
+    Use :func:`forwards` to run it. No tensor is read before its file's hash matched the lock
+    (the verifier is waited for file by file; the config and tokenizer before the model is
+    built); the embeddings, final norm and LM head stay resident once read when they fit
+    *budget* beside two decoder layers, else they are streamed like the layers. The digests
+    returned are the small files'; the caller waits for :meth:`Verifier.result` before it uses
+    what the forwards computed.
     """
     weights = [folder / n for n in verifier.expected if n.endswith(".safetensors")]
     try:
@@ -544,7 +568,7 @@ def load_streamed_model(
     except (RefgenError, ValueError, OSError):
         verifier.result(hint)  # a damaged file: report its hash, the real cause
         raise
-    digests = verifier.result(hint)  # nothing from the files is read before this
+    digests = verifier.verified((n for n in verifier.expected if folder / n not in headers), hint)
     import sys
 
     import torch
@@ -556,7 +580,7 @@ def load_streamed_model(
     stack = contextlib.ExitStack()
     maps = {path: stack.enter_context(fastload.mapped(path, writable=True)) for path in weights}
     sources = {e.name: (maps[p], e, p) for p, entries in headers.items() for e in entries}
-    model = _build_meta_model(folder, dtype, attn_implementation, sources)
+    model = _build_meta_model(folder, dtype, attn_implementation, sources, verifier, hint)
     units = _units(model, sources, dtype)
     _check_checkpoint_fits(model, units, sources)
     layer_max = max((u.nbytes for u in units if u.layer), default=0)
@@ -566,8 +590,8 @@ def load_streamed_model(
     keep = budget is None or outside + 2 * layer_max + RUNTIME_BYTES <= budget
     for unit in units:
         unit.resident = not unit.hooked or (keep and not unit.layer)
-    streamer = Streamer(model, units, sources, dtype)
-    streamer.load_residents()
+    streamer = Streamer(model, units, sources, dtype, verifier, hint)
+    streamer.load_unhooked()
     model._refgen_streamer = streamer
     model._refgen_files = stack  # the mappings live as long as the model
     log.info(

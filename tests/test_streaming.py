@@ -52,14 +52,15 @@ def _configs() -> dict[str, Any]:
     }
 
 
-def _save(config: Any, folder: Path) -> dict[str, str]:
-    """A seeded random checkpoint in BF16 safetensors; returns its lock (name -> sha256)."""
+def _save(config: Any, folder: Path, shard: str | None = None) -> dict[str, str]:
+    """A seeded random checkpoint in BF16 safetensors (in shards of at most *shard*); returns
+    its lock (name -> sha256)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(1234)
     model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
@@ -79,7 +80,7 @@ def test_streamed_model_is_bit_identical(arch: str, tmp_path: Path) -> None:
         model, digests = streaming.load_streamed_model(
             tmp_path, verifier, "float32", "sdpa", budget=budget
         )
-        assert digests == lock
+        assert digests == {n: h for n, h in lock.items() if not n.endswith(".safetensors")}
         units = model._refgen_streamer.units
         layer_list, layers = streaming.decoder_layers(model)
         assert layer_list in ("model.layers", "transformer.h")
@@ -103,6 +104,7 @@ def test_streamed_model_is_bit_identical(arch: str, tmp_path: Path) -> None:
                 assert torch.equal(a, b)
         # Between runs no layer weight stays behind.
         assert all(p.device.type == "meta" for p in layers.parameters())
+        assert verifier.result() == lock
 
 
 def test_a_failing_prompt_fails_the_run_instead_of_hanging(tmp_path: Path) -> None:
@@ -119,15 +121,54 @@ def test_a_failing_prompt_fails_the_run_instead_of_hanging(tmp_path: Path) -> No
     assert out[0].logits.shape == (1, 3, 512)
 
 
-def test_unverified_bytes_never_reach_the_model(tmp_path: Path) -> None:
-    lock = _save(_configs()["llama-tiny"], tmp_path)
-    weights = tmp_path / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-3] ^= 0x40
-    weights.write_bytes(bytes(data))
+@pytest.mark.parametrize("tampered", [None, "last"])
+def test_each_shard_is_read_only_after_its_hash_matched(
+    tampered: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import torch
+
+    lock = _save(_configs()["llama-mid"], tmp_path, shard="20MB")
+    shards = sorted(n for n in lock if n.endswith(".safetensors"))
+    assert len(shards) >= 3
+    if tampered:
+        path = tmp_path / shards[-1]
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0x40
+        path.write_bytes(bytes(data))
+    reads: list[tuple[str, bool]] = []  # (file, was the last shard hashed yet)
+    first_read = threading.Event()
+    read_tensor, mapped = fastload.read_tensor, fastload.mapped
+
+    def checked_read(data: Any, entry: Any, target: Any, path: Path) -> Any:
+        assert verifier.actual.get(path.name) == lock[path.name], f"{path.name} read unverified"
+        reads.append((path.name, shards[-1] in verifier.actual))
+        first_read.set()
+        return read_tensor(data, entry, target, path)
+
+    def held_back(path: Path, writable: bool = False) -> Any:
+        # The hashing thread holds the last shard back until a tensor was read: the forward
+        # must start on the shards already verified instead of waiting for all of them.
+        if threading.current_thread().name == "refgen-sha256" and path.name == shards[-1]:
+            first_read.wait(30)
+        return mapped(path, writable)
+
+    monkeypatch.setattr(fastload, "read_tensor", checked_read)
+    monkeypatch.setattr(fastload, "mapped", held_back)
     verifier = fastload.Verifier(tmp_path, lock, progress=False)
-    with pytest.raises(IntegrityError, match=r"model\.safetensors: expected sha256"):
-        streaming.load_streamed_model(tmp_path, verifier, "float32")
+    model, _ = streaming.load_streamed_model(tmp_path, verifier, "float32", budget=1)
+    inputs = [torch.tensor([ids]) for ids in PROMPTS]
+    runs = streaming.forwards(model, inputs, progress=False, use_cache=False)
+    if tampered:
+        with pytest.raises(IntegrityError, match=rf"{shards[-1]}: expected sha256"):
+            list(runs)
+        assert shards[-1] not in {name for name, _ in reads}
+    else:
+        assert len(list(runs)) == len(PROMPTS)
+        assert verifier.result() == lock
+        assert {name for name, _ in reads} == set(shards)
+    assert reads[0] == (shards[0], False)  # the first layers ran before the last hash
 
 
 # --------------------------------------------------------------------------- headers
