@@ -330,6 +330,9 @@ class Streamer:
         self.verifier = verifier
         self.hint = hint
         self.shared: dict[str, Any] = {}  # tied resident weights stay one tensor, as in memory
+        # Tensors of released layers, by (shape, dtype), read into again by the next layers.
+        self.free: dict[tuple[tuple[int, ...], Any], list[Any]] = {}
+        self.free_lock = threading.Lock()
         self.cond = threading.Condition()
         self.local = threading.local()
         self.prompts = 0
@@ -355,6 +358,14 @@ class Streamer:
                 f"{t.key} in {path.name} has shape {list(entry.shape)}, the model "
                 f"expects {list(t.meta.shape)}"
             )
+        with self.free_lock:
+            reused = self.free.get((tuple(t.meta.shape), t.meta.dtype))
+            param = reused.pop() if reused else None
+            if param is None:
+                self.free.clear()  # a shape no released layer had: keep the memory bounded
+        if param is not None:
+            fastload.read_tensor(data, entry, self.target, path, out=param.data)
+            return param
         tensor = fastload.read_tensor(data, entry, self.target, path)
         return torch.nn.Parameter(tensor, requires_grad=False)
 
@@ -370,8 +381,15 @@ class Streamer:
             t.owner._parameters[t.local] = shared[t.key]
 
     def _release(self, unit: _Unit) -> None:
+        """Meta tensors back in place; the weights go to the free list for the next layers."""
+        released = {}
         for t in unit.tensors:
+            param = t.owner._parameters[t.local]
+            released[id(param)] = param  # a tensor tied within the unit is freed once
             t.owner._parameters[t.local] = t.meta
+        with self.free_lock:
+            for param in released.values():
+                self.free.setdefault((tuple(param.shape), param.dtype), []).append(param)
 
     def load_unhooked(self) -> None:
         """Parameters no hook can put in place (owned by a module above the layers)."""
@@ -523,6 +541,8 @@ class Streamer:
             if not unit.resident and unit.state == "loaded":
                 self._release(unit)
                 unit.state = "released"
+        with self.free_lock:
+            self.free.clear()
         error, self.error = self.error, None
         if error is not None and not isinstance(error, StopIteration):
             raise error  # the first failure, from whichever thread had it

@@ -65,7 +65,9 @@ def _save(config: Any, folder: Path, shard: str | None = None) -> dict[str, str]
 
 
 @pytest.mark.parametrize("arch", ["qwen3-tiny", "llama-tiny", "llama-mid", "gpt2-tiny"])
-def test_streamed_model_is_bit_identical(arch: str, tmp_path: Path) -> None:
+def test_streamed_model_is_bit_identical(
+    arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     torch.set_num_threads(2)
@@ -74,6 +76,16 @@ def test_streamed_model_is_bit_identical(arch: str, tmp_path: Path) -> None:
     inputs = [torch.tensor([ids]) for ids in PROMPTS]
     with torch.inference_mode():
         expected = [memory(input_ids=x, output_hidden_states=True, use_cache=False) for x in inputs]
+    # Layers after the first two are read into the tensors of layers already released.
+    reused: list[str] = []
+    read_tensor = fastload.read_tensor
+
+    def counting(data: Any, entry: Any, target: Any, path: Path, out: Any = None) -> Any:
+        if out is not None:
+            reused.append(entry.name)
+        return read_tensor(data, entry, target, path, out)
+
+    monkeypatch.setattr(fastload, "read_tensor", counting)
     # A huge budget keeps embeddings, norm and head resident; 1 byte streams them too.
     for budget in (None, 1):
         verifier = fastload.Verifier(tmp_path, lock, progress=False)
@@ -104,6 +116,9 @@ def test_streamed_model_is_bit_identical(arch: str, tmp_path: Path) -> None:
                 assert torch.equal(a, b)
         # Between runs no layer weight stays behind.
         assert all(p.device.type == "meta" for p in layers.parameters())
+        assert not model._refgen_streamer.free
+        if len(layers) > 2:
+            assert any(".2." in name for name in reused)
         assert verifier.result() == lock
 
 
@@ -141,11 +156,11 @@ def test_each_shard_is_read_only_after_its_hash_matched(
     first_read = threading.Event()
     read_tensor, mapped = fastload.read_tensor, fastload.mapped
 
-    def checked_read(data: Any, entry: Any, target: Any, path: Path) -> Any:
+    def checked_read(data: Any, entry: Any, target: Any, path: Path, out: Any = None) -> Any:
         assert verifier.actual.get(path.name) == lock[path.name], f"{path.name} read unverified"
         reads.append((path.name, shards[-1] in verifier.actual))
         first_read.set()
-        return read_tensor(data, entry, target, path)
+        return read_tensor(data, entry, target, path, out)
 
     def held_back(path: Path, writable: bool = False) -> Any:
         # The hashing thread holds the last shard back until a tensor was read: the forward
