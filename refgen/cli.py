@@ -413,7 +413,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         "--rss-cap",
         type=_size,
         default="12GB",
-        help="8b: a watchdog kills the original method and accelerate past this RSS (12GB)",
+        help="8b: a watchdog kills the original method and accelerate past this much anonymous "
+        "memory (12GB)",
     )
     args = parser.parse_args(argv)
     return run.main(

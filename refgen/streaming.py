@@ -372,7 +372,8 @@ class Streamer:
     def _materialise(self, unit: _Unit, timed: bool) -> None:
         """Read a unit's tensors (on two threads, as fastload does) once their files matched
         the lock, and put them in place; *timed*: the wait for the hashes holds up a forward."""
-        self.verifier.verified({self.sources[t.key][2].name for t in unit.tensors}, self.hint, timed)
+        files = {self.sources[t.key][2].name for t in unit.tensors}
+        self.verifier.verified(files, self.hint, timed)
         shared = self.shared if unit.resident else {}
         todo = [t for t in unit.tensors if t.key not in shared]
         values = dict(zip((t.key for t in todo), self.pool.map(self._read, todo), strict=True))

@@ -113,9 +113,27 @@ def test_the_watchdog_stops_a_child_past_its_rss_cap_and_io_is_read() -> None:
     assert run.killed_at_rss_bytes is not None and run.killed_at_rss_bytes > 300 << 20
     assert run.returncode == -9
     assert run.max_rss_bytes < 1 << 30  # stopped long before its 2 GB
+    assert run.max_anon_bytes >= run.killed_at_rss_bytes
     small = run_child([sys.executable, "-c", "open(__import__('os').devnull).read()"], os.environ)
     assert small.killed_at_rss_bytes is None
     assert small.io["rchar"] > 0  # read from /proc/PID/io before the child was reaped
+
+
+def test_the_watchdog_caps_anonymous_memory_not_mapped_file_pages(tmp_path: Path) -> None:
+    data = tmp_path / "weights.bin"
+    data.write_bytes(b"\1" * (200 << 20))
+    touch = (
+        "import mmap, sys, time\n"
+        "f = open(sys.argv[1], 'rb')\n"
+        "m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+        "total = sum(m[i] for i in range(0, len(m), 4096))\n"
+        "time.sleep(0.2)\n"
+    )
+    argv = [sys.executable, "-c", touch, str(data)]
+    mapped = run_child(argv, os.environ, check=False, rss_limit=100 << 20)
+    assert mapped.returncode == 0 and mapped.killed_at_rss_bytes is None
+    assert mapped.max_rss_bytes > 200 << 20  # the file's pages were resident
+    assert 0 < mapped.max_anon_bytes < 100 << 20
 
 
 def test_fast_loader_builds_the_same_model_as_from_pretrained(
