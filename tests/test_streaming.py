@@ -18,10 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import archzoo
 import pytest
 from conftest import MINIMAL_SPEC, ROOT, TinySetup, refgen_env, run_refgen, write_spec_text
 
-from refgen import fastload, streaming, tiny
+from refgen import fastload, streaming, tiny, weights
 from refgen.errors import IntegrityError, SpecError
 from refgen.spec import load_spec, parse_size
 
@@ -407,3 +408,34 @@ def test_cli_refuses_a_bad_budget(tiny_setup: TinySetup) -> None:
     )
     assert result.returncode == 2
     assert "--memory-budget" in result.stderr and "not a size" in result.stderr
+
+
+@pytest.mark.parametrize("arch", [a.name for a in archzoo.ARCHS])
+def test_every_zoo_architecture_streams_bit_identically(arch: str, tmp_path: Path) -> None:
+    """The hooks find the layers and every weight of each architecture the generator is tested
+    on (soft-capping, sliding windows, embedding multipliers, biases, tied heads, shards)."""
+    import torch
+
+    torch.set_num_threads(2)
+    files = archzoo.checkpoint_files(archzoo.BY_NAME[arch])
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    lock = {n: hashlib.sha256(c).hexdigest() for n, c in files.items()}
+    lock = {n: h for n, h in lock.items() if n in set(weights.select(list(lock), tmp_path))}
+    memory, _ = fastload.load_verified_model(tmp_path, lock, "float32")
+    model, _ = streaming.load_streamed_model(
+        tmp_path, fastload.Verifier(tmp_path, lock, progress=False), "float32", budget=1
+    )
+    inputs = [torch.tensor([ids]) for ids in PROMPTS]
+    with torch.inference_mode():
+        expected = [memory(input_ids=x, output_hidden_states=True, use_cache=False) for x in inputs]
+        got = list(
+            streaming.forwards(
+                model, inputs, progress=False, output_hidden_states=True, use_cache=False
+            )
+        )
+    assert model.config._attn_implementation == memory.config._attn_implementation
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a.logits, b.logits)
+        for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
+            assert torch.equal(x, y)
