@@ -131,6 +131,6 @@ def bench(session: nox.Session) -> None:
     the no-op time, the phase split and the scaling table. Builds a random-weight 3.4 GB
     checkpoint into .cache/bench once. `-- --runs N`, `-- --no-scaling`; `-- --shape 8b` adds a
     Llama-3-8B-shaped checkpoint (16 GB): ours streamed, accelerate's disk offload, the original
-    method under an RSS cap."""
+    method under a cap on anonymous memory."""
     install(session)
     session.run("python", "-m", "refgen.bench", *session.posargs)

@@ -405,7 +405,7 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         default="real",
         help="real: Qwen3-1.7B-Base (ours in memory and streamed vs the original method); 8b: "
         "that, then a Llama-3-8B-shaped checkpoint (16 GB, bigger than memory in F32): ours "
-        "streamed, accelerate's disk offload and the original method under an RSS cap; tiny: "
+        "streamed, accelerate's disk offload and the original method under a memory cap; tiny: "
         "both parts at test-suite sizes",
     )
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")

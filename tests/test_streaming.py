@@ -262,6 +262,35 @@ def test_a_hostile_header_with_a_matching_lock_is_an_integrity_error(
         assert "Traceback" not in result.stderr
 
 
+def test_a_streamed_run_over_a_tampered_file_exits_3_and_keeps_the_old_artifact(
+    tiny_copy: TinySetup, tmp_path: Path
+) -> None:
+    """The streamed forwards start before the weights' hash is known; the mismatch still stops
+    the run before anything is written (exit 3, the file named), and the old files survive."""
+    out = tmp_path / "out"
+    run_refgen("generate", "--spec", tiny_copy.spec, "--output-dir", out, hf_home=tiny_copy.hf_home)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    blob = (tiny_copy.checkpoint.snapshot / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 0x01  # a weight's last byte: the header stays valid
+    blob.write_bytes(bytes(data))
+    result = run_refgen(
+        "generate",
+        "--spec",
+        tiny_copy.spec,
+        "--output-dir",
+        out,
+        "--stream",
+        "--force",
+        hf_home=tiny_copy.hf_home,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "model.safetensors: expected sha256" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 # --------------------------------------------------------------------------- CLI, profile
 
 

@@ -609,7 +609,7 @@ def main(cache: Path, runs: int, shape: str, scaling: bool, rss_cap: int = 12 * 
 
     *shape*: ``real`` (Qwen3-1.7B-Base), ``8b`` (that, then a Llama-3-8B-shaped checkpoint with
     ours streamed, accelerate's disk offload and the original method, the last two killed past
-    *rss_cap* bytes of RSS) or ``tiny`` (both parts at test-suite sizes).
+    *rss_cap* bytes of anonymous memory) or ``tiny`` (both parts at test-suite sizes).
     """
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
