@@ -280,16 +280,11 @@ class Bench:
         self.results["ours_outputs_identical_across_runs"] = len(digests) == 1
 
         # Same numbers as the original method, given the same determinism profile?
-        from refgen import determinism
-
-        profiled = {**self.env, **determinism.PROFILE_ENV}
-        for name in determinism.CLEARED_ENV:
-            profiled.pop(name, None)
         base_out = self.work / "baseline-profile.json"
         self.child(
             "baseline under the determinism profile",
             [PY, "-m", "refgen.bench.baseline", str(self.snapshot), str(base_out)],
-            env=profiled,
+            env=self.profiled_env(),
         )
         reference = self.work / "ours-0" / f"{self.main_spec.stem}.json"
         self.results["numbers_identical_to_baseline_under_profile"] = numbers(base_out) == numbers(
@@ -333,7 +328,6 @@ class Bench:
         """
         snapshot = str(self.snapshot)
         files = checkpoint.weight_files(self.snapshot)
-        log(f"page cache warmed before each program ({warm_page_cache(files):.1f} s)")
         runs: dict[str, list[dict[str, Any]]] = {
             "original": [],
             "ours_streamed": [],
@@ -345,7 +339,7 @@ class Bench:
             accel_out = self.work / f"accelerate-{i}.json"
             order = list(runs)[i % len(runs) :] + list(runs)[: i % len(runs)]
             for which in order:
-                warm_page_cache(files)
+                log(f"page cache warmed ({warm_page_cache(files):.1f} s)")
                 if which == "original":
                     out = self.work / f"original-{i}.json"
                     env = {**self.env, "REFGEN_BENCH_TIMINGS": f"{out}.timings"}
