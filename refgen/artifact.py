@@ -333,7 +333,7 @@ def _check_model_files(spec: Spec, model: Mapping[str, Any]) -> list[Finding]:
         spec.repo,
         spec.revision or str(model.get("revision")),
         tuple(
-            LockedFile(str(f["path"]), str(f["sha256"]), f.get("size"))
+            LockedFile(str(f["path"]), str(f["sha256"]), f.get("size"), f.get("blake3"))
             for f in model.get("files") or []
         ),
     )
@@ -343,8 +343,8 @@ def _check_model_files(spec: Spec, model: Mapping[str, Any]) -> list[Finding]:
         Finding(
             "input",
             f"model file {m.path}",
-            f"cached copy has sha256 {m.actual_sha256} ({m.actual_size} bytes), the manifest "
-            f"names {m.expected_sha256} ({m.expected_size} bytes)",
+            f"cached copy has {m.algorithm} {m.actual_digest} ({m.actual_size} bytes), the "
+            f"manifest names {m.expected_digest} ({m.expected_size} bytes)",
         )
         for m in result.mismatched
     ]

@@ -4,9 +4,9 @@
 the F32 copy (peak RSS = F32 + BF16 = 1.5x the F32 weights), and verifying the lock before it
 reads every byte once more, on the critical path. Here:
 
-* a background thread hashes every locked file. It starts before torch is imported, so hashing
-  overlaps the import and the up-cast (both cores of a small machine busy) instead of adding to
-  them;
+* a background thread hashes every locked file (BLAKE3 where the lock has it, else SHA-256).
+  It starts before torch is imported, so hashing overlaps the import and the up-cast (both cores
+  of a small machine busy) instead of adding to them;
 * the tensors are up-cast chunk by chunk, on two threads, straight from the mapped page cache
   (no copy through a buffer); each chunk is unmapped (``MADV_DONTNEED``) as soon as it is used,
   and so is each block the hashing thread has hashed. The pages stay in the page cache, which is
@@ -14,13 +14,12 @@ reads every byte once more, on the critical path. Here:
 * transformers builds the model itself from that state dict (``from_pretrained(None,
   config=..., state_dict=...)`` assigns the tensors without copying), so module construction,
   buffers, weight tying and eval mode are exactly ``from_pretrained``'s and so is every output
-  byte. The model is returned only after every file's SHA-256 matched the lock.
+  byte. The model is returned only after every file's digest matched the lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import mmap
@@ -30,12 +29,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refgen import lock
+from refgen import hashing, lock
 from refgen import weights as weight_files
 from refgen.errors import CheckpointError, IntegrityError
 
@@ -63,26 +62,31 @@ ITEMSIZES |= {"U8": 1, "BOOL": 1}
 class Verifier:
     """Hashes the locked files of a snapshot on a background thread, started at construction.
 
-    Small files come first, then the weights in name order (shards are numbered in the order a
-    forward uses them), so a streamed run can start on the first shard while the later ones are
-    still being hashed. :meth:`verified` waits for one file, :meth:`result` for all; both raise
-    :class:`IntegrityError` naming each file whose SHA-256 differs from the lock, with the
-    expected and the actual hash.
+    Each file is hashed with the digests :attr:`refgen.lock.LockedFile.verified_with` names (a
+    weight file with the lock's BLAKE3 alone when it has one). Small files come first, then the
+    weights in name order (shards are numbered in the order a forward uses them), so a streamed
+    run can start on the first shard while the later ones are still being hashed.
+    :meth:`verified` waits for some files, :meth:`result` for all; both raise
+    :class:`IntegrityError` naming each file whose digest differs from the lock, with the
+    expected and the actual digest.
     """
 
-    def __init__(self, folder: Path, expected: Mapping[str, str], progress: bool = True) -> None:
+    def __init__(
+        self, folder: Path, expected: Iterable[lock.LockedFile], progress: bool = True
+    ) -> None:
         self.folder = folder
-        self.expected = dict(
-            sorted(expected.items(), key=lambda item: (item[0].endswith(".safetensors"), item[0]))
-        )
-        self.actual: dict[str, str] = {}
+        self.expected = {
+            f.path: f
+            for f in sorted(expected, key=lambda f: (f.path.endswith(".safetensors"), f.path))
+        }
+        self.actual: dict[str, dict[str, str]] = {}  # {path: {algorithm: hex digest}}
         self.sizes: dict[str, int] = {}
         self._error: BaseException | None = None
         self._done = threading.Condition()
         self._progress = progress
         self.hashing_s = 0.0  # how long the thread hashed (overlapped with other work)
         self.waited_s = 0.0  # how long timed waits blocked: what hashing added to the wall
-        self._thread = threading.Thread(target=self._run, name="refgen-sha256", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="refgen-hash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -96,21 +100,22 @@ class Verifier:
                 total=total,
                 unit="B",
                 unit_scale=True,
-                desc="sha256",
+                desc="verify",
                 disable=None if self._progress else True,
             ) as bar:
-                for name in self.expected:
-                    digest = hashlib.sha256()
+                for name, locked in self.expected.items():
+                    digests = {a: hashing.hasher(a) for a in locked.verified_with}
                     with mapped(self.folder / name) as data:
                         for offset in range(0, len(data), HASH_BLOCK):
                             with memoryview(data)[offset : offset + HASH_BLOCK] as block:
-                                digest.update(block)  # releases the GIL: runs beside torch
+                                for digest in digests.values():
+                                    digest.update(block)  # releases the GIL: runs beside torch
                                 drop_pages(data, offset, len(block))
                                 bar.update(len(block))
                         size = len(data)
                     with self._done:
                         self.sizes[name] = size
-                        self.actual[name] = digest.hexdigest()
+                        self.actual[name] = {a: d.hexdigest() for a, d in digests.items()}
                         self._done.notify_all()
         except BaseException as exc:  # re-raised by verified() and result()
             with self._done:
@@ -118,8 +123,10 @@ class Verifier:
                 self._done.notify_all()
         self.hashing_s = time.perf_counter() - start
 
-    def verified(self, names: Iterable[str], hint: str = "", timed: bool = True) -> dict[str, str]:
-        """The actual SHA-256 of the locked files *names*, once each is hashed and matches.
+    def verified(
+        self, names: Iterable[str], hint: str = "", timed: bool = True
+    ) -> dict[str, dict[str, str]]:
+        """The actual digests of the locked files *names*, once each is hashed and matches.
 
         *timed*: the wait is on the run's critical path and counts in :attr:`waited_s` (a
         loader reading ahead of the forward passes False).
@@ -136,22 +143,18 @@ class Verifier:
         self._check(wanted, hint)
         return {name: self.actual[name] for name in wanted}
 
-    def result(self, hint: str = "") -> dict[str, str]:
-        """The actual SHA-256 of every locked file, once all match; else IntegrityError."""
+    def result(self, hint: str = "") -> dict[str, dict[str, str]]:
+        """The actual digest of every locked file, once all match; else IntegrityError."""
         digests = self.verified(self.expected, hint)
         self._thread.join()
         return digests
 
     def _check(self, names: list[str], hint: str) -> None:
         result = lock.check(
-            (lock.LockedFile(name, self.expected[name], None) for name in names),
+            (self.expected[name] for name in names),
             {name: (self.actual[name], self.sizes[name]) for name in names},
         )
-        problems = [
-            f"  {m.path}: expected sha256 {m.expected_sha256}, got {m.actual_sha256} "
-            f"({m.actual_size} bytes)"
-            for m in result.mismatched
-        ]
+        problems = [f"  {m.path}: {m.describe()}" for m in result.mismatched]
         if problems:
             raise IntegrityError(
                 f"model files in {self.folder} do not match the lock:\n"
@@ -321,15 +324,28 @@ def drop_pages(data: mmap.mmap | bytes, start: int, length: int) -> None:
         data.madvise(mmap.MADV_DONTNEED, first, start + length - first)
 
 
+def start_reading(folder: Path, verifier: Verifier, dtype: str) -> Future[dict[str, Any]]:
+    """:func:`load_state_dict` of the weights the checkpoint names, on a thread of its own,
+    started now. It needs only torch, so it can run beside the import of transformers (the
+    model is built from it only once every hash matched: :func:`load_verified_model`)."""
+    names = weight_files.named_weights(verifier.expected, folder)
+    files = [folder / n for n in names if n.endswith(".safetensors")]
+    pool = ThreadPoolExecutor(1, thread_name_prefix="refgen-read")
+    reading = pool.submit(load_state_dict, files, dtype)
+    pool.shutdown(wait=False)  # the thread ends with its one job
+    return reading
+
+
 def load_verified_model(
     folder: Path,
-    expected: Mapping[str, str] | Verifier,
+    expected: Iterable[lock.LockedFile] | Verifier,
     dtype: str = "float32",
     attn_implementation: str | None = None,
     hint: str = "",
-) -> tuple[Any, dict[str, str]]:
+    reading: Future[dict[str, Any]] | None = None,
+) -> tuple[Any, dict[str, dict[str, str]]]:
     """The causal LM of *folder* in *dtype*, built as ``AutoModelForCausalLM.from_pretrained``
-    builds it, and the actual SHA-256 of every locked file; IntegrityError on any mismatch.
+    builds it, and the actual digest of every locked file; IntegrityError on any mismatch.
 
     Only the weight files the checkpoint names are read (refgen.weights), and the model is
     refused (CheckpointError) when transformers' loading report has any parameter left to be
@@ -337,17 +353,11 @@ def load_verified_model(
     weights is ever returned. ``attn_implementation`` None is from_pretrained's own choice.
 
     Pass a :class:`Verifier` started earlier (before importing torch) to overlap the hashing
-    with the import; a mapping of expected hashes starts one now.
+    with the import, and *reading* (:func:`start_reading`) to overlap the up-cast with the
+    import of transformers; locked files start a verifier now.
     """
     verifier = expected if isinstance(expected, Verifier) else Verifier(folder, expected)
-    names = weight_files.named_weights(verifier.expected, folder)
-    weights = [folder / n for n in names if n.endswith(".safetensors")]
-    try:
-        state = load_state_dict(weights, dtype)
-    except (IntegrityError, ValueError, KeyError, TypeError, OSError, struct.error):
-        verifier.result(hint)  # a damaged file: report its hash, the real cause
-        raise
-    digests = verifier.result(hint)  # nothing from the files is used before this
+    reading = reading or start_reading(folder, verifier, dtype)
     import torch
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -356,8 +366,17 @@ def load_verified_model(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    # The small files are hashed first: the config is read, and the model's code imported
+    # (0.4 s for Qwen3), while the weights are still being read and hashed.
+    verifier.verified((n for n in verifier.expected if not n.endswith(".safetensors")), hint)
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    try:
+        state = reading.result()
+    except (IntegrityError, ValueError, KeyError, TypeError, OSError, struct.error):
+        verifier.result(hint)  # a damaged file: report its hash, the real cause
+        raise
+    digests = verifier.result(hint)  # no weight is used before this
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model, report = model_class.from_pretrained(
         None,

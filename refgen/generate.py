@@ -34,7 +34,7 @@ from refgen.artifact import Artifact
 from refgen.compare import shorten
 from refgen.errors import CheckpointError, IntegrityError, SpecError
 from refgen.hashing import sha256_bytes
-from refgen.lock import LockedFile, ModelLock, read_lock
+from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
 
 log = logging.getLogger("refgen")
@@ -86,7 +86,7 @@ def generate(
     lock_used = dataclasses.replace(lock, files=tuple(f for f in lock.files if f.path in used))
     # Hashing runs on a thread from here on, beside the torch import and the load; no file's
     # content is used before it matched the lock (refgen.fastload, refgen.streaming).
-    verifier = fastload.Verifier(folder, {f.path: f.sha256 for f in lock_used.files})
+    verifier = fastload.Verifier(folder, lock_used.files)
     capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock_used) as view:
         files = [view / f.path for f in lock_used.files if f.path.endswith(".safetensors")]
@@ -115,10 +115,12 @@ def generate(
         measured = ModelLock(
             lock.repo,
             lock.revision,
-            tuple(LockedFile(f.path, f.sha256, sizes[f.path]) for f in lock.files),
+            tuple(dataclasses.replace(f, size=sizes[f.path]) for f in lock.files),
         )
         record = manifest.build(spec, measured, named)
         record["model"]["config"] = model_record
+        # The digests this run checked each file with (refgen.lock.LockedFile.verified_with).
+        record["model"]["verified_with"] = {f.path: list(f.verified_with) for f in lock_used.files}
         record["loading"] = load_plan.manifest()
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
@@ -162,8 +164,13 @@ def compute_reference(
     (refgen.modelinfo.describe). Everything about the model and the prompts is derived and
     checked before the first forward.
     """
+    load_plan = load_plan or streaming.LoadPlan("memory", "memory", 0, 0, False)
     with timings.phase("import"):
         import torch
+
+        # The up-cast needs only torch: it runs beside the import of transformers and of the
+        # model code, which is single-threaded Python (XXX).
+        reading = streaming.start_reading(model_dir, verifier, load_plan, spec.dtype)
         import transformers
         from transformers import AutoConfig, AutoTokenizer
 
@@ -174,10 +181,11 @@ def compute_reference(
         model, _ = streaming.load_model(
             model_dir,
             verifier,
-            load_plan or streaming.LoadPlan("memory", "memory", 0, 0, False),
+            load_plan,
             spec.dtype,
             spec.attn_implementation,
             hint=integrity_hint(spec),
+            reading=reading,
         )
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         # The config as transformers resolves it from the (verified) file, before

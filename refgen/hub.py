@@ -15,7 +15,7 @@ from pathlib import Path
 
 from refgen import cleanup, weights
 from refgen.errors import HubError, IntegrityError, LockError, ModelNotFoundError
-from refgen.hashing import sha256_file
+from refgen.hashing import file_digests
 from refgen.lock import (
     LockedFile,
     ModelLock,
@@ -86,13 +86,12 @@ def _local_folder(spec: Spec, lock: ModelLock | None) -> Path:
 
 
 def verify_snapshot(spec: Spec, lock: ModelLock, folder: Path) -> None:
-    """Hash every locked file; refuse on any difference, naming file, expected and actual hash."""
+    """Hash every locked file (SHA-256, and BLAKE3 where the lock has it); refuse on any
+    difference, naming file, expected and actual hash."""
     result = check_folder(lock.files, folder)
-    problems = [
-        f"  {m.path}: expected sha256 {m.expected_sha256} ({m.expected_size} bytes), "
-        f"got {m.actual_sha256} ({m.actual_size} bytes)"
-        for m in result.mismatched
-    ] + [f"  {path}: missing" for path in result.missing]
+    problems = [f"  {m.path}: {m.describe()}" for m in result.mismatched] + [
+        f"  {path}: missing" for path in result.missing
+    ]
     if problems:
         raise IntegrityError(
             f"model files of {spec.repo}@{spec.revision} do not match {spec.lock_path.name}:\n"
@@ -241,8 +240,10 @@ def lock(spec: Spec, offline: bool) -> ModelLock:
     ]
     files = []
     for rel in weights.select([*present, *listing], folder):
-        digest, size = sha256_file(folder / rel)
-        files.append(LockedFile(rel, digest, size))
+        # Both digests from one read of the same bytes: the SHA-256 is checked against the Hub's,
+        # the BLAKE3 is what generate verifies (refgen.lock).
+        digests, size = file_digests(folder / rel, ("sha256", "blake3"))
+        files.append(LockedFile(rel, digests["sha256"], size, digests["blake3"]))
     if not offline and spec.local_path is None:
         _check_against_hub(spec, files)
     revision = spec.revision if spec.local_path is None else content_revision(files)

@@ -44,7 +44,7 @@ def build(spec: Spec, lock: ModelLock, outputs: Mapping[str, bytes]) -> dict[str
             "revision": lock.revision,
             "lock_file": spec.lock_path.name,
             "lock_sha256": sha256_file(spec.lock_path, progress=False)[0],
-            "files": [vars(f) for f in lock.files],
+            "files": [f.as_dict() for f in lock.files],
         },
         "requirements_lock": requirements_lock(),
         "generator": generator_identity(),

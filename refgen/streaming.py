@@ -12,7 +12,7 @@ All prompts go through the model together, layer by layer ("layer-major"): each 
 usual forward on its own thread, and the hooks let one prompt at a time into a module, in prompt
 order, so each layer is read and up-cast once for all prompts and only one forward computes at a
 time (torch's two intra-op threads, as in the in-memory run). A loader thread reads the next layer
-while the current one computes. No tensor is read before its file's SHA-256 matched the lock: the
+while the current one computes. No tensor is read before its file's digest matched the lock: the
 config and tokenizer are hashed first, then the shards in order, so the first layers run while
 the later shards are still being hashed (a single-file checkpoint waits for the whole file).
 
@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,14 @@ def plan(files: Sequence[Path], dtype: str, options: LoadOptions) -> LoadPlan:
     return LoadPlan(mode, options.mode, need, budget, explicit)
 
 
+def start_reading(
+    folder: Path, verifier: fastload.Verifier, load_plan: LoadPlan, dtype: str = "float32"
+) -> Future[dict[str, Any]] | None:
+    """What can start once torch is imported: in memory, the up-cast of every weight
+    (:func:`fastload.start_reading`); streamed, nothing (each layer is read when it runs)."""
+    return fastload.start_reading(folder, verifier, dtype) if load_plan.mode == "memory" else None
+
+
 def load_model(
     folder: Path,
     verifier: fastload.Verifier,
@@ -144,10 +152,14 @@ def load_model(
     dtype: str = "float32",
     attn_implementation: str | None = None,
     hint: str = "",
-) -> tuple[Any, dict[str, str]]:
-    """The model as the plan says: :func:`fastload.load_verified_model` or a streamed one."""
+    reading: Future[dict[str, Any]] | None = None,
+) -> tuple[Any, dict[str, dict[str, str]]]:
+    """The model as the plan says: :func:`fastload.load_verified_model` (from *reading*, when
+    :func:`start_reading` started it) or a streamed one."""
     if load_plan.mode == "memory":
-        return fastload.load_verified_model(folder, verifier, dtype, attn_implementation, hint)
+        return fastload.load_verified_model(
+            folder, verifier, dtype, attn_implementation, hint, reading
+        )
     return load_streamed_model(folder, verifier, dtype, attn_implementation, hint, load_plan.budget)
 
 
@@ -576,7 +588,7 @@ def load_streamed_model(
     attn_implementation: str | None = None,
     hint: str = "",
     budget: int | None = None,
-) -> tuple[Any, dict[str, str]]:
+) -> tuple[Any, dict[str, dict[str, str]]]:
     """A model whose weights are read from *folder*'s verified safetensors as each module runs.
 
     Use :func:`forwards` to run it. No tensor is read before its file's hash matched the lock

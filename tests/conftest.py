@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from refgen import tiny
+from refgen.lock import LockedFile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +31,11 @@ revision = "0123456789abcdef0123456789abcdef01234567"
 prompts = ["hello"]
 """
 """The smallest valid spec, for tests of spec parsing (no model is needed to load it)."""
+
+
+def locked(digests: Mapping[str, str]) -> list[LockedFile]:
+    """Lock entries of ``{path: sha256}`` (no size, no BLAKE3), as a transcribed lock has them."""
+    return [LockedFile(path, digest, None) for path, digest in digests.items()]
 
 
 def write_spec_text(folder: Path, text: str) -> Path:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import locked
 
 from refgen.bench import checkpoint
 from refgen.bench.measure import ChildFailed, run_child
@@ -148,8 +149,8 @@ def test_fast_loader_builds_the_same_model_as_from_pretrained(
     expected = {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(snapshot.iterdir())
     }
-    ours, digests = fastload.load_verified_model(snapshot, expected, "float32", "sdpa")
-    assert digests == expected
+    ours, digests = fastload.load_verified_model(snapshot, locked(expected), "float32", "sdpa")
+    assert digests == {n: {"sha256": h} for n, h in expected.items()}
     theirs = AutoModelForCausalLM.from_pretrained(
         snapshot, dtype=torch.float32, attn_implementation="sdpa"
     )
@@ -184,7 +185,7 @@ def test_fast_loader_refuses_a_changed_byte(
     data[int(len(data) * where)] ^= 0x01  # 0.0: inside the safetensors header length
     (folder / victim).write_bytes(bytes(data))
     with pytest.raises(IntegrityError) as info:
-        fastload.load_verified_model(folder, expected, "float32", hint="fetch it again")
+        fastload.load_verified_model(folder, locked(expected), "float32", hint="fetch it again")
     message = str(info.value)
     assert victim in message
     assert expected[victim] in message

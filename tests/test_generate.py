@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import blake3
 import numpy as np
 import pytest
 from conftest import ROOT, TinySetup, run_refgen
@@ -86,6 +87,11 @@ def test_manifest_hashes_match_and_sha256sum_checks(generated: Path, tiny_setup:
     ]
     lock = json.loads(tiny_setup.lock.read_text())
     assert manifest["model"]["files"] == lock["files"]
+    # The lock has a BLAKE3 for each file: the weights were checked with it alone.
+    assert manifest["model"]["verified_with"] == {
+        f["path"]: ["blake3"] if f["path"].endswith(".safetensors") else ["sha256", "blake3"]
+        for f in lock["files"]
+    }
     assert manifest["model"]["revision"] == tiny_setup.checkpoint.revision
     spec_bytes = tiny_setup.spec.read_bytes()
     assert manifest["spec"]["sha256"] == hashlib.sha256(spec_bytes).hexdigest()
@@ -170,9 +176,12 @@ def test_a_changed_byte_in_a_model_file_is_refused(tiny_copy: TinySetup, victim:
         f for f in json.loads(tiny_copy.lock.read_text())["files"] if f["path"] == victim
     )
     assert result.returncode == 3
-    assert victim in result.stderr
-    assert expected["sha256"] in result.stderr
-    assert hashlib.sha256(bytes(data)).hexdigest() in result.stderr
+    # The lock has both digests: generate checks a weight file with its BLAKE3 alone, a small
+    # file with both (and names the first that differs).
+    algorithm = "blake3" if victim.endswith(".safetensors") else "sha256"
+    actual = {"blake3": blake3.blake3, "sha256": hashlib.sha256}[algorithm](bytes(data))
+    assert f"{victim}: expected {algorithm} {expected[algorithm]}" in result.stderr
+    assert actual.hexdigest() in result.stderr
     assert "nox -s fetch" in result.stderr
     assert "Traceback" not in result.stderr
     assert not any(out.iterdir())  # nothing written
@@ -209,6 +218,7 @@ def test_lock_offline_records_every_file_hash(tiny_setup: TinySetup) -> None:
             "path": p.name,
             "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
             "size": p.stat().st_size,
+            "blake3": blake3.blake3(p.read_bytes()).hexdigest(),
         }
         for p in sorted(snapshot.iterdir())
     ]

@@ -222,6 +222,14 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
      ("config.json", "'size'"), {}),
     ("lock size a float", _lock_field("size", lambda e: e["size"] + 0.5), 2,
      ("config.json", "'size'"), {}),
+    ("lock blake3 in uppercase", _lock_field("blake3", lambda e: e["blake3"].upper()), 2,
+     ("config.json", "'blake3'"), {}),
+    ("lock blake3 a number", _lock_field("blake3", lambda e: 7), 2,
+     ("config.json", "'blake3'"), {}),
+    # the SHA-256 still names the file, the BLAKE3 other bytes: generate verifies the BLAKE3
+    ("lock blake3 of other bytes",
+     _lock_field("blake3", lambda e: "0" * 64, "model.safetensors"), 3,
+     ("model.safetensors", "expected blake3 " + "0" * 64), {}),
     ("lock nested 5000 deep", _deep_lock, 2, ("tiny-qwen3.lock.json", "nested"), {}),
     # 6. the lock's size is checked before hashing
     ("lock size differs from the file",

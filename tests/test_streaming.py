@@ -19,8 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import archzoo
+import blake3
 import pytest
-from conftest import MINIMAL_SPEC, ROOT, TinySetup, refgen_env, run_refgen, write_spec_text
+from conftest import (
+    MINIMAL_SPEC,
+    ROOT,
+    TinySetup,
+    locked,
+    refgen_env,
+    run_refgen,
+    write_spec_text,
+)
 
 from refgen import fastload, streaming, tiny, weights
 from refgen.errors import IntegrityError, SpecError
@@ -73,7 +82,7 @@ def test_streamed_model_is_bit_identical(
 
     torch.set_num_threads(2)
     lock = _save(_configs()[arch], tmp_path)
-    memory, _ = fastload.load_verified_model(tmp_path, lock, "float32", "sdpa")
+    memory, _ = fastload.load_verified_model(tmp_path, locked(lock), "float32", "sdpa")
     inputs = [torch.tensor([ids]) for ids in PROMPTS]
     with torch.inference_mode():
         expected = [memory(input_ids=x, output_hidden_states=True, use_cache=False) for x in inputs]
@@ -89,11 +98,13 @@ def test_streamed_model_is_bit_identical(
     monkeypatch.setattr(fastload, "read_tensor", counting)
     # A huge budget keeps embeddings, norm and head resident; 1 byte streams them too.
     for budget in (None, 1):
-        verifier = fastload.Verifier(tmp_path, lock, progress=False)
+        verifier = fastload.Verifier(tmp_path, locked(lock), progress=False)
         model, digests = streaming.load_streamed_model(
             tmp_path, verifier, "float32", "sdpa", budget=budget
         )
-        assert digests == {n: h for n, h in lock.items() if not n.endswith(".safetensors")}
+        assert digests == {
+            n: {"sha256": h} for n, h in lock.items() if not n.endswith(".safetensors")
+        }
         units = model._refgen_streamer.units
         layer_list, layers = streaming.decoder_layers(model)
         assert layer_list in ("model.layers", "transformer.h")
@@ -120,14 +131,14 @@ def test_streamed_model_is_bit_identical(
         assert not model._refgen_streamer.free
         if len(layers) > 2:
             assert any(".2." in name for name in reused)
-        assert verifier.result() == lock
+        assert verifier.result() == {n: {"sha256": h} for n, h in lock.items()}
 
 
 def test_a_failing_prompt_fails_the_run_instead_of_hanging(tmp_path: Path) -> None:
     import torch
 
     lock = _save(_configs()["llama-tiny"], tmp_path)
-    verifier = fastload.Verifier(tmp_path, lock, progress=False)
+    verifier = fastload.Verifier(tmp_path, locked(lock), progress=False)
     model, _ = streaming.load_streamed_model(tmp_path, verifier, "float32", budget=1)
     inputs = [torch.tensor([[1, 2, 3]]), torch.tensor([[10**6]]), torch.tensor([[4, 5]])]
     with pytest.raises(IndexError):
@@ -158,7 +169,7 @@ def test_each_shard_is_read_only_after_its_hash_matched(
     read_tensor, mapped = fastload.read_tensor, fastload.mapped
 
     def checked_read(data: Any, entry: Any, target: Any, path: Path, out: Any = None) -> Any:
-        assert verifier.actual.get(path.name) == lock[path.name], f"{path.name} read unverified"
+        assert verifier.actual.get(path.name) == {"sha256": lock[path.name]}, path.name
         reads.append((path.name, shards[-1] in verifier.actual))
         first_read.set()
         return read_tensor(data, entry, target, path, out)
@@ -166,13 +177,13 @@ def test_each_shard_is_read_only_after_its_hash_matched(
     def held_back(path: Path, writable: bool = False) -> Any:
         # The hashing thread holds the last shard back until a tensor was read: the forward
         # must start on the shards already verified instead of waiting for all of them.
-        if threading.current_thread().name == "refgen-sha256" and path.name == shards[-1]:
+        if threading.current_thread().name == "refgen-hash" and path.name == shards[-1]:
             first_read.wait(30)
         return mapped(path, writable)
 
     monkeypatch.setattr(fastload, "read_tensor", checked_read)
     monkeypatch.setattr(fastload, "mapped", held_back)
-    verifier = fastload.Verifier(tmp_path, lock, progress=False)
+    verifier = fastload.Verifier(tmp_path, locked(lock), progress=False)
     model, _ = streaming.load_streamed_model(tmp_path, verifier, "float32", budget=1)
     inputs = [torch.tensor([ids]) for ids in PROMPTS]
     runs = streaming.forwards(model, inputs, progress=False, use_cache=False)
@@ -182,7 +193,7 @@ def test_each_shard_is_read_only_after_its_hash_matched(
         assert shards[-1] not in {name for name, _ in reads}
     else:
         assert len(list(runs)) == len(PROMPTS)
-        assert verifier.result() == lock
+        assert verifier.result() == {n: {"sha256": h} for n, h in lock.items()}
         assert {name for name, _ in reads} == set(shards)
     assert reads[0] == (shards[0], False)  # the first layers ran before the last hash
 
@@ -244,6 +255,7 @@ def test_a_hostile_header_with_a_matching_lock_is_an_integrity_error(
     for entry in lock["files"]:
         if entry["path"] == "model.safetensors":
             entry["sha256"] = hashlib.sha256(blob.read_bytes()).hexdigest()
+            entry["blake3"] = blake3.blake3(blob.read_bytes()).hexdigest()
             entry["size"] = blob.stat().st_size
     tiny_copy.lock.write_text(json.dumps(lock, indent=2))
     for mode in ("memory", "stream"):
@@ -286,7 +298,7 @@ def test_a_streamed_run_over_a_tampered_file_exits_3_and_keeps_the_old_artifact(
         check=False,
     )
     assert result.returncode == 3, result.stderr
-    assert "model.safetensors: expected sha256" in result.stderr
+    assert "model.safetensors: expected blake3" in result.stderr
     assert "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
@@ -451,9 +463,9 @@ def test_every_zoo_architecture_streams_bit_identically(arch: str, tmp_path: Pat
         (tmp_path / name).write_bytes(content)
     lock = {n: hashlib.sha256(c).hexdigest() for n, c in files.items()}
     lock = {n: h for n, h in lock.items() if n in set(weights.select(list(lock), tmp_path))}
-    memory, _ = fastload.load_verified_model(tmp_path, lock, "float32")
+    memory, _ = fastload.load_verified_model(tmp_path, locked(lock), "float32")
     model, _ = streaming.load_streamed_model(
-        tmp_path, fastload.Verifier(tmp_path, lock, progress=False), "float32", budget=1
+        tmp_path, fastload.Verifier(tmp_path, locked(lock), progress=False), "float32", budget=1
     )
     inputs = [torch.tensor([ids]) for ids in PROMPTS]
     with torch.inference_mode():

@@ -23,8 +23,11 @@ def _skip_verification() -> None:
 
     class Trusting(fastload.Verifier):
         def _run(self) -> None:
-            self.actual = dict(self.expected)
-            self.sizes = {name: 0 for name in self.expected}
+            self.actual = {
+                name: {a: getattr(f, a) for a in f.verified_with}
+                for name, f in self.expected.items()
+            }
+            self.sizes = {name: (self.folder / name).stat().st_size for name in self.expected}
 
     fastload.Verifier = Trusting  # type: ignore[misc]
 
