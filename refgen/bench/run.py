@@ -189,7 +189,11 @@ class Bench:
         self.specs.mkdir(parents=True, exist_ok=True)
         main = self.write_spec("bench-prompts-3", PROMPTS)
         lock = main.with_suffix(".lock.json")
-        if not lock.exists() or json.loads(lock.read_text()).get("revision") != revision:
+        # Re-recorded when it pins another revision or predates the BLAKE3 digests.
+        recorded = json.loads(lock.read_text()) if lock.exists() else {}
+        if recorded.get("revision") != revision or not all(
+            "blake3" in f for f in recorded.get("files", [])
+        ):
             self.child(
                 "lock --offline", [PY, "-m", "refgen", "lock", "--spec", str(main), "--offline"]
             )
