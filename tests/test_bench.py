@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import locked
@@ -223,3 +224,26 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     assert "split of our run" in table
     assert "| ours streamed (`--stream --memory-budget" in table
     assert "accelerate disk offload" in table and "Scaling (this run)" in table
+
+
+def test_the_up_cast_threads_yield_to_the_import(
+    bench_tiny: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The up-cast runs beside the single-threaded import, at a lower priority (nice + 10)."""
+    import threading
+
+    from refgen import fastload
+
+    _, snapshot = bench_tiny
+    files = [p for p in snapshot.iterdir() if p.name.endswith(".safetensors")]
+    seen: set[int] = set()
+    read_tensor = fastload.read_tensor
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return read_tensor(*args, **kwargs)
+
+    monkeypatch.setattr(fastload, "read_tensor", spy)
+    fastload.load_state_dict(files, "float32", progress=False)
+    assert seen == {min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < min(seen)

@@ -13,7 +13,7 @@ from typing import Any
 import blake3
 import numpy as np
 import pytest
-from conftest import ROOT, TinySetup, run_refgen
+from conftest import ROOT, TinySetup, refgen_env, run_refgen
 from qwen3_numpy import forward, read_safetensors
 from tokenizers import Tokenizer
 
@@ -311,3 +311,42 @@ def test_demo_runs_offline_and_matches(generated: Path, tmp_path: Path) -> None:
     assert (tmp_path / f"{NAME}.json").read_bytes() == (generated / f"{NAME}.json").read_bytes()
     checked = subprocess.run(["sha256sum", "-c", f"{NAME}.sha256"], cwd=tmp_path)
     assert checked.returncode == 0
+
+
+KEEP_LAST = """
+import gc, sys, weakref
+from pathlib import Path
+from refgen import determinism
+
+determinism.apply_environment()
+from refgen import generate
+from refgen.spec import load_spec
+
+generate.KEEP_LAST_MODEL = sys.argv[2] == "keep"
+spec, out = load_spec(sys.argv[1]), Path(sys.argv[3])
+generate.generate(spec, out / "a")
+first = [weakref.ref(m) for m in generate._kept]
+generate.generate(spec, out / "b")
+gc.collect()
+print(len(first), sum(r() is not None for r in first), len(generate._kept))
+"""
+
+
+@pytest.mark.parametrize("mode", ["keep", "free"])
+def test_only_the_last_model_is_kept_and_only_when_asked(
+    tiny_copy: TinySetup, tmp_path: Path, mode: str
+) -> None:
+    """`python -m refgen` exits without freeing the last model (refgen.__main__); a second run in
+    the same process frees the first model before it loads, and a library caller keeps none."""
+    proc = subprocess.run(
+        [sys.executable, "-c", KEEP_LAST, str(tiny_copy.spec), mode, str(tmp_path)],
+        env=refgen_env(tiny_copy.hf_home, {"HF_HUB_OFFLINE": "1"}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # models kept after the first run, of them still alive after the second, kept at the end
+    assert proc.stdout.split() == (["1", "0", "1"] if mode == "keep" else ["0", "0", "0"])
+    a, b = (tmp_path / run / f"{NAME}.json" for run in "ab")
+    assert a.read_bytes() == b.read_bytes()

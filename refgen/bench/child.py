@@ -10,6 +10,7 @@ never runs outside the benchmark.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ def main(argv: list[str]) -> None:
     spec_path, output_dir, timings_path, *flags = argv
     if "--no-verify" in flags:
         _skip_verification()
+    from refgen import generate as generating
     from refgen.generate import Timings, generate
     from refgen.spec import load_spec, parse_size
     from refgen.streaming import LoadOptions
@@ -48,6 +50,7 @@ def main(argv: list[str]) -> None:
         budget = flags[flags.index("--stream") + 1 :]
         load = LoadOptions("stream", parse_size(budget[0]) if budget else None)
     timings = Timings()
+    generating.KEEP_LAST_MODEL = True  # as `python -m refgen` (refgen.__main__)
     generate(load_spec(spec_path), Path(output_dir), timings, load=load)
     phases = dict(timings.phases)
     phases["total_in_process"] = time.perf_counter() - START
@@ -56,3 +59,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # no teardown, as `python -m refgen` (refgen.__main__)
