@@ -20,7 +20,7 @@ Memory: the resident modules (embeddings, norm, LM head, when the budget allows)
 layers in F32, the activations and torch itself. Each layer is read into the tensors of a layer
 already released, so the kernel maps and zeroes fresh pages for two layers only, not for every
 weight as the in-memory load must. Time: the same forwards, the reads overlapping them and the
-hashing; at the Qwen3-1.7B shape on 2 cores it ran in 0.70x to 0.97x the in-memory wall
+hashing; at the Qwen3-1.7B shape on 2 cores it ran in 0.70x to 0.98x the in-memory wall
 (``python -m refgen.bench --shape 8b``, README).
 """
 
