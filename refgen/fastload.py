@@ -268,9 +268,9 @@ def load_state_dict(files: Iterable[Path], dtype: str, progress: bool = True) ->
 def yielding() -> None:
     """Lower the calling thread's priority (nice 10; its OpenMP threads inherit it). The up-cast
     runs beside the import of transformers, which is single-threaded and on the critical path:
-    at equal priority it got a third of a core (the deterministic-mode import took 5.4 s after
-    the torch import instead of 3.6 s yielded; Qwen3-1.7B shape, 3 runs each). Linux only,
-    where a thread has a nice value of its own; a no-op elsewhere."""
+    at equal priority the imports ended 5.3 to 5.5 s after the start, yielded 3.5 to 3.6 s
+    (Qwen3-1.7B shape, 3 runs each). Linux only, where a thread has a nice value of its own; a
+    no-op elsewhere."""
     if sys.platform == "linux":
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
