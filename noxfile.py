@@ -53,7 +53,7 @@ def fetch(session: nox.Session) -> None:
 
 @nox.session(name="lock-model", python=PYTHON, default=False)
 def lock_model(session: nox.Session) -> None:
-    """Record the SHA-256 of a spec's model files: `-- --spec PATH [--offline]`."""
+    """Record the SHA-256 and BLAKE3 of a spec's model files: `-- --spec PATH [--offline]`."""
     install(session)
     refgen(session, "lock")
 

@@ -111,6 +111,12 @@ def _exit_interrupted(code: int) -> NoReturn:
         signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the cleanup short
     cleanup.remove_all()
     print("refgen: interrupted; no output was changed", file=sys.stderr)
+    exit_now(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with *code* once the logs and standard streams are flushed, skipping
+    the interpreter's teardown (which frees every object one by one)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -268,36 +268,32 @@ def verify(
                 "rebuild ran outside any image (`make verify` runs it in the pinned image)"
             )
     comparison = None
+    error: str | None = None
+    not_comparable: str | None = None
     lacks = determinism.cpu_lacks()
     if lacks:
         # The generator would refuse (or, without the profile, compute other bytes): a numeric
         # mismatch here would say nothing about the reference. Integrity and inputs still count.
-        return VerifyResult(
-            verdict=Verdict.NOT_REPRODUCED if integrity or inputs else Verdict.NOT_COMPARABLE,
-            reference=artifact.reference.name,
-            integrity=tuple(integrity),
-            inputs=tuple(inputs),
-            rebuild_error=None,
-            comparison=None,
-            notes=tuple(notes),
-            not_comparable=(
-                f"this CPU lacks {' and '.join(lacks)}: the determinism profile cannot hold here, "
-                "so a rebuild cannot confirm or refute the reference; verify on an x86-64 CPU "
-                "with AVX2 and FMA"
-            ),
+        not_comparable = (
+            f"this CPU lacks {' and '.join(lacks)}: the determinism profile cannot hold here, "
+            "so a rebuild cannot confirm or refute the reference; verify on an x86-64 CPU "
+            "with AVX2 and FMA"
         )
-    with rebuild(spec) as (built, error):
-        if built is not None:
-            # with the probe files beside each (X.safetensors), when either has one
-            comparison = compare.compare_files(
-                artifact.reference, built, tol, a_name=artifact.reference.name, b_name="rebuild"
-            )
-            if manifest is not None:
-                notes += _environment_notes(manifest, Artifact(built).manifest)
-    if integrity or inputs or error or comparison is None:
-        verdict = Verdict.NOT_REPRODUCED
     else:
+        with rebuild(spec) as (built, error):
+            if built is not None:
+                # with the probe files beside each (X.safetensors), when either has one
+                comparison = compare.compare_files(
+                    artifact.reference, built, tol, a_name=artifact.reference.name, b_name="rebuild"
+                )
+                if manifest is not None:
+                    notes += _environment_notes(manifest, Artifact(built).manifest)
+    if integrity or inputs or error:
+        verdict = Verdict.NOT_REPRODUCED
+    elif comparison is not None:
         verdict = comparison.verdict
+    else:
+        verdict = Verdict.NOT_COMPARABLE if not_comparable else Verdict.NOT_REPRODUCED
     return VerifyResult(
         verdict=verdict,
         reference=artifact.reference.name,
@@ -306,6 +302,7 @@ def verify(
         rebuild_error=error,
         comparison=comparison,
         notes=tuple(notes),
+        not_comparable=not_comparable,
     )
 
 

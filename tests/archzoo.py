@@ -11,18 +11,17 @@ tokenizer's template post-processor, as Llama and Gemma tokenizers do.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conftest import ROOT, refgen_env, run
+
 from refgen import tiny
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ("The capital of France is", "Two plus two equals", "Once upon a time, there was a")
 DTYPES = ("float32", "bfloat16", "float16")
 TOP_K = 10
@@ -245,18 +244,8 @@ print(json.dumps(results))
 def plain_forwards(jobs: Mapping[str, tuple[Path, str]], hf_home: Path) -> dict[str, Any]:
     """key -> plain from_pretrained results, for (snapshot, dtype) jobs, in one child process."""
     payload = {k: (str(s), d, list(PROMPTS), TOP_K) for k, (s, d) in jobs.items()}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
-    env.update({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
-    result = subprocess.run(
-        [sys.executable, "-c", _PLAIN, json.dumps(payload)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"plain forward failed:\n{result.stderr}")
+    env = refgen_env(hf_home, {"HF_HUB_OFFLINE": "1"})
+    result = run([sys.executable, "-c", _PLAIN, json.dumps(payload)], env, ROOT, timeout=900)
     data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return data
 
@@ -297,21 +286,3 @@ def numpy_max_diff(reference: Mapping[str, Any], snapshot: Path) -> float:
         worst = max(worst, float(np.max(np.abs(got - logits[want]))))
         worst = max(worst, float(np.max(np.abs(np.array(case["last_residual_f32"]) - residual))))
     return worst
-
-
-def run_refgen(
-    args: Iterable[str | Path], hf_home: Path, check: bool = False
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
-    env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT)})
-    result = subprocess.run(
-        [sys.executable, "-m", "refgen", *map(str, args)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"refgen {args} failed ({result.returncode}):\n{result.stderr}")
-    return result

@@ -66,11 +66,15 @@ def refgen_env(hf_home: Path, env: Mapping[str, str] | None = None) -> dict[str,
 
 
 def run(
-    cmd: Sequence[str | Path], env: Mapping[str, str], cwd: Path, check: bool = True
+    cmd: Sequence[str | Path],
+    env: Mapping[str, str],
+    cwd: Path,
+    check: bool = True,
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
     """A command in its own process; with *check*, a failure shows its output."""
     result = subprocess.run(
-        [str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+        [str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
@@ -83,10 +87,11 @@ def run_refgen(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     check: bool = True,
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m refgen ARGS`` in a clean process with HF_HOME set; extra env on top."""
     cmd = [sys.executable, "-m", "refgen", *args]
-    return run(cmd, refgen_env(hf_home, env), cwd or ROOT, check)
+    return run(cmd, refgen_env(hf_home, env), cwd or ROOT, check, timeout)
 
 
 @pytest.fixture(scope="session")
@@ -151,26 +156,13 @@ def run_refgen_unprivileged(
     check: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m refgen ARGS`` as an unprivileged user; ``home`` is its HOME and TMPDIR."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
-    full_env.update(
-        HF_HOME=str(hf_home),
-        PYTHONPATH=str(ROOT),
-        PYTHONDONTWRITEBYTECODE="1",  # it cannot write __pycache__ in the checkout
-        HOME=str(home),
-        TMPDIR=str(home),
-    )
-    full_env.update(env or {})
-    result = subprocess.run(
-        [*unprivileged_prefix(), sys.executable, "-m", "refgen", *map(str, args)],
-        env=full_env,
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"refgen {args} failed ({result.returncode}):\n{result.stderr}")
-    return result
+    own = {
+        "PYTHONDONTWRITEBYTECODE": "1",  # it cannot write __pycache__ in the checkout
+        "HOME": str(home),
+        "TMPDIR": str(home),
+    }
+    cmd = [*unprivileged_prefix(), sys.executable, "-m", "refgen", *args]
+    return run(cmd, refgen_env(hf_home, {**own, **(env or {})}), home, check)
 
 
 @dataclass(frozen=True)

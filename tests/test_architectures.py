@@ -15,6 +15,7 @@ from typing import Any
 import archzoo
 import numpy as np
 import pytest
+from conftest import run_refgen
 from tokenizers import Tokenizer
 
 NUMPY_ATOL = 1e-4
@@ -46,7 +47,7 @@ def build_zoo(base: Path, per_arch: bool = False) -> Zoo:
     paths = []
     for b in built.values():
         first = archzoo.write_spec(specs, b, archzoo.DTYPES[0])
-        archzoo.run_refgen(["lock", "--spec", first, "--offline"], hf_home, check=True)
+        run_refgen("lock", "--spec", first, "--offline", hf_home=hf_home)
         paths.append(first)
         for dtype in archzoo.DTYPES[1:]:
             spec = archzoo.write_spec(specs, b, dtype)
@@ -58,7 +59,7 @@ def build_zoo(base: Path, per_arch: bool = False) -> Zoo:
         args: list[str | Path] = ["generate", "--output-dir", out]
         for path in group:
             args += ["--spec", path]
-        result = archzoo.run_refgen(args, hf_home, check=not per_arch)
+        result = run_refgen(*args, hf_home=hf_home, check=not per_arch, timeout=1800)
         for path in group:
             exit_codes[path.stem.rsplit("-", 1)[0]] = result.returncode
     jobs = {

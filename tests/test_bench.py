@@ -212,6 +212,8 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     assert results["numbers_identical_to_baseline_under_profile"] is True
     assert results["noop_outputs_unchanged"] is True
     assert results["baseline"]["max_rss_gb"] > 0.1 and results["ours"]["max_rss_gb"] > 0.1
+    for program in ("baseline", "baseline_profile", "ours", "streamed"):
+        assert len(results[program]["walls_s"]) == 2, program  # each alternated, each timed
     assert results["streamed_json_identical_to_in_memory"] is True
     big = results["large"]["bigger_than_memory"]
     for program in ("ours_streamed", "accelerate", "original"):
@@ -221,6 +223,7 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     assert big["numbers_identical_to_accelerate_under_profile"] is True
     table = (tmp_path / "results.md").read_text()
     assert "| ratio ours / baseline |" in table
+    assert "| ratio ours / baseline under the profile |" in table
     assert "split of our run" in table
     assert "| ours streamed (`--stream --memory-budget" in table
     assert "accelerate disk offload" in table and "Scaling (this run)" in table

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import TinySetup, run_refgen
+from conftest import TinySetup, run, run_refgen
 
 ROOT = Path(__file__).resolve().parent.parent
 # Unique per test run: the daemon may be shared with other checkouts and CI jobs, whose images
@@ -50,17 +50,8 @@ def _script(
     name: str, *args: str | Path, env: Mapping[str, str], check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run docker/NAME with ``env`` on top of ours; the output is kept for failure messages."""
-    result = subprocess.run(
-        ["bash", str(ROOT / "docker" / name), *map(str, args)],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker/{name} failed ({result.returncode}):\n{result.stderr}")
-    return result
+    cmd = ["bash", ROOT / "docker" / name, *args]
+    return run(cmd, {**os.environ, **env}, ROOT, check, timeout=1800)
 
 
 @dataclass(frozen=True)

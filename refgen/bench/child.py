@@ -10,7 +10,6 @@ never runs outside the benchmark.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -59,6 +58,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # no teardown, as `python -m refgen` (refgen.__main__)
+    from refgen.cli import exit_now
+
+    exit_now(0)  # no teardown, as `python -m refgen` (refgen.__main__)
