@@ -15,6 +15,7 @@ anything raises :class:`Interrupted` and the lock is never released (the process
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +28,10 @@ from typing import Any
 # How long an interrupted child (verify's rebuild) gets to remove its own temporaries; it runs
 # this same signal path, so it exits within about a second unless it is stuck in the kernel.
 CHILD_GRACE_S = 20.0
+# torch makes its compile cache folder ($TMPDIR/torchinductor_$USER) as soon as a transformers
+# model's code is imported (torch._dynamo.package does, at import), and keeps it. refgen
+# compiles nothing, so a command points that cache at a temporary of its own.
+TORCH_CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 
 _lock = threading.RLock()
 _entries: dict[int, Callable[[], None]] = {}
@@ -68,6 +73,21 @@ def temporary_directory(prefix: str, dir: str | Path | None = None) -> Iterator[
         yield path
     finally:
         _release(key)
+
+
+@contextmanager
+def torch_cache_directory() -> Iterator[None]:
+    """torch's compile cache in a :func:`temporary_directory` for the block (and for the child
+    processes started in it), unless the caller chose a folder for it."""
+    if os.environ.get(TORCH_CACHE_VARIABLE):
+        yield
+        return
+    with temporary_directory(prefix="refgen-torch-") as path:
+        os.environ[TORCH_CACHE_VARIABLE] = str(path)
+        try:
+            yield
+        finally:
+            os.environ.pop(TORCH_CACHE_VARIABLE, None)
 
 
 def temporary_file(prefix: str, suffix: str, dir: Path) -> tuple[int, Path, int]:

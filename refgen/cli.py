@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """The command itself; every expected failure becomes one ``refgen: error:`` line."""
     try:
-        result: int = args.func(args)
+        with cleanup.torch_cache_directory():
+            result: int = args.func(args)
         return result
     except RefgenError as exc:
         print(f"refgen: error: {exc}", file=sys.stderr)

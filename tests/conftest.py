@@ -57,9 +57,14 @@ class TinySetup:
 
 
 def refgen_env(hf_home: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A clean environment (no HF_* or REFGEN_* of the caller) with HF_HOME set and this
-    checkout first on the path; *env* on top."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
+    """A clean environment (no HF_* or REFGEN_* of the caller, and not the torch cache folder
+    this process's torch exported) with HF_HOME set and this checkout first on the path; *env*
+    on top."""
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "REFGEN_")) and k != "TORCHINDUCTOR_CACHE_DIR"
+    }
     full_env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT)})
     full_env.update(env or {})
     return full_env

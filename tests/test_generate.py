@@ -22,11 +22,25 @@ NAME = "tiny_qwen3_reference"
 
 @pytest.fixture(scope="session")
 def generated(tiny_setup: TinySetup, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("generated")
+    """The run's output folder; its TMPDIR is the sibling folder ``tmp``."""
+    base = tmp_path_factory.mktemp("generated")
+    out, tmp = base / "out", base / "tmp"
+    tmp.mkdir()
     run_refgen(
-        "generate", "--spec", tiny_setup.spec, "--output-dir", out, hf_home=tiny_setup.hf_home
+        "generate",
+        "--spec",
+        tiny_setup.spec,
+        "--output-dir",
+        out,
+        hf_home=tiny_setup.hf_home,
+        env={"TMPDIR": str(tmp)},
     )
     return out
+
+
+def test_a_run_leaves_nothing_in_tmpdir(generated: Path) -> None:
+    # torch's compile cache (torchinductor_USER) included: refgen.cleanup.torch_cache_directory
+    assert list((generated.parent / "tmp").iterdir()) == []
 
 
 def load(folder: Path, suffix: str = ".json") -> Any:

@@ -92,10 +92,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     (project / "tmp").mkdir()
     root = base / "ws"
     hf_home = base / "hf-home"
-    make_setup(hf_home, root / "specs", f"../{REF}", env=base_env(hf_home, project))
-    # After the checkpoint is built: importing torch here exported TORCHINDUCTOR_CACHE_DIR, which
-    # keeps torch's cache folder out of the processes' private temp folder (as in main's order).
     env = base_env(hf_home, project)
+    make_setup(hf_home, root / "specs", f"../{REF}", env=env)
     run([sys.executable, "-m", "refgen", "generate", "--spec", str(root / SPEC)], env, cwd=project)
     return Workspace(root, hf_home, project)
 
