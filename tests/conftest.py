@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from refgen import tiny
+from refgen import cleanup, tiny
 from refgen.lock import LockedFile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def refgen_env(hf_home: Path, env: Mapping[str, str] | None = None) -> dict[str,
     full_env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("HF_", "REFGEN_")) and k != "TORCHINDUCTOR_CACHE_DIR"
+        if not k.startswith(("HF_", "REFGEN_")) and k != cleanup.TORCH_CACHE_VARIABLE
     }
     full_env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT)})
     full_env.update(env or {})

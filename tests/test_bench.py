@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -233,8 +234,6 @@ def test_the_up_cast_threads_yield_to_the_import(
     bench_tiny: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The up-cast runs beside the single-threaded import, at a lower priority (nice + 10)."""
-    import threading
-
     from refgen import fastload
 
     _, snapshot = bench_tiny

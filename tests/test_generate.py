@@ -13,7 +13,7 @@ from typing import Any
 import blake3
 import numpy as np
 import pytest
-from conftest import ROOT, TinySetup, refgen_env, run_refgen
+from conftest import ROOT, TinySetup, refgen_env, run, run_refgen
 from qwen3_numpy import forward, read_safetensors
 from tokenizers import Tokenizer
 
@@ -352,14 +352,11 @@ def test_only_the_last_model_is_kept_and_only_when_asked(
 ) -> None:
     """`python -m refgen` exits without freeing the last model (refgen.__main__); a second run in
     the same process frees the first model before it loads, and a library caller keeps none."""
-    proc = subprocess.run(
-        [sys.executable, "-c", KEEP_LAST, str(tiny_copy.spec), mode, str(tmp_path)],
-        env=refgen_env(tiny_copy.hf_home, {"HF_HUB_OFFLINE": "1"}),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run(
+        [sys.executable, "-c", KEEP_LAST, tiny_copy.spec, mode, tmp_path],
+        refgen_env(tiny_copy.hf_home, {"HF_HUB_OFFLINE": "1"}),
+        ROOT,
     )
-    assert proc.returncode == 0, proc.stderr
     # models kept after the first run, of them still alive after the second, kept at the end
     assert proc.stdout.split() == (["1", "0", "1"] if mode == "keep" else ["0", "0", "0"])
     a, b = (tmp_path / run / f"{NAME}.json" for run in "ab")

@@ -39,8 +39,7 @@ def main(argv: list[str]) -> None:
     spec_path, output_dir, timings_path, *flags = argv
     if "--no-verify" in flags:
         _skip_verification()
-    from refgen import generate as generating
-    from refgen.generate import Timings, generate
+    from refgen import generate
     from refgen.spec import load_spec, parse_size
     from refgen.streaming import LoadOptions
 
@@ -48,9 +47,9 @@ def main(argv: list[str]) -> None:
     if "--stream" in flags:  # --stream [BUDGET]: layer-streamed, within BUDGET if given
         budget = flags[flags.index("--stream") + 1 :]
         load = LoadOptions("stream", parse_size(budget[0]) if budget else None)
-    timings = Timings()
-    generating.KEEP_LAST_MODEL = True  # as `python -m refgen` (refgen.__main__)
-    generate(load_spec(spec_path), Path(output_dir), timings, load=load)
+    timings = generate.Timings()
+    generate.KEEP_LAST_MODEL = True  # as `python -m refgen` (refgen.__main__)
+    generate.generate(load_spec(spec_path), Path(output_dir), timings, load=load)
     phases = dict(timings.phases)
     phases["total_in_process"] = time.perf_counter() - START
     Path(timings_path).write_text(json.dumps(phases, indent=2))
