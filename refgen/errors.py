@@ -1,4 +1,39 @@
-"""One exception root, so the CLI can turn every expected failure into a clear message."""
+"""One exception root, so the CLI can turn every expected failure into a clear message, and the
+one table of exit codes."""
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Every exit status of the ``refgen`` command, in one place (``--help`` and the README list
+    them all)."""
+
+    OK = 0
+    """success; verify/diff: reproduced bit for bit; compare: the port is within tolerance"""
+    USAGE = 2
+    """bad input or could not run (the message names the thing and the fix)"""
+    INTEGRITY = 3
+    """a model file does not match its lock"""
+    UNSUPPORTED_CPU = 4
+    """the CPU lacks an instruction set the determinism profile needs"""
+    NON_FINITE = 5
+    """a weight or a layer's output is NaN or infinite: no reference can be made of it"""
+    WITHIN_TOLERANCE = 10
+    """verify/diff: reproduced within tolerance"""
+    NOT_REPRODUCED = 11
+    """verify/diff: not reproduced"""
+    NOT_COMPARABLE = 12
+    """verify: this CPU cannot run the determinism profile, so no rebuild here can judge"""
+    DIVERGED = 13
+    """compare: the port departs from the reference beyond tolerance"""
+    HANGUP = 129
+    """interrupted by SIGHUP (no output was changed)"""
+    INTERRUPTED = 130
+    """interrupted by SIGINT / Ctrl-C (no output was changed)"""
+    QUIT = 131
+    """interrupted by SIGQUIT (no output was changed)"""
+    TERMINATED = 143
+    """interrupted by SIGTERM (no output was changed)"""
 
 
 class RefgenError(Exception):
