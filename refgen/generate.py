@@ -31,11 +31,11 @@ from refgen import (
     weights,
 )
 from refgen.artifact import Artifact
-from refgen.compare import shorten
 from refgen.errors import CheckpointError, IntegrityError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
+from refgen.text import shorten
 
 log = logging.getLogger("refgen")
 
