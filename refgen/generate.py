@@ -74,7 +74,7 @@ def generate(
     """
     timings = timings or Timings()
     _kept.clear()  # the previous run's model, before this one is loaded
-    outputs = Artifact.of(spec, output_dir).check_destination(spec, output_dir)
+    outputs = destination(spec, output_dir)
     lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
     # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
@@ -147,6 +147,18 @@ def generate(
             }
         )
     return outputs
+
+
+def destination(spec: Spec, output_dir: Path | None = None) -> Artifact:
+    """Where *spec*'s set goes, checked against everything this run reads: the spec, its lock,
+    ``requirements.lock`` and the model cache (refused: OutputError); an explicit
+    ``--output-dir`` is created."""
+    return Artifact.of(spec, output_dir).check_destination(
+        inputs=[spec.path, spec.lock_path, manifest.requirements_lock_path()],
+        protected=[Path(hub.cache_dir())],
+        key="--output-dir" if output_dir else f"'reference.output' of {spec.path.name}",
+        create=output_dir is not None,
+    )
 
 
 def compute_reference(
