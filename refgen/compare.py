@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from refgen import jsonio, probes
-from refgen.errors import RefgenError
+from refgen.errors import CompareError
 
 DEFAULT_TOLERANCE = 1e-6
 """Default for both the absolute and the relative part; the consumer's own bar is 1e-3."""
@@ -52,10 +52,6 @@ REQUIRED_KEYS = (
 _TOP_K = re.compile(r"^top_\d+$")
 MAX_REPORTED_DIFFERENCES = 200
 """Cap on the differences kept in a report (the total is always counted)."""
-
-
-class CompareError(RefgenError):
-    """A file to compare is missing, unreadable or not a reference."""
 
 
 class Verdict(enum.Enum):

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from refgen import fastload
-from refgen.errors import RefgenError
+from refgen.errors import RefgenError, StreamingError
 
 log = logging.getLogger("refgen")
 
@@ -51,10 +51,6 @@ AVAILABLE_SHARE = 0.75
 # transformers imported, the tokenizer, activations and hidden states of a few short prompts
 # (measured: about 0.6 GB at the Qwen3-1.7B shape), with a margin.
 RUNTIME_BYTES = 1_000_000_000
-
-
-class StreamingError(RefgenError):
-    """The model cannot be streamed as its files are laid out (a parameter has no tensor)."""
 
 
 def available_memory() -> int:
