@@ -271,7 +271,7 @@ def _tolerance(text: str) -> float:
 
 def _load_options(args: argparse.Namespace, spec: Any) -> Any:
     """The CLI's --load/--memory-budget over the spec's [run] load/memory_budget."""
-    from refgen.streaming import LoadOptions
+    from refgen.load.plan import LoadOptions
 
     budget = args.memory_budget if args.memory_budget is not None else spec.memory_budget
     return LoadOptions(args.load or spec.load, budget)
