@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from refgen.errors import RefgenError, SpecError
+from refgen.errors import ProbeFileError as ProbeFileError  # raised here; compare catches it here
+from refgen.errors import SpecError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,10 +62,6 @@ _NAME = re.compile(r"^prompt(\d+)\.(?:hidden_states\.layer(\d+)|logits\.last)$")
 # safetensors dtype -> (numpy dtype of the raw words, how to widen them to float64 exactly)
 _FLOAT_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-
-
-class ProbeFileError(RefgenError):
-    """A probe file is not a readable safetensors file."""
 
 
 def probe_path(reference: Path) -> Path:

@@ -25,7 +25,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from refgen.compare.results import CompareError
+from refgen.errors import CompareError
 
 _PLACEHOLDER = re.compile(r"\{(i|p)\}")
 _TARGET = re.compile(r"\{(i|p)(?:([+-])(\d+))?\}")

@@ -25,7 +25,6 @@ from refgen import probes
 from refgen.compare import metrics as m
 from refgen.compare import namemap
 from refgen.compare.report import json_safe
-from refgen.compare.results import CompareError
 from refgen.compare.verdict import (
     DTYPE_NAMES,
     FLOOR_FACTOR,
@@ -33,7 +32,7 @@ from refgen.compare.verdict import (
     allowance,
     dtype_code,
 )
-from refgen.errors import ExitCode
+from refgen.errors import CompareError, ExitCode
 from refgen.text import shorten
 
 _HIDDEN = re.compile(r"^hidden_states\.layer(\d+)$")
