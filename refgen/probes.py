@@ -251,6 +251,8 @@ def read(path: Path) -> ProbeFile:
         for name, info in header.items():
             start, end = (int(x) for x in info["data_offsets"])
             shape = tuple(int(x) for x in info["shape"])
+            if any(d < 0 for d in shape):
+                raise ValueError(f"tensor {name} has a negative dimension: shape {list(shape)}")
             if not 0 <= start <= end <= len(body):
                 raise ValueError(f"tensor {name} lies outside the file")
             width = _ITEMSIZE.get(str(info["dtype"]))
