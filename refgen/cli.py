@@ -226,7 +226,7 @@ def _size(text: str) -> int:
 
 def _load_options(args: argparse.Namespace, spec: Any) -> Any:
     """The CLI's --load/--memory-budget over the spec's [run] load/memory_budget."""
-    from refgen.streaming import LoadOptions
+    from refgen.load.plan import LoadOptions
 
     budget = args.memory_budget if args.memory_budget is not None else spec.memory_budget
     return LoadOptions(args.load or spec.load, budget)
@@ -262,16 +262,14 @@ def _specs(args: argparse.Namespace) -> list[Path]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     determinism.apply_environment(args.profile_variant)
-    from refgen.artifact import Artifact, is_up_to_date
-    from refgen.generate import generate
+    from refgen.audit import is_up_to_date
+    from refgen.generate import destination, generate
     from refgen.spec import load_spec
 
     specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
     # every destination checked before building any (refgen.paths: confinement, no links), and
     # a folder we cannot write is named now, not after the model ran
-    destinations = [
-        Artifact.of(s, args.output_dir).check_destination(s, args.output_dir) for s in specs
-    ]
+    destinations = [destination(s, args.output_dir) for s in specs]
     for outputs in destinations:
         check_writable(outputs.reference.parent)
     for spec, outputs in zip(specs, destinations, strict=True):

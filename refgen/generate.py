@@ -22,21 +22,21 @@ from tqdm.auto import tqdm
 
 from refgen import (
     determinism,
-    fastload,
     hub,
     manifest,
     modelinfo,
     probes,
     provenance,
-    streaming,
     weights,
 )
 from refgen.artifact import Artifact
-from refgen.compare import shorten
 from refgen.errors import CheckpointError, IntegrityError, SpecError
 from refgen.hashing import sha256_bytes
+from refgen.load import plan as loading
+from refgen.load.verify import Verifier
 from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
+from refgen.text import shorten
 
 log = logging.getLogger("refgen")
 
@@ -67,7 +67,7 @@ def generate(
     spec: Spec,
     output_dir: Path | None = None,
     timings: Timings | None = None,
-    load: streaming.LoadOptions | None = None,
+    load: loading.LoadOptions | None = None,
 ) -> Artifact:
     """Verify inputs, compute the reference and write its files atomically.
 
@@ -75,7 +75,7 @@ def generate(
     """
     timings = timings or Timings()
     _kept.clear()  # the previous run's model, before this one is loaded
-    outputs = Artifact.of(spec, output_dir).check_destination(spec, output_dir)
+    outputs = destination(spec, output_dir)
     lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
     # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
@@ -87,17 +87,17 @@ def generate(
     used = set(weights.select([f.path for f in lock.files], folder))
     lock_used = dataclasses.replace(lock, files=tuple(f for f in lock.files if f.path in used))
     # Hashing runs on a thread from here on, beside the torch import and the load; no file's
-    # content is used before it matched the lock (refgen.fastload, refgen.streaming).
-    verifier = fastload.Verifier(folder, lock_used.files)
+    # content is used before it matched the lock (refgen.load).
+    verifier = Verifier(folder, lock_used.files)
     capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock_used) as view:
         files = [view / f.path for f in lock_used.files if f.path.endswith(".safetensors")]
-        options = load or streaming.LoadOptions(spec.load, spec.memory_budget)
+        options = load or loading.LoadOptions(spec.load, spec.memory_budget)
         try:
-            load_plan = streaming.plan(files, spec.dtype, options)  # in memory, or streamed
+            load_plan = loading.choose(files, spec.dtype, options)  # in memory, or streamed
             # [probes] rounding_floor: the same checkpoint again, in float64, planned alike
             floor_plan = (
-                streaming.plan(files, "float64", options)
+                loading.choose(files, "float64", options)
                 if spec.probes is not None and spec.probes.rounding_floor
                 else None
             )
@@ -158,15 +158,27 @@ def generate(
     return outputs
 
 
+def destination(spec: Spec, output_dir: Path | None = None) -> Artifact:
+    """Where *spec*'s set goes, checked against everything this run reads: the spec, its lock,
+    ``requirements.lock`` and the model cache (refused: OutputError); an explicit
+    ``--output-dir`` is created."""
+    return Artifact.of(spec, output_dir).check_destination(
+        inputs=[spec.path, spec.lock_path, manifest.requirements_lock_path()],
+        protected=[Path(hub.cache_dir())],
+        key="--output-dir" if output_dir else f"'reference.output' of {spec.path.name}",
+        create=output_dir is not None,
+    )
+
+
 def compute_reference(
     spec: Spec,
     model_dir: Path,
     timings: Timings,
-    verifier: fastload.Verifier,
+    verifier: Verifier,
     capture: probes.Capture | None = None,
-    load_plan: streaming.LoadPlan | None = None,
+    load_plan: loading.LoadPlan | None = None,
     revision: str | None = None,
-    floor_plan: streaming.LoadPlan | None = None,
+    floor_plan: loading.LoadPlan | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
     keeps the spec's probe tensors of each forward, and with *floor_plan* records their
@@ -176,14 +188,14 @@ def compute_reference(
     (refgen.modelinfo.describe). Everything about the model and the prompts is derived and
     checked before the first forward.
     """
-    load_plan = load_plan or streaming.LoadPlan("memory", "memory", 0, 0, False)
+    load_plan = load_plan or loading.LoadPlan("memory", "memory", 0, 0, False)
     with timings.phase("import"):
         import torch
 
         # The up-cast needs only torch: it runs beside the imports of transformers (0.8 s) and of
         # inductor through the deterministic mode (0.95 s), single-threaded Python (measured
         # alone, Qwen3-1.7B shape).
-        reading = streaming.start_reading(model_dir, verifier, load_plan, spec.dtype)
+        reading = loading.start_reading(model_dir, verifier, load_plan, spec.dtype)
         import transformers
         from transformers import AutoConfig, AutoTokenizer
 
@@ -191,7 +203,7 @@ def compute_reference(
     with timings.phase("load"):
         # What AutoModelForCausalLM.from_pretrained builds, from bytes hashed as they are read;
         # raises IntegrityError before any file content is used if a hash differs.
-        model, _ = streaming.load_model(
+        model, _ = loading.load_model(
             model_dir,
             verifier,
             load_plan,
@@ -225,7 +237,7 @@ def compute_reference(
         def starting(number: int) -> None:  # a 1 MB prompt is not one 1 MB log line
             log.info("forward: %s", shorten(spec.prompts[number]))
 
-        runs = streaming.forwards(
+        runs = loading.forwards(
             model, inputs, starting=starting, output_hidden_states=True, use_cache=False
         )
         for number, (prompt, input_ids, out) in enumerate(
@@ -256,9 +268,9 @@ def compute_reference(
 def floor_run(
     spec: Spec,
     model_dir: Path,
-    verifier: fastload.Verifier,
+    verifier: Verifier,
     capture: probes.Capture,
-    floor_plan: streaming.LoadPlan,
+    floor_plan: loading.LoadPlan,
     inputs: list[Any],
     timings: Timings,
 ) -> Any:
@@ -270,7 +282,7 @@ def floor_run(
 
     log.info("rounding floor: the prompts again in float64 (%s)", floor_plan.mode)
     with timings.phase("rounding_floor"):
-        model, _ = streaming.load_model(
+        model, _ = loading.load_model(
             model_dir,
             verifier,
             floor_plan,
@@ -281,7 +293,7 @@ def floor_run(
         twin = probes.Capture(spec)
         twin.start(capture.num_layers, [name for name, _ in model.named_modules()])
         with torch.inference_mode(), twin.recording(model, inputs):
-            runs = streaming.forwards(model, inputs, output_hidden_states=True, use_cache=False)
+            runs = loading.forwards(model, inputs, output_hidden_states=True, use_cache=False)
             for number, (input_ids, out) in enumerate(zip(inputs, runs, strict=True)):
                 twin.add(number, input_ids, out)
         capture.set_floor(twin.tensors, spec.dtype)

@@ -46,7 +46,7 @@ _REVISION = re.compile(r"^[0-9a-f]{40}$")
 # A local folder's revision is derived from its content: see ``hub.content_revision``.
 _CONTENT_REVISION = re.compile(r"^[0-9a-f]{64}$")
 _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
-# How weights are loaded (refgen.streaming): in memory, layer-streamed, or chosen by size.
+# How weights are loaded (refgen.load.plan): in memory, layer-streamed, or chosen by size.
 LOAD_MODES = ("auto", "memory", "stream")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -157,7 +157,7 @@ class Spec:
     local_path: Path | None = None  # [model] path: a checkpoint folder outside the HF cache
     local_path_text: str | None = None  # as written in the spec (relative), for the manifest
     probes: Probes | None = None
-    load: str = "auto"  # "auto", "memory" or "stream" (refgen.streaming)
+    load: str = "auto"  # "auto", "memory" or "stream" (refgen.load.plan)
     memory_budget: int | None = None  # bytes; None: derived from available memory
     # ``reference.output`` as checked, relative to the spec's folder (recorded in the manifest)
     output_relative: str = ""

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import MINIMAL_SPEC, ROOT, run_refgen, write_spec_text
 
-from refgen import artifact, compare, probes, tiny
+from refgen import artifact, audit, compare, probes, tiny
 from refgen.errors import SpecError
 from refgen.spec import load_spec
 
@@ -662,13 +662,13 @@ def test_verify_names_a_tampered_probe_file(llama: Llama, tmp_path: Path) -> Non
 def test_a_missing_probe_file_is_an_integrity_finding(llama: Llama, tmp_path: Path) -> None:
     ws = llama.copy(tmp_path)
     ws.file(".safetensors").unlink()
-    manifest = artifact.read_manifest(ws.file(".manifest.json"))
-    findings = artifact.check_integrity(artifact.Artifact(ws.file(".json")), manifest)
+    manifest = audit.read_manifest(ws.file(".manifest.json"))
+    findings = audit.check_integrity(artifact.Artifact(ws.file(".json")), manifest)
     assert [(f.subject, f.detail) for f in findings] == [
         (f"{NAME}.safetensors", "missing (listed in the manifest)"),
         (f"{NAME}.safetensors", f"missing (listed in the {NAME}.sha256)"),
     ]
-    status = artifact.is_up_to_date(load_spec(ws.spec), ws.file(".manifest.json"))
+    status = audit.is_up_to_date(load_spec(ws.spec), ws.file(".manifest.json"))
     assert not status.current
     assert any(f"{NAME}.safetensors" in r for r in status.reasons)
 
