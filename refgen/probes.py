@@ -66,7 +66,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from refgen.errors import RefgenError, SpecError
+from refgen.errors import ProbeFileError as ProbeFileError  # raised here; compare catches it here
+from refgen.errors import SpecError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,10 +93,6 @@ _LAYER_PART = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 # safetensors dtype -> numpy dtype of the raw words (BF16: widened below)
 _NUMERIC_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8"}
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4}
-
-
-class ProbeFileError(RefgenError):
-    """A probe file is not a readable safetensors file."""
 
 
 def probe_path(reference: Path) -> Path:

@@ -29,10 +29,12 @@ Example (the keys are documented in the README)::
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +56,20 @@ _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _TYPE_NAMES: dict[Any, str] = {
     str: "a string",
     int: "an integer",
+    float: "a float",
+    bool: "a boolean",
     list: "a list",
     dict: "a table",
     (str, list): '"all" or a list of layer indices',
-    bool: "true or false",
+    (str, int): 'a size: a string such as "16GB" or an integer number of bytes',
+    (float, int): "a number",
 }
+# The largest memory budget accepted (8 EiB, past any machine): a bound, so a 400-digit number
+# is a clear refusal instead of an overflow further down.
+MAX_SIZE = 2**63 - 1
+# More layers than any model has (the largest have a few hundred): a longer probe list is a
+# mistake, refused before anything loads.
+MAX_PROBE_LAYERS = 10_000
 # table -> key -> (type, required, default)
 _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
     "reference": {"name": (str, True, None), "output": (str, True, None)},
@@ -207,14 +218,25 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     else:
-        match = _SIZE.match(str(text))
+        match = _SIZE.match(str(text)) if len(str(text)) <= 64 else None
         if not match:
-            raise ValueError(f"not a size: {text!r} (examples: 6GB, 6GiB, 512MB, 6000000000)")
+            raise ValueError(
+                f"not a size: {_short(text)!r} (examples: 6GB, 6GiB, 512MB, 6000000000)"
+            )
         number, unit, binary = match.groups()
-        value = int(float(number) * (1024 if binary else 1000) ** _UNITS[unit.lower()])
+        # exact decimal arithmetic: "1.1GB" is 1,100,000,000 bytes, and no float overflow
+        value = int(Decimal(number) * (1024 if binary else 1000) ** _UNITS[unit.lower()])
     if value <= 0:
-        raise ValueError(f"a memory budget must be positive, got {text!r}")
+        raise ValueError(f"a memory budget must be positive, got {_short(text)!r}")
+    if value > MAX_SIZE:
+        raise ValueError(f"{_short(text)} bytes is more than any machine has (at most {MAX_SIZE})")
     return value
+
+
+def _short(value: object) -> str:
+    """A value for a message: at most 40 characters of it."""
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -245,14 +267,22 @@ def load_spec(path: str | Path) -> Spec:
 def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
     where = path.name
     schema = data.get("schema")
-    if schema != SPEC_SCHEMA:
+    # an integer, exactly: `true` and `1.0` compare equal to 1 in Python, and are not schema 1
+    if type(schema) is not int or schema != SPEC_SCHEMA:
         raise SpecError(
-            f"{where}: 'schema' must be {SPEC_SCHEMA} (got {schema!r}). "
+            f"{where}: 'schema' must be the integer {SPEC_SCHEMA} (got {_short(repr(schema))}). "
             f"Add `schema = {SPEC_SCHEMA}` at the top of the spec."
         )
-    unknown = sorted(set(data) - set(_KEYS) - {"schema"})
-    if unknown:
-        raise SpecError(f"{where}: unknown table(s) {unknown}; allowed: {sorted(_KEYS)}.")
+    for name in sorted(set(data) - set(_KEYS) - {"schema"}, key=str):
+        if isinstance(data[name], dict):
+            raise SpecError(f"{where}: unknown table [{_short(name)}]; allowed: {sorted(_KEYS)}.")
+        home = [table for table, keys in _KEYS.items() if name in keys]
+        fix = (
+            f"It belongs in [{home[0]}]: move it below that table's header."
+            if home
+            else f"The top level holds only 'schema' and the tables {sorted(_KEYS)}."
+        )
+        raise SpecError(f"{where}: unknown top-level key '{_short(name)}'. {fix}")
     values: dict[str, dict[str, Any]] = {}
     for table, keys in _KEYS.items():
         section = data.get(table, {})
@@ -260,8 +290,9 @@ def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
             raise SpecError(f"{where}: [{table}] must be a table, got {type(section).__name__}.")
         extra = sorted(set(section) - set(keys))
         if extra:
+            shown = [_short(k) for k in extra[:5]]
             raise SpecError(
-                f"{where}: unknown key(s) {extra} in [{table}]; allowed: {sorted(keys)}."
+                f"{where}: unknown key(s) {shown} in [{table}]; allowed: {sorted(keys)}."
             )
         values[table] = {}
         for key, (kind, required, default) in keys.items():
@@ -274,10 +305,11 @@ def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
                 continue
             value = section[key]
             if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                expected = _TYPE_NAMES.get(kind, "number")
+                expected = _TYPE_NAMES[kind]
+                got = _TYPE_NAMES.get(type(value), type(value).__name__)
                 raise SpecError(
-                    f"{where}: '{table}.{key}' must be {expected}, got "
-                    f"{_TYPE_NAMES.get(type(value), type(value).__name__)} ({value!r})."
+                    f"{where}: '{table}.{key}' must be {expected}, got {got} "
+                    f"({_short(repr(value))})."
                 )
             values[table][key] = value
     return _build(path, sha256, values)
@@ -341,9 +373,16 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
             raise SpecError(f"{where}: 'run.memory_budget': {exc}.") from None
     if run["top_k"] < 1:
         raise SpecError(f"{where}: 'run.top_k' must be at least 1, got {run['top_k']}.")
-    tolerance = float(v["verify"]["tolerance"])
-    if not tolerance >= 0:
-        raise SpecError(f"{where}: 'verify.tolerance' must be >= 0, got {tolerance}.")
+    try:
+        tolerance = float(v["verify"]["tolerance"])
+    except OverflowError:  # an integer past float's range
+        tolerance = math.inf
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise SpecError(
+            f"{where}: 'verify.tolerance' must be a finite number >= 0, got "
+            f"{_short(v['verify']['tolerance'])} (an infinite tolerance would call any rebuild "
+            "reproduced)."
+        )
     output = ref["output"]
     if not output.endswith(".json"):
         raise SpecError(f"{where}: 'reference.output' must name a .json file, got {output!r}.")
@@ -409,6 +448,11 @@ def _probes(where: str, table: dict[str, Any]) -> Probes | None:
             )
         layers = hidden
     elif hidden is not None:
+        if len(hidden) > MAX_PROBE_LAYERS:
+            raise SpecError(
+                f"{where}: 'probes.hidden_states' lists {len(hidden)} layers; a model has at "
+                f'most a few hundred. List at most {MAX_PROBE_LAYERS}, or write "all".'
+            )
         if not hidden:
             raise SpecError(
                 f"{where}: 'probes.hidden_states' is an empty list. List layer indices "
@@ -420,8 +464,13 @@ def _probes(where: str, table: dict[str, Any]) -> Probes | None:
                     f"{where}: 'probes.hidden_states[{i}]' must be a layer index >= 0 "
                     f"(0 = embedding output, N = final norm output), got {layer!r}."
                 )
-        if len(set(hidden)) != len(hidden):
-            raise SpecError(f"{where}: 'probes.hidden_states' lists a layer twice: {hidden}.")
+        seen: set[int] = set()
+        for layer in hidden:
+            if layer in seen:
+                raise SpecError(
+                    f"{where}: 'probes.hidden_states' lists layer {_short(layer)} twice."
+                )
+            seen.add(layer)
         layers = tuple(sorted(hidden))
     if positions is None:
         positions = "last"

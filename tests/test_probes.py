@@ -92,7 +92,7 @@ def test_probes_table_is_parsed(
         ('modules = ["model.norm", "model.norm"]', "'probes.modules' lists a pattern twice"),
         ('modules = "model.norm"', "'probes.modules' must be a list"),
         ("input_ids = false", "'probes.input_ids' cannot be false"),
-        ("input_ids = 1", "'probes.input_ids' must be true or false"),
+        ("input_ids = 1", "'probes.input_ids' must be a boolean, got an integer"),
         ("rounding_floor = true", "'probes.rounding_floor' applies to probe tensors"),
         ("input_ids = true\nrounding_floor = true", "'probes.rounding_floor' measures float"),
     ],

@@ -9,12 +9,8 @@ from typing import Any
 
 from refgen.compare.report import json_safe
 from refgen.compare.verdict import Tolerance, Verdict
-from refgen.errors import RefgenError
+from refgen.errors import CompareError as CompareError  # the package exports it
 from refgen.text import shorten
-
-
-class CompareError(RefgenError):
-    """A file to compare is missing, unreadable or not a reference."""
 
 
 @dataclass(frozen=True)

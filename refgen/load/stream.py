@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refgen.errors import RefgenError
+from refgen.errors import RefgenError, StreamingError
 from refgen.load import files
 from refgen.load import model as model_check
 from refgen.load.verify import Verifier
@@ -47,10 +47,6 @@ log = logging.getLogger("refgen")
 # transformers imported, the tokenizer, activations and hidden states of a few short prompts
 # (measured: about 0.6 GB at the Qwen3-1.7B shape), with a margin.
 RUNTIME_BYTES = 1_000_000_000
-
-
-class StreamingError(RefgenError):
-    """The model cannot be streamed as its files are laid out (a parameter has no tensor)."""
 
 
 # --------------------------------------------------------------------------- the model
