@@ -32,6 +32,7 @@ import hashlib
 import math
 import re
 import tomllib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -520,10 +521,16 @@ def _modules(where: str, patterns: list[Any] | None) -> tuple[str, ...]:
             raise SpecError(
                 f"{where}: 'probes.modules[{i}]' must be a module path as named_modules() "
                 'names it, with * for a whole part (e.g. "model.layers.*.self_attn"), '
-                f"got {pattern!r}."
+                f"got {_short(repr(pattern))}."
             )
-    if len(set(patterns)) != len(patterns):
-        raise SpecError(f"{where}: 'probes.modules' lists a pattern twice: {patterns}.")
+    if len(patterns) > MAX_PROBE_LAYERS:
+        raise SpecError(
+            f"{where}: 'probes.modules' lists {len(patterns)} patterns; one pattern with * covers "
+            f"every layer. List at most {MAX_PROBE_LAYERS}."
+        )
+    twice = sorted(p for p, n in Counter(patterns).items() if n > 1)
+    if twice:
+        raise SpecError(f"{where}: 'probes.modules' lists pattern {_short(repr(twice[0]))} twice.")
     return tuple(patterns)
 
 
