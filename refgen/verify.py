@@ -43,17 +43,13 @@ from refgen.audit import (
     read_manifest,
 )
 from refgen.compare import Comparison, Tolerance, Verdict
-from refgen.errors import ArtifactError
+from refgen.errors import ArtifactError, VerifyError
 from refgen.spec import Spec, load_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REBUILD_PREFIX = "refgen-verify-"
 # Manifest sections that describe the host and software, not inputs: differences are notes.
 ENVIRONMENT_SECTIONS = ("packages", "torch_build", "platform", "determinism", "generator")
-
-
-class VerifyError(ArtifactError):
-    """Verification could not run (the artifact to verify does not exist)."""
 
 
 @dataclass(frozen=True)

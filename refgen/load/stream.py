@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refgen.errors import RefgenError
+from refgen.errors import RefgenError, StreamingError
 from refgen.load import files
 from refgen.load import model as model_check
 from refgen.load.verify import Verifier
@@ -52,10 +52,6 @@ RUNTIME_BYTES = 1_000_000_000
 # Prompts in flight at once (a wave): each holds its activations, hidden states and logits until
 # its wave is done, and each wave reads every streamed layer once. See Streamer.
 WAVE = 32
-
-
-class StreamingError(RefgenError):
-    """The model cannot be streamed as its files are laid out (a parameter has no tensor)."""
 
 
 # --------------------------------------------------------------------------- the model
