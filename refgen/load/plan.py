@@ -9,6 +9,7 @@ check the model through :mod:`refgen.load.model`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refgen.errors import CheckpointError, StreamingError
 from refgen.load import files, memory, stream
 from refgen.load.verify import Verifier
 
@@ -62,6 +64,12 @@ class LoadPlan:
     weights_bytes: int  # the weights in the run dtype
     budget: int  # bytes the run may use
     budget_explicit: bool  # given by the spec or the CLI (else derived from available memory)
+
+    @property
+    def fits_in_memory(self) -> bool:
+        """The in-memory peak, the weights plus the runtime (see AVAILABLE_SHARE), fits the
+        budget."""
+        return self.weights_bytes + stream.RUNTIME_BYTES // 2 <= self.budget
 
     def manifest(self) -> dict[str, Any]:
         """Host-independent unless the budget was derived: then only the rule is recorded."""
@@ -129,14 +137,32 @@ def load_model(
     reading: Future[dict[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, dict[str, str]]]:
     """The model as the plan says: :func:`refgen.load.memory.load_verified_model` (from
-    *reading*, when :func:`start_reading` started it) or a streamed one."""
+    *reading*, when :func:`start_reading` started it) or a streamed one.
+
+    A streamed load that ``auto`` chose falls back to memory, when the weights fit, if the
+    checkpoint does not fit the model as its files are laid out: transformers converts some
+    layouts as it loads (one tensor per expert into the model's fused experts, renamed keys),
+    which only the in-memory strategy applies, and whose loading report then decides.
+    :func:`as_loaded` tells which strategy it was.
+    """
     if load_plan.mode == "memory":
         return memory.load_verified_model(
             folder, verifier, dtype, attn_implementation, hint, reading
         )
-    return stream.load_streamed_model(
-        folder, verifier, dtype, attn_implementation, hint, load_plan.budget
-    )
+    try:
+        return stream.load_streamed_model(
+            folder, verifier, dtype, attn_implementation, hint, load_plan.budget
+        )
+    except (CheckpointError, StreamingError) as exc:
+        if load_plan.requested != "auto" or not load_plan.fits_in_memory:
+            raise
+        log.info("load: in memory after all: %s", str(exc).splitlines()[0])
+        return memory.load_verified_model(folder, verifier, dtype, attn_implementation, hint)
+
+
+def as_loaded(load_plan: LoadPlan, model: Any) -> LoadPlan:
+    """*load_plan* with the strategy *model* was loaded by (see :func:`load_model`)."""
+    return dataclasses.replace(load_plan, mode="stream" if stream.is_streamed(model) else "memory")
 
 
 def forwards(
