@@ -167,8 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--load",
         choices=LOAD_MODES,
-        help="weights in memory, or streamed layer by layer (models bigger than RAM); "
-        "default: the spec's [run] load, else auto (stream when the weights exceed the budget)",
+        help="weights in memory, or streamed layer by layer (faster here, and for models bigger "
+        "than RAM); default: the spec's [run] load, else auto (stream; in memory a checkpoint "
+        "that cannot be streamed as laid out)",
     )
     gen.add_argument(
         "--stream",

@@ -199,7 +199,7 @@ def test_fast_loader_refuses_a_changed_byte(
 def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     args = ["--shape", "tiny", "--runs", "2", "--no-scaling", "--cache", str(tmp_path)]
-    args += ["--cost-prompts", "1,3,40", "--cost-runs", "2"]
+    args += ["--cost-prompts", "1,40", "--cost-runs", "1"]
     subprocess.run(
         [sys.executable, "-m", "refgen.bench", *args],
         cwd=ROOT,
@@ -207,7 +207,7 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["ours_outputs_identical_across_runs"] is True
@@ -234,14 +234,13 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     cost = results["cost_model"]["rows"]
     assert [(r["case"], r["prompts"], r["probes"]) for r in cost] == [
         ("cost-1", 1, False),
-        ("cost-3", 3, False),
         ("cost-40", 40, False),
         ("cost-probes-all", 3, True),
     ]
     for row in cost:
         assert row["outputs_identical"] is True, row["case"]
         for mode in ("memory", "stream"):
-            assert len(row[mode]["walls_s"]) == 2 and row[mode]["forward"] > 0
+            assert len(row[mode]["walls_s"]) == 1 and row[mode]["forward"] > 0
         assert row["stream_over_memory_wall"] == row["stream"]["wall_s"] / row["memory"]["wall_s"]
     assert "| cost-40 | 40 | stream |" in table and "| cost-probes-all | 3 | memory |" in table
 
