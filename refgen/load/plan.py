@@ -104,6 +104,7 @@ def weights_bytes(paths: Sequence[Path], dtype: str = "float32") -> int:
 #   tiny Qwen3,                      100 prompts: streamed 2.40 s vs in memory 25.37 s (0.09x)
 #   tiny Qwen3,                      400 prompts: streamed 2.63 s vs in memory 54.60 s (0.05x)
 #   Llama, 8 layers, hidden 512 (134 MB F32), 3 prompts (2 runs): 2.59 s vs 7.72 s (0.34x)
+#   the same Llama,                         100 prompts (2 runs): 12.41 s vs 133.61 s (0.09x)
 # and at the Qwen3-1.7B shape 0.56x to 0.89x the in-memory wall (README, "Performance"). The
 # in-memory forwards run on the calling thread, whose two-thread parallel regions stalled on the
 # busy machine (50 tiny forwards: 7.1 s there, 0.12 s on another thread with the same thread
