@@ -87,12 +87,12 @@ class Artifact:
         of the run (spec, lock, ``requirements.lock``, the model cache), or where the folder
         is missing; an explicit ``--output-dir`` is created (:mod:`refgen.paths`)."""
         from refgen import hub
-        from refgen import manifest as manifest_mod
 
+        inputs = hub.run_inputs(spec)  # what this run reads: refgen.hub owns the list
         paths.check_destinations(
             self.paths().values(),
-            inputs=[spec.path, spec.lock_path, manifest_mod.requirements_lock_path()],
-            protected=[Path(hub.cache_dir())],
+            inputs=inputs.files,
+            protected=inputs.folders,
             key="--output-dir" if output_dir else f"'reference.output' of {spec.path.name}",
             create=output_dir is not None,
         )
