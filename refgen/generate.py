@@ -225,7 +225,7 @@ def compute_reference(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )
     if capture is not None:  # layers and modules checked against the model before any forward
-        capture.start(int(config.num_hidden_layers), [name for name, _ in model.named_modules()])
+        capture.start(int(config.num_hidden_layers), probes.module_names(model))
     cases = []
     with (
         timings.phase("forward"),
@@ -291,7 +291,7 @@ def floor_run(
             hint=integrity_hint(spec),
         )
         twin = probes.Capture(spec)
-        twin.start(capture.num_layers, [name for name, _ in model.named_modules()])
+        twin.start(capture.num_layers, probes.module_names(model))
         with torch.inference_mode(), twin.recording(model, inputs):
             runs = loading.forwards(model, inputs, output_hidden_states=True, use_cache=False)
             for number, (input_ids, out) in enumerate(zip(inputs, runs, strict=True)):
