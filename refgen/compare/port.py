@@ -24,6 +24,7 @@ import numpy as np
 from refgen import probes
 from refgen.compare import metrics as m
 from refgen.compare import namemap
+from refgen.compare.probefiles import integers
 from refgen.compare.report import json_safe
 from refgen.compare.verdict import (
     DTYPE_NAMES,
@@ -39,7 +40,6 @@ _HIDDEN = re.compile(r"^hidden_states\.layer(\d+)$")
 _LAYER_MODULE = re.compile(r"^module\.(?P<stack>(?:.+\.)?layers)\.(?P<k>\d+)(?:\.(?P<sub>.+))?$")
 _SUB_ORDER = {"input_layernorm": 10, "self_attn": 20, "post_attention_layernorm": 30, "mlp": 40}
 _FINAL_NORMS = ("module.model.norm", "module.norm")
-_INT_DTYPES = {"I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
 IDS = "input_ids"
 
 
@@ -420,8 +420,8 @@ def _compare_ids(
     if expected is None:
         notes.append(f"{port_name}: the reference has no prompt{p}.{IDS}; not compared")
         return None
-    got = _integers(tensor)
-    want = _integers(expected)
+    got = integers(tensor)
+    want = integers(expected)
     if got is None:
         return f"{port_name} has dtype {tensor.dtype}, not an integer type"
     if want is None:
@@ -433,13 +433,6 @@ def _compare_ids(
         return f"{got.size} ids in the port, {want.size} in the reference"
     first = int(np.flatnonzero(got != want)[0])
     return f"first at position {first}: {int(got[first])} in the port, {int(want[first])} expected"
-
-
-def _integers(t: probes.ProbeTensor) -> np.ndarray[Any, Any] | None:
-    kind = _INT_DTYPES.get(t.dtype)
-    if kind is None:
-        return None
-    return np.frombuffer(t.data, dtype=kind).reshape(t.shape).astype(np.int64)
 
 
 def _compare_tensor(
