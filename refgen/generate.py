@@ -253,6 +253,9 @@ def compute_reference(
     if capture is not None and floor_plan is not None:
         model = None  # freed before the float64 copy is loaded
         model = floor_run(spec, model_dir, verifier, capture, floor_plan, inputs, timings)
+        # what transformers kept in float32 in the float64 run too: its rounding is not in
+        # the floor (as the rotary angles, computed in float32 in both runs)
+        record["rounding_floor_float32_parameters"] = float32_parameters(model, "float64")
     if KEEP_LAST_MODEL:
         _kept.append(model)
     reference = {
