@@ -450,6 +450,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for path in shown:
         print(f"  {path.relative_to(out)}")
     print(f"check them with: (cd {out} && sha256sum -c {outputs.sums.name})")
+    # the demo's model is in its own cache: verify reads it only with HF_HOME pointing there
+    print(
+        f"verify them with: HF_HOME={out / 'hf-home'} {sys.executable} -m refgen verify "
+        f"--spec {spec.path}"
+    )
     return 0
 
 

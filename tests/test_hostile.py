@@ -28,9 +28,9 @@ from conftest import ROOT, TinySetup, run_refgen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refgen import audit, hub, jsonio, lock, verify
+from refgen import audit, hub, jsonio, lock, paths, verify
 from refgen.artifact import Artifact
-from refgen.errors import RefgenError
+from refgen.errors import RefgenError, SpecError
 from refgen.spec import load_spec
 
 NAME = "tiny_qwen3_reference"
@@ -604,19 +604,32 @@ VALID_SPEC: dict[str, Any] = {
 @PROPERTY
 @given(data=st.data())
 def test_property_spec(tmp_path: Path, data: st.DataObject) -> None:
-    """load_spec on a valid spec with one value replaced (or on random bytes) returns a spec or
-    raises RefgenError, nothing else; a spec it accepts keeps its output inside its folder."""
+    """Any spec text (a valid spec with one value replaced, random TOML-ish text, or random
+    bytes) gives a Spec or a SpecError, nothing else, and leaves every file as it was; a spec it
+    accepts keeps its promises (output inside its folder, named in the portable set, strict
+    numbers)."""
     path = tmp_path / "spec.toml"
-    if data.draw(st.booleans()):
+    choice = data.draw(st.integers(0, 2))
+    if choice == 0:
         path.write_bytes(data.draw(st.binary(max_size=200)))
+    elif choice == 1:
+        path.write_text(data.draw(st.text(max_size=200)), encoding="utf-8", errors="surrogatepass")
     else:
         path.write_text(_toml(_replace_somewhere(VALID_SPEC, data)), encoding="utf-8",
                         errors="surrogatepass")  # fmt: skip
+    (tmp_path / "out").mkdir(exist_ok=True)
+    before = snapshot(tmp_path)
     try:
         spec = load_spec(path)
-    except RefgenError:
+    except SpecError:
+        assert snapshot(tmp_path) == before
         return
+    assert snapshot(tmp_path) == before
     assert tmp_path.resolve() in spec.output.parents
+    assert paths.output_name_problem(spec.output.name) is None
+    assert math.isfinite(spec.tolerance) and spec.tolerance >= 0
+    assert type(spec.top_k) is int and spec.top_k >= 1
+    assert spec.memory_budget is None or 0 < spec.memory_budget <= 2**63 - 1
 
 
 @pytest.fixture(scope="module")
