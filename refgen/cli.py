@@ -269,6 +269,39 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--spec", type=Path, help="take the tolerance from this spec's [verify]")
     add_tolerance_arguments(diff)
     diff.set_defaults(func=cmd_diff)
+
+    # `compare` exits 0 within tolerance, 13 diverged (see refgen.compare.port)
+    from refgen.compare.verdict import FLOOR_FACTOR
+
+    port = sub.add_parser(
+        "compare",
+        help="compare a port's own tensors with a reference: REFERENCE PORT (porters)",
+        description="Compare a port's dump (a safetensors file holding any of the reference's "
+        "tensors, in any float dtype) with a reference, and name per prompt the first tensor "
+        "beyond tolerance. Exit 0 within tolerance, 13 diverged, 2 bad input.",
+    )
+    port.add_argument("reference", type=Path, help="the reference: X.json or X.safetensors")
+    port.add_argument("port", type=Path, help="the port's dump (.safetensors)")
+    port.add_argument(
+        "--map", type=Path, metavar="MAP.toml", help="the port's tensor names -> refgen's"
+    )
+    port.add_argument(
+        "--prompt",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the prompt a dump without prompt{N}. names is for (default 0)",
+    )
+    port.add_argument(
+        "--factor",
+        type=float,
+        metavar="K",
+        help="within when the error RMS is at most K x the reference's own rounding error "
+        f"(default {FLOOR_FACTOR:g}; see the README's 'For porters')",
+    )
+    port.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+    port.add_argument("--html", type=Path, metavar="FILE", help="also write the report as a page")
+    port.set_defaults(func=cmd_compare)
     for command in sub.choices.values():  # also after the command: `refgen generate --debug`
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -494,6 +527,47 @@ def cmd_diff(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(result.render())
     return result.exit_code
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare a port's dump with a reference; print the report; 0 within, 13 diverged."""
+    import json
+
+    from refgen.compare import CompareError, namemap, port
+    from refgen.compare.verdict import FLOOR_FACTOR
+
+    factor = FLOOR_FACTOR if args.factor is None else args.factor
+    if not 0 < factor < float("inf"):
+        raise CompareError(f"--factor must be a positive number, not {args.factor}")
+    inputs = {p.resolve() for p in (args.reference, args.port, args.map) if p is not None}
+    inputs |= {p.with_suffix(".safetensors") for p in inputs if p.suffix == ".json"}
+    for target in (args.json, args.html):
+        if target is not None:
+            if target.resolve() in inputs:
+                raise OutputError(
+                    f"{target} is an input of this comparison, and refgen never overwrites an "
+                    "input. Write the report elsewhere."
+                )
+            check_writable(target.parent)
+    names = namemap.load(args.map) if args.map is not None else namemap.IDENTITY
+    result = port.compare_port(
+        args.reference, args.port, names=names, prompt=args.prompt, factor=factor
+    )
+    if args.json is not None:
+        _write_report(args.json, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+    if args.html is not None:
+        from refgen.compare import html
+
+        _write_report(args.html, html.render(result))
+    sys.stdout.write(result.render())
+    return result.exit_code
+
+
+def _write_report(path: Path, text: str) -> None:
+    """A report file, whole or not at all; never over an input."""
+    from refgen import atomic
+
+    atomic.write_files({path: text.encode()})
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:

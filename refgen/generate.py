@@ -7,6 +7,7 @@ in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -102,11 +103,17 @@ def _build(
         options = load or loading.LoadOptions(spec.load, spec.memory_budget)
         try:
             load_plan = loading.choose(files, spec.dtype, options)  # in memory, or streamed
+            # [probes] rounding_floor: the same checkpoint again, in float64, planned alike
+            floor_plan = (
+                loading.choose(files, "float64", options)
+                if spec.probes is not None and spec.probes.rounding_floor
+                else None
+            )
         except IntegrityError:
             verifier.result(integrity_hint(spec))  # a damaged file: its hash is the real cause
             raise
         reference, model_record = compute_reference(
-            spec, view, timings, verifier, capture, load_plan, lock.revision
+            spec, view, timings, verifier, capture, load_plan, lock.revision, floor_plan
         )
     # Every locked file matched before anything is written (a streamed run checks each shard
     # before it reads from it, and may finish before the last hash does).
@@ -131,6 +138,8 @@ def _build(
         # The digests this run checked each file with (refgen.lock.LockedFile.verified_with).
         record["model"]["verified_with"] = {f.path: list(f.verified_with) for f in lock_used.files}
         record["loading"] = load_plan.manifest()
+        if floor_plan is not None:
+            record["loading"]["rounding_floor"] = floor_plan.manifest()
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
         statement_bytes = provenance.statement_bytes(
@@ -177,9 +186,11 @@ def compute_reference(
     capture: probes.Capture | None = None,
     load_plan: loading.LoadPlan | None = None,
     revision: str | None = None,
+    floor_plan: loading.LoadPlan | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
-    keeps the spec's probe tensors of each forward.
+    keeps the spec's probe tensors of each forward, and with *floor_plan* records their
+    rounding floor against a float64 run of the same checkpoint (:func:`floor_run`).
 
     Returns the reference (the JSON) and the manifest's record of the model
     (refgen.modelinfo.describe). Everything about the model and the prompts is derived and
@@ -221,13 +232,14 @@ def compute_reference(
     log.info(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )
-    if capture is not None:  # layer indices checked against the model before any forward
-        capture.start(int(config.num_hidden_layers))
+    if capture is not None:  # layers and modules checked against the model before any forward
+        capture.start(int(config.num_hidden_layers), [name for name, _ in model.named_modules()])
     cases = []
     with (
         timings.phase("forward"),
         torch.inference_mode(),
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
+        capture.recording(model, inputs) if capture is not None else contextlib.nullcontext(),
     ):
         # One forward per prompt; a streamed model runs them together, layer by layer.
         def starting(number: int) -> None:  # a 1 MB prompt is not one 1 MB log line
@@ -240,9 +252,12 @@ def compute_reference(
             zip(spec.prompts, inputs, runs, strict=True)
         ):
             if capture is not None:
-                capture.add(number, out)
+                capture.add(number, input_ids, out)
             cases.append(_case(spec, prompt, input_ids, out, fields["vocab_size"]))
             bar.update(1)
+    if capture is not None and floor_plan is not None:
+        model = None  # freed before the float64 copy is loaded
+        model = floor_run(spec, model_dir, verifier, capture, floor_plan, inputs, timings)
     if KEEP_LAST_MODEL:
         _kept.append(model)
     reference = {
@@ -256,6 +271,41 @@ def compute_reference(
         "test_cases": cases,
     }
     return reference, record
+
+
+def floor_run(
+    spec: Spec,
+    model_dir: Path,
+    verifier: Verifier,
+    capture: probes.Capture,
+    floor_plan: loading.LoadPlan,
+    inputs: list[Any],
+    timings: Timings,
+) -> Any:
+    """The rounding floor: the same checkpoint loaded in float64 (in memory or streamed, as
+    *floor_plan* says), the same inputs through the same probes; *capture* records its own
+    tensors' error against them (:func:`refgen.probes.rounding_floor`). No float64 tensor is
+    kept. Returns the float64 model."""
+    import torch
+
+    log.info("rounding floor: the prompts again in float64 (%s)", floor_plan.mode)
+    with timings.phase("rounding_floor"):
+        model, _ = loading.load_model(
+            model_dir,
+            verifier,
+            floor_plan,
+            "float64",
+            spec.attn_implementation,
+            hint=integrity_hint(spec),
+        )
+        twin = probes.Capture(spec)
+        twin.start(capture.num_layers, [name for name, _ in model.named_modules()])
+        with torch.inference_mode(), twin.recording(model, inputs):
+            runs = loading.forwards(model, inputs, output_hidden_states=True, use_cache=False)
+            for number, (input_ids, out) in enumerate(zip(inputs, runs, strict=True)):
+                twin.add(number, input_ids, out)
+        capture.set_floor(twin.tensors, spec.dtype)
+    return model
 
 
 # The last run's model, when the process will end without freeing it: ``python -m refgen``

@@ -20,7 +20,10 @@ Example (the keys are documented in the README)::
     [probes]                         # optional; without it the run captures only the JSON
     hidden_states = "all"            # or [0, 1, 2]: hidden_states[j] as transformers numbers them
     positions = "last"               # or "all"
-    logits = "last"                  # the full last-position logits vector
+    logits = "last"                  # the full last-position logits vector, or "all" positions
+    modules = ["model.layers.*", "model.layers.*.mlp"]  # outputs of modules, by path pattern
+    rounding_floor = true            # also run in float64: the reference's own rounding error
+    input_ids = true                 # alone: a probe file of the token ids only
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import hashlib
 import math
 import re
 import tomllib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -90,24 +94,43 @@ _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
         "hidden_states": ((str, list), False, None),
         "positions": (str, False, None),
         "logits": (str, False, None),
+        "modules": (list, False, None),
+        "input_ids": (bool, False, None),
+        "rounding_floor": (bool, False, None),
     },
 }
 PROBE_POSITIONS = ("last", "all")
-PROBE_LOGITS = ("last",)
+PROBE_LOGITS = ("last", "all")
+# A module path pattern: dotted names of ``named_modules()``, each part a name or a glob
+# (``*`` matches one whole part, never a dot).
+_MODULE_PATTERN = re.compile(r"^[\w*?\[\]!-]+(?:\.[\w*?\[\]!-]+)*$")
 
 
 @dataclass(frozen=True)
 class Probes:
     """The spec's ``[probes]``: which hidden states (``"all"`` or layer indices as transformers'
-    ``output_hidden_states`` numbers them), at which positions, and whether the full
-    last-position logits are kept. Layer indices are checked against the model in
-    :mod:`refgen.probes`, before the first forward."""
+    ``output_hidden_states`` numbers them) and module outputs (path patterns over
+    ``named_modules()``), at which positions; whether the full logits are kept (``"last"``
+    position or ``"all"``); whether a float64 run records the reference's rounding floor. The
+    token ids are always in the file; ``input_ids`` alone asks for a file of them only. Layer
+    indices and patterns are checked against the model in :mod:`refgen.probes`, before the
+    first forward."""
 
     hidden_states: str | tuple[int, ...] | None
     positions: str
     logits: str | None
+    modules: tuple[str, ...] = ()
+    input_ids: bool = False
+    rounding_floor: bool = False
+
+    @property
+    def per_position(self) -> bool:
+        """Whether ``positions`` applies: hidden states or modules are asked for."""
+        return self.hidden_states is not None or bool(self.modules)
 
     def as_dict(self) -> dict[str, Any]:
+        """As recorded in the manifest; keys a spec leaves out stay out (older records keep
+        their bytes)."""
         out: dict[str, Any] = {}
         if self.hidden_states is not None:
             out["hidden_states"] = (
@@ -115,9 +138,16 @@ class Probes:
                 if isinstance(self.hidden_states, str)
                 else list(self.hidden_states)
             )
+        if self.per_position:
             out["positions"] = self.positions
         if self.logits is not None:
             out["logits"] = self.logits
+        if self.modules:
+            out["modules"] = list(self.modules)
+        if self.input_ids:
+            out["input_ids"] = True
+        if self.rounding_floor:
+            out["rounding_floor"] = True
         return out
 
 
@@ -275,7 +305,7 @@ def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
                 values[table][key] = default
                 continue
             value = section[key]
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 expected = _TYPE_NAMES[kind]
                 got = _TYPE_NAMES.get(type(value), type(value).__name__)
                 raise SpecError(
@@ -395,11 +425,19 @@ def _hub_rejects(repo: str) -> bool:
 
 def _probes(where: str, table: dict[str, Any]) -> Probes | None:
     hidden, positions, logits = table["hidden_states"], table["positions"], table["logits"]
-    if hidden is None and logits is None:
-        if positions is not None:
+    modules = _modules(where, table["modules"])
+    ids, floor = table["input_ids"], table["rounding_floor"]
+    if ids is False:
+        raise SpecError(
+            f"{where}: 'probes.input_ids' cannot be false: a probe file always holds the token "
+            "ids (prompt{i}.input_ids). Remove the key, or write true for a file of ids only."
+        )
+    if hidden is None and logits is None and not modules and ids is None:
+        if positions is not None or floor is not None:
+            key = "positions" if positions is not None else "rounding_floor"
             raise SpecError(
-                f"{where}: 'probes.positions' applies to 'probes.hidden_states', which is not set. "
-                'Add hidden_states = "all" (or a list of layers) or remove positions.'
+                f"{where}: 'probes.{key}' applies to probe tensors, and [probes] asks for none. "
+                'Add hidden_states = "all", modules = [...] or logits = "last", or remove it.'
             )
         return None
     layers: str | tuple[int, ...] | None = None
@@ -437,10 +475,11 @@ def _probes(where: str, table: dict[str, Any]) -> Probes | None:
         layers = tuple(sorted(hidden))
     if positions is None:
         positions = "last"
-    elif layers is None:
+    elif layers is None and not modules:
         raise SpecError(
-            f"{where}: 'probes.positions' applies to 'probes.hidden_states', which is not set. "
-            'Add hidden_states = "all" (or a list of layers) or remove positions.'
+            f"{where}: 'probes.positions' applies to 'probes.hidden_states' and "
+            "'probes.modules', and neither is set. Add hidden_states = \"all\" (or a list of "
+            "layers) or modules, or remove positions."
         )
     if positions not in PROBE_POSITIONS:
         raise SpecError(
@@ -449,10 +488,50 @@ def _probes(where: str, table: dict[str, Any]) -> Probes | None:
         )
     if logits is not None and logits not in PROBE_LOGITS:
         raise SpecError(
-            f"{where}: 'probes.logits' must be one of {list(PROBE_LOGITS)} (the full "
-            f"last-position logits vector), got {logits!r}."
+            f"{where}: 'probes.logits' must be one of {list(PROBE_LOGITS)} (the full logits "
+            f"vector at the last position, or at every position), got {logits!r}."
         )
-    return Probes(hidden_states=layers, positions=positions, logits=logits)
+    if floor and layers is None and logits is None and not modules:
+        raise SpecError(
+            f"{where}: 'probes.rounding_floor' measures float tensors, and [probes] asks only "
+            'for the token ids. Add hidden_states = "all", modules or logits, or remove it.'
+        )
+    return Probes(
+        hidden_states=layers,
+        positions=positions,
+        logits=logits,
+        modules=modules,
+        input_ids=bool(ids),
+        rounding_floor=bool(floor),
+    )
+
+
+def _modules(where: str, patterns: list[Any] | None) -> tuple[str, ...]:
+    """``probes.modules``: path patterns, checked for form here and against the model's
+    ``named_modules()`` before the first forward (:mod:`refgen.probes`)."""
+    if patterns is None:
+        return ()
+    if not patterns:
+        raise SpecError(
+            f"{where}: 'probes.modules' is an empty list. List module path patterns "
+            '(e.g. "model.layers.*.mlp") or remove the key.'
+        )
+    for i, pattern in enumerate(patterns):
+        if not isinstance(pattern, str) or not _MODULE_PATTERN.match(pattern):
+            raise SpecError(
+                f"{where}: 'probes.modules[{i}]' must be a module path as named_modules() "
+                'names it, with * for a whole part (e.g. "model.layers.*.self_attn"), '
+                f"got {_short(repr(pattern))}."
+            )
+    if len(patterns) > MAX_PROBE_LAYERS:
+        raise SpecError(
+            f"{where}: 'probes.modules' lists {len(patterns)} patterns; one pattern with * covers "
+            f"every layer. List at most {MAX_PROBE_LAYERS}."
+        )
+    twice = sorted(p for p, n in Counter(patterns).items() if n > 1)
+    if twice:
+        raise SpecError(f"{where}: 'probes.modules' lists pattern {_short(repr(twice[0]))} twice.")
+    return tuple(patterns)
 
 
 def find_specs(folder: str | Path) -> list[Path]:

@@ -361,11 +361,17 @@ def test_cli_stream_and_memory_write_identical_json(tiny_setup: TinySetup, tmp_p
 def test_cli_stream_and_memory_write_identical_probes(
     tiny_setup: TinySetup, tmp_path: Path
 ) -> None:
-    """The probe tensors (every hidden state at every position, the full logits) too."""
+    """The probe tensors (every hidden state at every position, module outputs through forward
+    hooks, which fire on the streamed prompts' threads, the logits at every position, the float64
+    rounding floor) too."""
     specs = tmp_path / "specs"
     specs.mkdir()
     spec = specs / tiny_setup.spec.name
-    probes = '[probes]\nhidden_states = "all"\npositions = "all"\nlogits = "last"\n'
+    probes = (
+        '[probes]\nhidden_states = "all"\npositions = "all"\nlogits = "all"\n'
+        'modules = ["model.layers.*", "model.layers.*.self_attn", "model.norm"]\n'
+        "rounding_floor = true\n"
+    )
     spec.write_text(tiny_setup.spec.read_text() + probes)
     shutil.copyfile(tiny_setup.lock, spec.with_suffix(".lock.json"))
     setup = TinySetup(tiny_setup.hf_home, tiny_setup.checkpoint, spec)
@@ -373,6 +379,10 @@ def test_cli_stream_and_memory_write_identical_probes(
     stream, _ = _generate(setup, tmp_path / "stream", "--stream", "--memory-budget", "1B")
     (probe_file,) = [p.name for p in memory.glob("*.safetensors")]
     assert (stream / probe_file).read_bytes() == (memory / probe_file).read_bytes()
+    from refgen.probes import read as read_probes
+
+    names = read_probes(memory / probe_file).tensors
+    assert "prompt2.module.model.layers.1.self_attn" in names and "prompt0.logits.all" in names
     assert _outputs(stream)[0] == _outputs(memory)[0]
 
 

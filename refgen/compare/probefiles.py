@@ -6,12 +6,17 @@ tensor that is not bit-identical (what an auditor looks at; a port's comparison 
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refgen import probes
-from refgen.compare.collect import Collector
+from refgen.compare.collect import Collector, Stats
 from refgen.compare.results import FirstDifference, ProbeComparison
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def walk(found: Collector, a: Path | None, b: Path | None) -> ProbeComparison:
@@ -70,6 +75,7 @@ def walk(found: Collector, a: Path | None, b: Path | None) -> ProbeComparison:
             compared += 1
             differs = ta.data != tb.data
             max_abs, beyond = _walk_tensor(found, name, ta, tb, parsed, differs)
+            differs = differs or beyond  # identical bytes holding NaN: never reproduced
         if differs and parsed is not None and parsed.prompt not in firsts:
             firsts[parsed.prompt] = FirstDifference(
                 parsed.prompt,
@@ -85,7 +91,7 @@ def walk(found: Collector, a: Path | None, b: Path | None) -> ProbeComparison:
         sha[0],
         sha[1],
         compared,
-        fa.raw == fb.raw,
+        fa.raw == fb.raw and not firsts,
         tuple(firsts[k] for k in sorted(firsts)),
     )
 
@@ -105,23 +111,37 @@ def _walk_tensor(
     case = parsed.prompt if parsed is not None else None
     targets = found.stats(fld, case)
     count = int(np.prod(ta.shape, dtype=np.int64))
-    if not differs:
-        for stats in targets:
-            stats.add_many(count, 0.0, "-", 0.0, "-")
-        return 0.0, False
-    va, vb = ta.values(), tb.values()
-    with np.errstate(invalid="ignore", over="ignore"):
-        both_nan = np.isnan(va) & np.isnan(vb)
-        same = (va == vb) | both_nan
-        diff = np.where(same, 0.0, np.abs(va - vb))  # NaN where only one side is NaN
-        scale = np.maximum(np.abs(va), np.abs(vb))
-        rel = np.where(same | (scale == 0), 0.0, diff / np.where(scale == 0, 1.0, scale))
-        finite = np.isfinite(va) & np.isfinite(vb)
-        ok = same | (finite & (diff <= found.tol.atol + found.tol.rtol * np.abs(va)))
 
     def at(flat: int) -> str:
         index = np.unravel_index(flat, ta.shape)
         return f"{name}[{', '.join(str(int(i)) for i in index)}]"
+
+    if ta.dtype not in FLOAT_DTYPES:
+        return _walk_exact(found, name, ta, tb, differs, targets, count, at)
+    va, vb = ta.values(), tb.values()
+    if not differs:
+        nan = np.flatnonzero(np.isnan(va))
+        for stats in targets:
+            stats.add_many(count, 0.0, "-", 0.0, "-")
+        if nan.size:
+            found.diff(
+                at(int(nan[0])),
+                "float",
+                math.nan,
+                math.nan,
+                f"NaN in A and in B ({nan.size} of {count} values of the tensor): NaN never "
+                "counts as reproduced, not even against the same bytes",
+            )
+            return math.nan, True
+        return 0.0, False
+    with np.errstate(invalid="ignore", over="ignore"):
+        both_nan = np.isnan(va) & np.isnan(vb)
+        same = (va == vb) | both_nan  # for the statistics; NaN is never within (below)
+        diff = np.where(same, 0.0, np.abs(va - vb))  # NaN where only one side is NaN
+        scale = np.maximum(np.abs(va), np.abs(vb))
+        rel = np.where(same | (scale == 0), 0.0, diff / np.where(scale == 0, 1.0, scale))
+        finite = np.isfinite(va) & np.isfinite(vb)
+        ok = (va == vb) | (finite & (diff <= found.tol.atol + found.tol.rtol * np.abs(va)))
 
     def worst(values: Any) -> int:
         nan = np.flatnonzero(np.isnan(values))
@@ -135,12 +155,68 @@ def _walk_tensor(
     if bad.size:
         first = int(bad[0])
         x, y = float(va.flat[first]), float(vb.flat[first])
+        why = (
+            "NaN is never within tolerance"
+            if math.isnan(x) or math.isnan(y)
+            else f"|diff| {abs(x - y):.3g} > tolerance"
+        )
         found.diff(
             at(first),
             "float",
             x,
             y,
-            f"{x!r} in A, {y!r} in B (|diff| {abs(x - y):.3g} > tolerance; {bad.size} of "
-            f"{count} values of the tensor beyond it)",
+            f"{x!r} in A, {y!r} in B ({why}; {bad.size} of {count} values of the tensor beyond it)",
         )
     return max_abs, bool(bad.size)
+
+
+def _walk_exact(
+    found: Collector,
+    name: str,
+    ta: probes.ProbeTensor,
+    tb: probes.ProbeTensor,
+    differs: bool,
+    targets: list[Stats],
+    count: int,
+    at: Callable[[int], str],
+) -> tuple[float, bool]:
+    """An integer or boolean tensor (token ids): equal values or a difference, no tolerance."""
+    import numpy as np
+
+    va, vb = integers(ta), integers(tb)
+    if not differs:
+        for stats in targets:
+            stats.add_many(count, 0.0, "-", 0.0, "-")
+        return 0.0, False
+    if va is None or vb is None:
+        found.diff(name, "value", None, None, f"dtype {ta.dtype}: the bytes differ")
+        return math.inf, True
+    bad = np.flatnonzero(va.reshape(-1) != vb.reshape(-1))
+    worst = int(np.max(np.abs(va - vb)))
+    for stats in targets:
+        stats.add_many(count, float(worst), at(int(bad[0])), 0.0, "-")
+    first = int(bad[0])
+    x, y = int(va.flat[first]), int(vb.flat[first])
+    found.diff(
+        at(first),
+        "value",
+        x,
+        y,
+        f"{x} in A, {y} in B ({ta.dtype}, compared exactly; {bad.size} of {count} values of "
+        "the tensor differ)",
+    )
+    return float(worst), True
+
+
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+_INT_DTYPES = {"I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def integers(t: probes.ProbeTensor) -> np.ndarray[Any, Any] | None:
+    """An integer or boolean tensor's values as int64; None for any other dtype."""
+    import numpy as np
+
+    kind = _INT_DTYPES.get(t.dtype)
+    if kind is None or len(t.data) != math.prod(t.shape) * np.dtype(kind).itemsize:
+        return None
+    return np.frombuffer(t.data, dtype=kind).astype(np.int64).reshape(t.shape)
