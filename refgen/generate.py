@@ -33,6 +33,7 @@ from refgen.artifact import Artifact
 from refgen.errors import CheckpointError, IntegrityError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.load import plan as loading
+from refgen.load.model import float32_parameters
 from refgen.load.verify import Verifier
 from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
@@ -227,6 +228,8 @@ def compute_reference(
     config = model.config
     fields = modelinfo.contract_fields(config, model)
     record = modelinfo.describe(config, model, digest) | {"dtype": spec.dtype}
+    # The parameters transformers keeps in float32 whatever the run dtype (refgen.load.model).
+    record["float32_parameters"] = float32_parameters(model, spec.dtype)
     inputs = [tokenizer(prompt, return_tensors="pt")["input_ids"] for prompt in spec.prompts]
     _check_run(spec, fields, inputs)
     log.info(
