@@ -72,11 +72,19 @@ def generate(
 ) -> Artifact:
     """Verify inputs, compute the reference and write its files atomically.
 
-    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``.
+    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``. The
+    set's inter-process lock is held from the first check to the commit (the CLI takes it
+    earlier, around its up-to-date check).
     """
-    timings = timings or Timings()
-    _kept.clear()  # the previous run's model, before this one is loaded
     outputs = destination(spec, output_dir)
+    with outputs.locked():
+        return _build(spec, outputs, timings or Timings(), load)
+
+
+def _build(
+    spec: Spec, outputs: Artifact, timings: Timings, load: loading.LoadOptions | None
+) -> Artifact:
+    _kept.clear()  # the previous run's model, before this one is loaded
     lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
     # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
