@@ -33,6 +33,7 @@ from refgen.artifact import Artifact
 from refgen.errors import CheckpointError, IntegrityError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.load import plan as loading
+from refgen.load.model import float32_parameters
 from refgen.load.verify import Verifier
 from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
@@ -71,11 +72,19 @@ def generate(
 ) -> Artifact:
     """Verify inputs, compute the reference and write its files atomically.
 
-    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``.
+    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``. The
+    set's inter-process lock is held from the first check to the commit (the CLI takes it
+    earlier, around its up-to-date check).
     """
-    timings = timings or Timings()
-    _kept.clear()  # the previous run's model, before this one is loaded
     outputs = destination(spec, output_dir)
+    with outputs.locked():
+        return _build(spec, outputs, timings or Timings(), load)
+
+
+def _build(
+    spec: Spec, outputs: Artifact, timings: Timings, load: loading.LoadOptions | None
+) -> Artifact:
+    _kept.clear()  # the previous run's model, before this one is loaded
     lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
     hub.check_lock_covers(spec, lock, folder)  # the loader reads locked files only, all of them
@@ -227,13 +236,15 @@ def compute_reference(
     config = model.config
     fields = modelinfo.contract_fields(config, model)
     record = modelinfo.describe(config, model, digest) | {"dtype": spec.dtype}
+    # The parameters transformers keeps in float32 whatever the run dtype (refgen.load.model).
+    record["float32_parameters"] = float32_parameters(model, spec.dtype)
     inputs = [tokenizer(prompt, return_tensors="pt")["input_ids"] for prompt in spec.prompts]
     _check_run(spec, fields, inputs)
     log.info(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )
     if capture is not None:  # layers and modules checked against the model before any forward
-        capture.start(int(config.num_hidden_layers), [name for name, _ in model.named_modules()])
+        capture.start(int(config.num_hidden_layers), probes.module_names(model))
     cases = []
     with (
         timings.phase("forward"),
@@ -258,6 +269,9 @@ def compute_reference(
     if capture is not None and floor_plan is not None:
         model = None  # freed before the float64 copy is loaded
         model = floor_run(spec, model_dir, verifier, capture, floor_plan, inputs, timings)
+        # what transformers kept in float32 in the float64 run too: its rounding is not in
+        # the floor (as the rotary angles, computed in float32 in both runs)
+        record["rounding_floor_float32_parameters"] = float32_parameters(model, "float64")
     if KEEP_LAST_MODEL:
         _kept.append(model)
     reference = {
@@ -299,7 +313,7 @@ def floor_run(
             hint=integrity_hint(spec),
         )
         twin = probes.Capture(spec)
-        twin.start(capture.num_layers, [name for name, _ in model.named_modules()])
+        twin.start(capture.num_layers, probes.module_names(model))
         with torch.inference_mode(), twin.recording(model, inputs):
             runs = loading.forwards(model, inputs, output_hidden_states=True, use_cache=False)
             for number, (input_ids, out) in enumerate(zip(inputs, runs, strict=True)):
