@@ -110,6 +110,14 @@ def _drop_from_lock(name: str, also_from_cache: bool = False) -> Callable[[Case]
     return apply
 
 
+def _add_to_cache(name: str, content: bytes) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        (case.setup.checkpoint.snapshot / name).write_bytes(content)
+        return _generate(case)
+
+    return apply
+
+
 # --- class 4: special files -------------------------------------------------------------------
 
 
@@ -178,6 +186,9 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
      ("tokenizer.json", "does not name", "refgen lock"), {}),
     ("lock omits config.json", _drop_from_lock("config.json"), 2,
      ("config.json", "does not name"), {}),
+    ("a loader file added to the cache behind the lock's back",
+     _add_to_cache("chat_template.jinja", b"{{ 'injected' }}"), 2,
+     ("chat_template.jinja", "does not name"), {}),
     ("lock and cache both lack tokenizer.json", _drop_from_lock("tokenizer.json", True), 2,
      ("tokenizer.json", "no vocabulary file", "Qwen2Tokenizer"), {}),
     # class 4: special files are refused, never read, never waited on
