@@ -106,6 +106,20 @@ def test_correct_float32_port_passes_every_layer(f32: Reference, tmp_path: Path)
     assert "x the float32 rounding" in proc.stdout
 
 
+def test_last_position_logits_against_every_position(f32: Reference, tmp_path: Path) -> None:
+    """A port that has only the last logits: compared with the reference's last row, judged by
+    that row's own rounding floor."""
+    out = f32.port().forward(list(f32.tokens[2]))
+    path = write_dump(tmp_path / "last.safetensors", {"logits.last": out["logits.last"]})
+    result = compare_port(f32.json, path, prompt=2)
+    (t,) = result.prompts[0].tensors
+    assert t.reference_name == "prompt2.logits.all[-1]"
+    assert t.within and t.allowance is not None and t.allowance.kind == "floor"
+    assert 0 < t.ratio <= FLOOR_FACTOR / 2
+    assert result.summary().endswith("; 1 note(s) below")
+    assert "compared with the reference's last position" in result.notes[0]
+
+
 EXPECTED = {
     "rope_theta": "module.model.layers.0.self_attn",  # the first attention already rotates
     "rope_scaling": "module.model.layers.0.self_attn",
@@ -248,6 +262,24 @@ def test_without_a_floor_record_the_dtype_default_applies(f32: Reference, tmp_pa
         assert firsts(result) == [EXPECTED[bug]] * len(PROMPTS), bug
 
 
+def test_a_damaged_floor_entry_falls_back_to_the_default(f32: Reference, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(f32.probes, framework="pt") as f:
+        metadata = json.loads(f.metadata()[probes.METADATA_KEY])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    entry = metadata["rounding_floor"]["tensors"]["prompt0.hidden_states.layer2"]
+    entry["err_rms"] = None  # as the generator writes a non-finite value
+    entry["positions_err_rms"][0] = None
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(probes.dump(tensors, metadata))
+    result = compare_port(damaged, dump(f32, tmp_path))
+    assert not result.diverged
+    layer2 = next(t for t in result.prompts[0].tensors if t.name == "hidden_states.layer2")
+    assert layer2.allowance is not None and layer2.allowance.kind == "nmse"
+    assert "prompt0.hidden_states.layer2: no rounding-floor entry" in "\n".join(result.notes)
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
@@ -353,6 +385,9 @@ def test_bad_arguments_exit_2(f32: Reference, tmp_path: Path) -> None:
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr
     proc = cli(tmp_path / "missing.json", path)
+    assert proc.returncode == 2 and "missing.json does not exist" in proc.stderr
+    (tmp_path / "alone.json").write_text("{}")
+    proc = cli(tmp_path / "alone.json", path)
     assert proc.returncode == 2 and "has no probe file beside it" in proc.stderr
 
 
