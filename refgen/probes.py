@@ -188,6 +188,18 @@ def module_pattern_matches(pattern: str, path: str) -> bool:
     )
 
 
+def module_names(model: Any) -> list[str]:
+    """The paths of *model*'s modules that can have an output: containers without a forward of
+    their own (a ModuleList, a ModuleDict) are left out, since a hook on them never fires."""
+    import torch
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if type(module).forward is not torch.nn.Module.forward
+    ]
+
+
 def resolve_modules(spec: Spec, names: Sequence[str]) -> tuple[str, ...]:
     """The module paths the spec's patterns match among *names* (``named_modules()`` order);
     a pattern matching none is a SpecError naming the closest paths."""
@@ -201,12 +213,14 @@ def resolve_modules(spec: Spec, names: Sequence[str]) -> tuple[str, ...]:
         if not found:
             # the generic forms too, so that "layers.*.attn" suggests "model.layers.*.self_attn"
             generic = sorted({re.sub(r"(?<=\.)\d+(?=\.|$)", "*", n) for n in names})
-            close = difflib.get_close_matches(pattern, [*generic, *names], n=5, cutoff=0.5)
+            close = difflib.get_close_matches(pattern, generic, n=3, cutoff=0.5)
+            close += difflib.get_close_matches(pattern, names, n=5 - len(close), cutoff=0.5)
             hint = f" Close: {', '.join(close)}." if close else ""
             raise SpecError(
                 f"{spec.path.name}: 'probes.modules' pattern {pattern!r} matches no module of "
                 f"the model.{hint} Patterns name paths of model.named_modules(); * stands for "
-                "one whole part (a layer index)."
+                "one whole part (a layer index); a container without a forward (a ModuleList "
+                "such as model.layers) has no output."
             )
         matched |= found
     return tuple(n for n in names if n in matched)
@@ -236,8 +250,8 @@ class _Recorder:
     """Forward hooks that keep the chosen modules' outputs, per prompt.
 
     The prompt a forward belongs to is found by its ``input_ids`` tensor (a pre-hook on the
-    model, kept per thread): a streamed model runs every prompt's forward on a thread of its
-    own, at once (refgen.streaming), and the hooks fire on that thread.
+    model, kept per thread): a streamed model runs the prompts of a wave at once, each forward on
+    a thread of a pool (refgen.load.stream), and the hooks fire on that thread.
     """
 
     def __init__(self, paths: Sequence[str], inputs: Sequence[Any], positions: str) -> None:
