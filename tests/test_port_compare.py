@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,12 @@ def dump(ref: Reference, folder: Path, bug: str | None = None, dtype: str | None
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, "-m", "refgen", "compare", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    """``refgen compare`` as a porter runs it (a temp folder of its own: what other processes
+    left in the shared one is not this test's)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "TMPDIR": tmp}
+        cmd = [sys.executable, "-m", "refgen", "compare", *map(str, args)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def firsts(result: PortComparison) -> list[str | None]:
