@@ -30,7 +30,7 @@ from refgen import (
     weights,
 )
 from refgen.artifact import Artifact
-from refgen.errors import CheckpointError, IntegrityError, SpecError
+from refgen.errors import CheckpointError, IntegrityError, NonFiniteError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.load import plan as loading
 from refgen.load.model import float32_parameters
@@ -262,6 +262,7 @@ def compute_reference(
         for number, (prompt, input_ids, out) in enumerate(
             zip(spec.prompts, inputs, runs, strict=True)
         ):
+            check_finite_outputs(spec, number, out, model)
             if capture is not None:
                 capture.add(number, input_ids, out)
             cases.append(_case(spec, prompt, input_ids, out, fields["vocab_size"]))
@@ -348,6 +349,39 @@ def _check_run(spec: Spec, fields: dict[str, Any], inputs: list[Any]) -> None:
                 f"{spec.path.name}: prompt {prompt[:40]!r}... is {length} tokens, longer than "
                 f"the model's context ({context} positions). Shorten it."
             )
+
+
+def check_finite_outputs(spec: Spec, number: int, out: Any, model: Any) -> None:
+    """NonFiniteError naming the first layer whose output holds NaN or an infinity (finite
+    weights can still overflow, in float16 say), and the parameters of that layer that are
+    not finite when they are in memory. Cheap: the hidden states are a few MB per prompt."""
+    import torch
+
+    outputs = [*enumerate(out.hidden_states), (None, out.logits)]
+    for j, values in outputs:
+        if bool(torch.isfinite(values).all()):
+            continue
+        if j is None:
+            where, module = "the logits (the LM head's output)", model.get_output_embeddings()
+        elif j == 0:
+            where, module = "the embeddings (hidden_states[0])", model.get_input_embeddings()
+        else:
+            last = " and the final norm" if j == len(out.hidden_states) - 1 else ""
+            where, module = f"decoder layer {j - 1}{last} (hidden_states[{j}])", None
+            layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+            if layers and j - 1 < len(max(layers, key=len)):
+                module = max(layers, key=len)[j - 1]
+        culprits = [
+            name
+            for name, p in (module.named_parameters() if module is not None else ())
+            if p.device.type != "meta" and not bool(torch.isfinite(p).all())
+        ]
+        named = f"; its parameters with NaN or Inf: {', '.join(culprits)}" if culprits else ""
+        raise NonFiniteError(
+            f"prompt {number} ({shorten(spec.prompts[number])!r}): the output of {where} holds "
+            f"NaN or an infinity{named}. No reference can be made of it: check the checkpoint's "
+            "weights, or run in a wider dtype (float32) if float16 overflows."
+        )
 
 
 def _case(spec: Spec, prompt: str, input_ids: Any, out: Any, vocab_size: int) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TinySetup, run_refgen
+from conftest import MINIMAL_SPEC, TinySetup, run_refgen, write_spec_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_hostile import NAME, OLD, SIBLINGS, Case
 
 from refgen import hub, jsonio, lock, weights
 from refgen.errors import IntegrityError, LockError, RefgenError
+from refgen.hashing import file_digests
 from refgen.spec import load_spec
 
 TIMEOUT = 120  # seconds: far above a tiny run (about 10 s), far below a hang
@@ -168,6 +170,33 @@ def _tampered_index(case: Case) -> list[str]:
     return _generate(case)
 
 
+# --- class 6: NaN or Inf in the weights -----------------------------------------------------------
+
+VICTIM = "model.layers.1.mlp.down_proj.weight"
+
+
+def _poisoned(value: float, *extra: str, probes: bool = False) -> Callable[[Case], list[str]]:
+    """One element of a weight set to *value* in the cached model.safetensors, the lock
+    re-recorded (the checkpoint is what its lock says: only the values are wrong)."""
+
+    def apply(case: Case) -> list[str]:
+        from safetensors.torch import load_file, save_file
+
+        blob = (case.setup.checkpoint.snapshot / "model.safetensors").resolve()
+        tensors = load_file(blob)
+        tensors[VICTIM].view(-1)[7] = value
+        save_file(tensors, blob, metadata={"format": "pt"})
+        if probes:
+            text = case.setup.spec.read_text()
+            case.setup.spec.write_text(text + '\n[probes]\nhidden_states = "all"\n')
+        digests, size = file_digests(blob, ("sha256", "blake3"))
+        entry = {"path": "model.safetensors", "size": size, **digests}
+        case.edit_lock(lambda d: case.entry(d, "model.safetensors").update(entry))
+        return _generate(case, *extra)
+
+    return apply
+
+
 # (id, prepare -> CLI arguments, exit code, what the message must name, extra environment)
 CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[str, str]]] = [
     # class 1: a local checkpoint's folder and every file its lock names are inputs
@@ -200,6 +229,12 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
      ("/dev/zero", "character device"), {}),
     ("lock is a link to /dev/zero", _lock_links_to_dev_zero, 2,
      ("tiny-qwen3.lock.json", "character device"), {}),
+    # class 6: a weight that is NaN or infinite, named as it is loaded; nothing written
+    ("NaN in a weight, in memory", _poisoned(math.nan, "--load", "memory"), 5,
+     (VICTIM, "nan", "element 7", "model.safetensors"), {}),
+    ("Inf in a weight, streamed", _poisoned(math.inf, "--load", "stream"), 5,
+     (VICTIM, "inf", "element 7"), {}),
+    ("NaN in a weight, with probes", _poisoned(-math.nan, probes=True), 5, (VICTIM, "nan"), {}),
     # class 7: an index is checked against the lock before it is parsed
     ("index tampered (nested 100,000 deep)", _tampered_index, 3,
      (weights.INDEX, "does not match the lock"), {}),
@@ -391,3 +426,42 @@ def test_probe_file_nested_deep_is_a_probe_file_error(tmp_path: Path, where: str
     path.write_bytes(content)
     with pytest.raises(probes.ProbeFileError, match="nested"):
         probes.read(path)
+
+
+def test_first_layer_whose_output_is_not_finite_is_named(tmp_path: Path) -> None:
+    """Finite weights can overflow (float16): the first non-finite hidden state names its layer
+    and, in memory, the parameters of that layer that are not finite."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from refgen.errors import NonFiniteError
+    from refgen.generate import check_finite_outputs
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(4, 2)
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(3))
+            self.head = torch.nn.Linear(2, 4)
+
+        def get_input_embeddings(self) -> torch.nn.Module:
+            return self.embed
+
+        def get_output_embeddings(self) -> torch.nn.Module:
+            return self.head
+
+    model = Model()
+    layer: Any = model.layers[1]
+    with torch.no_grad():
+        layer.weight[0, 0] = math.inf
+    spec = load_spec(write_spec_text(tmp_path, MINIMAL_SPEC))
+    ok = torch.zeros(1, 3, 2)
+    bad = torch.full((1, 3, 2), math.nan)
+    out = SimpleNamespace(hidden_states=(ok, ok, bad, bad), logits=torch.zeros(1, 3, 4))
+    with pytest.raises(NonFiniteError, match=r"decoder layer 1 \(hidden_states\[2\]\).*weight"):
+        check_finite_outputs(spec, 0, out, model)
+    out = SimpleNamespace(hidden_states=(ok, ok, ok, ok), logits=torch.full((1, 3, 4), math.inf))
+    with pytest.raises(NonFiniteError, match="the logits"):
+        check_finite_outputs(spec, 0, out, model)
+    check_finite_outputs(spec, 0, SimpleNamespace(hidden_states=(ok,), logits=ok), model)
