@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from refgen import (
+    activations,
     determinism,
     hub,
     manifest,
@@ -34,6 +35,7 @@ from refgen.errors import CheckpointError, IntegrityError, NonFiniteError, SpecE
 from refgen.hashing import sha256_bytes
 from refgen.load import plan as loading
 from refgen.load.model import float32_parameters
+from refgen.load.stream import RUNTIME_BYTES
 from refgen.load.verify import Verifier
 from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
@@ -240,6 +242,8 @@ def compute_reference(
     record["float32_parameters"] = float32_parameters(model, spec.dtype)
     inputs = [tokenizer(prompt, return_tensors="pt")["input_ids"] for prompt in spec.prompts]
     _check_run(spec, fields, inputs)
+    if load_plan.budget > 0:  # the run's plan (a bare call plans nothing: no budget to keep)
+        check_memory(spec, config, inputs, load_plan)
     log.info(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )
@@ -381,6 +385,37 @@ def check_finite_outputs(spec: Spec, number: int, out: Any, model: Any) -> None:
             f"prompt {number} ({shorten(spec.prompts[number])!r}): the output of {where} holds "
             f"NaN or an infinity{named}. No reference can be made of it: check the checkpoint's "
             "weights, or run in a wider dtype (float32) if float16 overflows."
+        )
+
+
+def check_memory(spec: Spec, config: Any, inputs: list[Any], plan: loading.LoadPlan) -> None:
+    """SpecError, with the numbers, when a prompt's forward would not fit the memory budget
+    beside the weights the run holds (refgen.activations; a streamed run holds a few layers,
+    counted as none): refused before the first forward, not a failed allocation in it.
+
+    A budget the weights fill (``--load memory`` asked over it) or one below what any run
+    needs (a streamed run told ``--memory-budget 1B`` to keep nothing resident) still leaves
+    the forward the allowance the load plan reserves beside in-memory weights."""
+    attention = str(config._attn_implementation)
+    resident = plan.weights_bytes if plan.mode == "memory" else 0
+    room = max(plan.budget - resident, RUNTIME_BYTES // 2)
+    for number, input_ids in enumerate(inputs):
+        need = activations.forward_memory(config, int(input_ids.shape[-1]), spec.dtype, attention)
+        if need.total <= room:
+            continue
+        hint = (
+            'use attn_implementation = "sdpa" in [model] (no length-squared matrix), '
+            if need.attention
+            else ""
+        )
+        weights = f" beside the weights' {resident / 1e9:.2f} GB" if resident else ""
+        raise SpecError(
+            f"{spec.path.name}: prompt {number} ({shorten(spec.prompts[number])!r}) is "
+            f"{need.length} tokens; its forward with {attention} attention in {spec.dtype} needs "
+            f"about {need.total / 1e9:.2f} GB ({need.describe()}), over the {room / 1e9:.2f} GB "
+            f"the memory budget of {plan.budget / 1e9:.2f} GB leaves{weights}. Shorten the "
+            f"prompt, {hint}or raise the "
+            "budget (--memory-budget, [run] memory_budget) on a machine that has the memory."
         )
 
 

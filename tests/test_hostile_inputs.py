@@ -197,6 +197,32 @@ def _poisoned(value: float, *extra: str, probes: bool = False) -> Callable[[Case
     return apply
 
 
+# --- class 10: the memory of a forward, before it runs -------------------------------------------
+
+
+def _long_prompt(case: Case) -> list[str]:
+    """6,000 tokens ('q' is one token each) with eager attention under a 1 GB budget: the
+    attention matrices alone are 4 heads x 6000^2 x 4 bytes x 2 = 1.15 GB. The tiny checkpoint
+    (as a local folder) is given a context long enough for the prompt."""
+    folder = case.base / "ckpt"
+    folder.mkdir()
+    for path in case.setup.checkpoint.snapshot.iterdir():
+        shutil.copy(path.resolve(), folder / path.name)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 40960}))
+    checkpoint = case.setup.checkpoint
+    case.edit_spec(
+        f'repo = "{checkpoint.repo}"\nrevision = "{checkpoint.revision}"', 'path = "../ckpt"'
+    )
+    case.edit_spec('attn_implementation = "sdpa"', 'attn_implementation = "eager"')
+    text = case.setup.spec.read_text()
+    start = text.index("prompts = [")
+    end = text.index("]", start)
+    case.setup.spec.write_text(text[:start] + f'prompts = ["{"q" * 6000}"' + text[end:])
+    hub.lock(load_spec(case.setup.spec), offline=True)
+    return _generate(case, "--load", "memory", "--memory-budget", "1GB")
+
+
 # (id, prepare -> CLI arguments, exit code, what the message must name, extra environment)
 CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[str, str]]] = [
     # class 1: a local checkpoint's folder and every file its lock names are inputs
@@ -235,6 +261,10 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
     ("Inf in a weight, streamed", _poisoned(math.inf, "--load", "stream"), 5,
      (VICTIM, "inf", "element 7"), {}),
     ("NaN in a weight, with probes", _poisoned(-math.nan, probes=True), 5, (VICTIM, "nan"), {}),
+    # class 10: a prompt whose forward cannot fit the memory budget, refused before it runs
+    ("a 6,000-token prompt, eager attention, 1 GB budget", _long_prompt, 2,
+     ("6000 tokens", "eager attention", "attention matrices 1.", "memory budget of 1.00 GB",
+      "sdpa"), {}),
     # class 7: an index is checked against the lock before it is parsed
     ("index tampered (nested 100,000 deep)", _tampered_index, 3,
      (weights.INDEX, "does not match the lock"), {}),
@@ -465,3 +495,23 @@ def test_first_layer_whose_output_is_not_finite_is_named(tmp_path: Path) -> None
     with pytest.raises(NonFiniteError, match="the logits"):
         check_finite_outputs(spec, 0, out, model)
     check_finite_outputs(spec, 0, SimpleNamespace(hidden_states=(ok,), logits=ok), model)
+
+
+def test_forward_memory_of_a_32000_token_prompt() -> None:
+    """The issue's case: 32,000 positions, the tiny Qwen3's 4 heads in float32: 16.4 GB per copy
+    of the attention matrix (two copies and the mask counted); blocked (SDPA) attention has no
+    length-squared term; a half dtype's softmax in float32 is counted."""
+    from types import SimpleNamespace
+
+    from refgen import activations, tiny
+
+    config = SimpleNamespace(**tiny.CONFIG)
+    eager = activations.forward_memory(config, 32_000, "float32", "eager")
+    assert eager.attention == 4 * 32_000**2 * 4 * 2 + 32_000**2 * 4
+    assert eager.attention > 2 * 16.4e9
+    assert eager.hidden_states == 3 * 32_000 * 64 * 4
+    assert eager.logits == 32_000 * 512 * 4
+    sdpa = activations.forward_memory(config, 32_000, "float32", "sdpa")
+    assert sdpa.attention == 0 and sdpa.total < 1e9
+    half = activations.forward_memory(config, 1000, "bfloat16", "eager")
+    assert half.attention == 4 * 1000**2 * (2 * 2 + 4) + 1000**2 * 2
