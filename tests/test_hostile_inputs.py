@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +265,16 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
     ("a 6,000-token prompt, eager attention, 1 GB budget", _long_prompt, 2,
      ("6000 tokens", "eager attention", "attention matrices 1.", "memory budget of 1.00 GB",
       "sdpa"), {}),
+    # classes 9 and 13: crosscheck's arguments
+    ("crosscheck --bench -1", lambda c: ["crosscheck", "--bench", "-1"], 2,
+     ("--bench", "-1"), {}),
+    ("crosscheck --jobs 0", lambda c: ["crosscheck", "--jobs", "0"], 2, ("--jobs", "0"), {}),
+    ("crosscheck --work-dir naming a file",
+     lambda c: ["crosscheck", "--cpus", "native", "--work-dir", str(c.setup.spec)], 2,
+     ("--work-dir", "tiny-qwen3.toml", "not a folder"), {}),
+    ("crosscheck --cpus with an unknown CPU model",
+     lambda c: ["crosscheck", "--cpus", "Haswell-v4,Pentium-9000"], 2,
+     ("unknown CPU model", "Pentium-9000", "-cpu help"), {}),
     # class 7: an index is checked against the lock before it is parsed
     ("index tampered (nested 100,000 deep)", _tampered_index, 3,
      (weights.INDEX, "does not match the lock"), {}),
@@ -515,3 +525,64 @@ def test_forward_memory_of_a_32000_token_prompt() -> None:
     assert sdpa.attention == 0 and sdpa.total < 1e9
     half = activations.forward_memory(config, 1000, "bfloat16", "eager")
     assert half.attention == 4 * 1000**2 * (2 * 2 + 4) + 1000**2 * 2
+
+
+# --- class 13: fetch given a malformed Hub answer ---------------------------------------------
+
+
+@pytest.fixture
+def fake_hub() -> Iterator[Callable[[bytes], str]]:
+    """A local HTTP server answering every request with the body given: the endpoint's URL."""
+    import http.server
+    import threading
+
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def serve(body: bytes) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1]", b'{"sha": 5, "siblings": "x"}', b'[{"type": "file", "path": 7}]'],
+    ids=["not JSON", "a list of numbers", "an object", "a file with a number for a path"],
+)
+def test_fetch_with_a_malformed_hub_answer_is_one_error_line(
+    tiny_copy: TinySetup, tmp_path: Path, fake_hub: Callable[[bytes], str], body: bytes
+) -> None:
+    endpoint = fake_hub(body)
+    result = run_refgen(
+        "fetch",
+        "--spec",
+        tiny_copy.spec,
+        hf_home=tmp_path / "empty-hf-home",
+        env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
+        check=False,
+        timeout=TIMEOUT,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("refgen: error: cannot download"), errors
+    assert "malformed" in errors[0] and "HF_ENDPOINT" in errors[0], errors
