@@ -227,6 +227,30 @@ def test_llama_cpp_names_through_the_shipped_map_give_the_same_verdict(
         assert norm.reference_name == f"prompt{prompt}.hidden_states.layer{NUM_LAYERS}"
 
 
+def test_llama_cpp_last_position_only(f32: Reference, tmp_path: Path) -> None:
+    """llama.cpp computes the last layer and the output for the last position only (unless
+    asked for every logit): those rows are compared with the reference's last position, each
+    against that position's own rounding floor."""
+    out = f32.port().forward(list(f32.tokens[2]))
+    last = NUM_LAYERS - 1
+    tensors = {
+        "l_out-0": out["module.model.layers.0"],
+        f"l_out-{last}": out[f"module.model.layers.{last}"][-1:],
+        "result_norm": out[f"hidden_states.layer{NUM_LAYERS}"][-1:],
+        "result_output": out["logits.all"][-1:],
+    }
+    path = tmp_path / "cpp.safetensors"
+    save_file(tensors, str(path))
+    result = compare_port(f32.json, path, names=namemap.load(MAPS / "llama.cpp.toml"), prompt=2)
+    assert not result.diverged, result.render()
+    compared = {t.port_name: t for t in result.prompts[0].tensors}
+    assert compared["l_out-0"].reference_name == "prompt2.module.model.layers.0"
+    for name in (f"l_out-{last}", "result_norm", "result_output"):
+        t = compared[name]
+        assert t.reference_name.endswith("[-1]") and len(t.positions) == 1
+        assert t.allowance is not None and t.allowance.kind == "floor" and t.ratio > 0
+
+
 def test_transformerlens_names_with_a_batch_dimension(f32: Reference, tmp_path: Path) -> None:
     out = f32.port("norm_eps").forward(list(f32.tokens[1]))
     tensors = {"hook_embed": out["hidden_states.layer0"][None]}
