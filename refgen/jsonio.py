@@ -71,11 +71,14 @@ def read_bytes(path: Path, limit: int = MAX_BYTES) -> bytes:
     """The whole content of the regular file *path*, at most *limit* bytes
     (:class:`TooLargeError` beyond, :class:`NotRegularFileError` when not a regular file)."""
     with open_regular(path) as f:
-        data = f.read(limit + 1)  # a file growing past its fstat size is still bounded
-    if len(data) > limit:
-        raise TooLargeError(
-            errno.EFBIG, f"it is larger than the {limit}-byte limit for this file", str(path)
-        )
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise TooLargeError(
+                errno.EFBIG, f"it is {size} bytes, over the {limit}-byte limit", str(path)
+            )
+        data = f.read(size)
+        if len(data) != size or f.read(1):  # never more than it held when opened
+            raise OSError(errno.EAGAIN, "it changed while it was read", str(path))
     return data
 
 
