@@ -171,6 +171,31 @@ def test_bfloat16_reference_and_port(bf16: Reference, tmp_path: Path) -> None:
     assert "x the bfloat16 rounding" in bug.summary()
 
 
+def test_bfloat16_port_against_a_float32_reference(f32: Reference, tmp_path: Path) -> None:
+    """A port computing in bfloat16 is judged against one bfloat16 rounding of each tensor (or
+    the float32 floor, whichever is larger; measured: at most 3.7x); the planted bug is still
+    named."""
+
+    def bf16_dump(bug: str | None) -> Path:
+        port = f32.port(bug, dtype="bfloat16")
+        values = {
+            f"prompt{i}.{name}": value
+            for i, tokens in enumerate(f32.tokens)
+            for name, value in port.forward(list(tokens)).items()
+            if name != "logits.last"
+        }
+        return write_dump(tmp_path / f"{bug}.safetensors", values, "bfloat16")
+
+    correct = compare_port(f32.json, bf16_dump(None))
+    assert not correct.diverged, correct.render()
+    assert "the larger of the reference's own float32 rounding error and one bfloat16" in (
+        correct.rule()
+    )
+    assert max(t.ratio for p in correct.prompts for t in p.tensors) <= FLOOR_FACTOR / 2
+    result = compare_port(f32.json, bf16_dump("transposed_o_proj"))
+    assert firsts(result) == [EXPECTED["transposed_o_proj"]] * len(PROMPTS)
+
+
 # --- dumps as ports write them -------------------------------------------------------------------
 
 
@@ -225,6 +250,30 @@ def test_llama_cpp_names_through_the_shipped_map_give_the_same_verdict(
         # llama.cpp's result_norm is model.norm's output: the reference's last hidden state
         norm = next(t for t in mapped.tensors if t.port_name == "result_norm")
         assert norm.reference_name == f"prompt{prompt}.hidden_states.layer{NUM_LAYERS}"
+
+
+def test_llama_cpp_last_position_only(f32: Reference, tmp_path: Path) -> None:
+    """llama.cpp computes the last layer and the output for the last position only (unless
+    asked for every logit): those rows are compared with the reference's last position, each
+    against that position's own rounding floor."""
+    out = f32.port().forward(list(f32.tokens[2]))
+    last = NUM_LAYERS - 1
+    tensors = {
+        "l_out-0": out["module.model.layers.0"],
+        f"l_out-{last}": out[f"module.model.layers.{last}"][-1:],
+        "result_norm": out[f"hidden_states.layer{NUM_LAYERS}"][-1:],
+        "result_output": out["logits.all"][-1:],
+    }
+    path = tmp_path / "cpp.safetensors"
+    save_file(tensors, str(path))
+    result = compare_port(f32.json, path, names=namemap.load(MAPS / "llama.cpp.toml"), prompt=2)
+    assert not result.diverged, result.render()
+    compared = {t.port_name: t for t in result.prompts[0].tensors}
+    assert compared["l_out-0"].reference_name == "prompt2.module.model.layers.0"
+    for name in (f"l_out-{last}", "result_norm", "result_output"):
+        t = compared[name]
+        assert t.reference_name.endswith("[-1]") and len(t.positions) == 1
+        assert t.allowance is not None and t.allowance.kind == "floor" and t.ratio > 0
 
 
 def test_transformerlens_names_with_a_batch_dimension(f32: Reference, tmp_path: Path) -> None:
