@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from refgen import jsonio
 from refgen.errors import ProbeFileError as ProbeFileError  # raised here; compare catches it here
 from refgen.errors import SpecError
 
@@ -84,6 +85,9 @@ LAYER_NUMBERING = (
     "num_layers = final norm output (the last decoder layer's raw output is its module's)"
 )
 MAX_HEADER = 100 * 1024 * 1024
+# A probe file is read whole; the bound only keeps a reader from going on forever (a regular file
+# has the size it has): 1 TiB.
+MAX_PROBE_FILE = 1 << 40
 _NAME = re.compile(
     r"^prompt(\d+)\.(?:hidden_states\.layer(?P<layer>\d+)|logits\.(?P<logits>last|all)"
     r"|(?P<ids>input_ids)|module\.(?P<module>.+))$"
@@ -538,7 +542,8 @@ class ProbeFile:
 def read(path: Path) -> ProbeFile:
     """Parse a probe file; :class:`ProbeFileError` says what is wrong with a damaged one."""
     try:
-        raw = path.read_bytes()
+        # a regular file only, never a FIFO or a device; as large as the file is
+        raw = jsonio.read_bytes(path, limit=MAX_PROBE_FILE)
     except OSError as exc:
         raise ProbeFileError(f"cannot read {path.name}: {exc.strerror}") from None
     if len(raw) < 8:
@@ -547,11 +552,11 @@ def read(path: Path) -> ProbeFile:
     if size > min(MAX_HEADER, len(raw) - 8):
         raise ProbeFileError(f"{path.name}: header size {size} does not fit the file")
     try:
-        header = json.loads(raw[8 : 8 + size])
+        header = jsonio.loads(raw[8 : 8 + size])  # nesting bounded: a ValueError
         if not isinstance(header, dict):
             raise TypeError("header is not an object")
         meta = header.pop("__metadata__", None) or {}
-        metadata = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+        metadata = jsonio.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
         body = raw[8 + size :]
         tensors = {}
         for name, info in header.items():

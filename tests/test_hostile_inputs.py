@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import stat
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,14 @@ def _drop_from_lock(name: str, also_from_cache: bool = False) -> Callable[[Case]
     return apply
 
 
+def _add_to_cache(name: str, content: bytes) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        (case.setup.checkpoint.snapshot / name).write_bytes(content)
+        return _generate(case)
+
+    return apply
+
+
 # --- class 4: special files -------------------------------------------------------------------
 
 
@@ -177,6 +186,9 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
      ("tokenizer.json", "does not name", "refgen lock"), {}),
     ("lock omits config.json", _drop_from_lock("config.json"), 2,
      ("config.json", "does not name"), {}),
+    ("a loader file added to the cache behind the lock's back",
+     _add_to_cache("chat_template.jinja", b"{{ 'injected' }}"), 2,
+     ("chat_template.jinja", "does not name"), {}),
     ("lock and cache both lack tokenizer.json", _drop_from_lock("tokenizer.json", True), 2,
      ("tokenizer.json", "no vocabulary file", "Qwen2Tokenizer"), {}),
     # class 4: special files are refused, never read, never waited on
@@ -240,7 +252,7 @@ def test_bounded_reader_refuses_special_files_without_blocking(tmp_path: Path) -
             jsonio.read_bytes(path)
     big = tmp_path / "big"
     big.write_bytes(b"x" * 101)
-    with pytest.raises(jsonio.TooLargeError, match="100-byte limit"):
+    with pytest.raises(jsonio.TooLargeError, match="101 bytes, over the 100-byte limit"):
         jsonio.read_bytes(big, limit=100)
     assert jsonio.read_bytes(big, limit=101) == b"x" * 101
 
@@ -316,3 +328,66 @@ def test_property_any_lock_text(raw: bytes, tmp_path_factory: pytest.TempPathFac
     assert set(checked.missing) | set(checked.matched) | {m.path for m in checked.mismatched} == {
         f.path for f in result.files
     }
+
+
+# --- class 7: safetensors headers and probe files through the bounded readers -------------------
+
+
+def _safetensors(header: dict[str, Any] | str, data: bytes) -> bytes:
+    raw = header if isinstance(header, str) else json.dumps(header)
+    return struct.pack("<Q", len(raw.encode())) + raw.encode() + data
+
+
+ONE = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+TWO = {
+    "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+    "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]},  # 4 bytes between: a gap
+}
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (_safetensors(ONE, b"\0" * 8), None),
+        (_safetensors('{"w": ' + "[" * 100_000 + "]" * 100_000 + "}", b""), "nested"),
+        (_safetensors(ONE, b"\0" * 8 + b"trailing"), "8 bytes after the last tensor"),
+        (_safetensors(TWO, b"\0" * 12), "safetensors library refuses it"),
+    ],
+    ids=["valid", "header nested 100,000 deep", "trailing bytes", "a gap between tensors"],
+)
+def test_safetensors_header(tmp_path: Path, content: bytes, needle: str | None) -> None:
+    from refgen.load.files import read_header
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    if needle is None:
+        assert [e.name for e in read_header(path)] == ["w"]
+        return
+    with pytest.raises(IntegrityError, match=needle):
+        read_header(path)
+
+
+def test_safetensors_header_of_a_fifo_never_blocks(tmp_path: Path) -> None:
+    from refgen.load.files import read_header
+
+    os.mkfifo(tmp_path / "model.safetensors")
+    with pytest.raises(IntegrityError, match="FIFO"):
+        read_header(tmp_path / "model.safetensors")
+
+
+@pytest.mark.parametrize("where", ["header", "metadata"])
+def test_probe_file_nested_deep_is_a_probe_file_error(tmp_path: Path, where: str) -> None:
+    """What verify and diff read: a tampered probe file is a finding (ProbeFileError), never a
+    RecursionError."""
+    from refgen import probes
+
+    deep = "[" * 100_000 + "]" * 100_000
+    if where == "header":
+        content = _safetensors('{"x": ' + deep + "}", b"")
+    else:
+        metadata = {"__metadata__": {probes.METADATA_KEY: deep}}
+        content = _safetensors(metadata, b"")
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(probes.ProbeFileError, match="nested"):
+        probes.read(path)
