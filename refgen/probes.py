@@ -492,6 +492,15 @@ def dump(tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> bytes:
     canonical = json.dumps(
         metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
+    # safetensors readers (ours, the Python and Rust libraries) refuse a header over 100 MB; a
+    # floor of many modules at every position of long prompts could pass it: refused here.
+    if len(canonical.encode()) > MAX_HEADER // 2:
+        raise ProbeFileError(
+            f"the probe file's metadata would be {len(canonical.encode()) / 1e6:.0f} MB (the "
+            f"rounding floor of {len(tensors)} tensors, per position), past what safetensors "
+            "readers accept. Ask for fewer modules or positions, or for rounding_floor in a "
+            "separate spec with shorter prompts."
+        )
     data: bytes = save(ordered, metadata={METADATA_KEY: canonical})
     return data
 

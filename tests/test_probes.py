@@ -319,6 +319,16 @@ def test_rounding_floor_statistics_against_numpy(tmp_path: Path) -> None:
         probes.rounding_floor(reference, {}, "bfloat16")
 
 
+def test_metadata_past_what_readers_accept_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(probes, "MAX_HEADER", 2000)
+    tensors = {"prompt0.input_ids": torch.arange(3)}
+    assert probes.dump(tensors, {"floor": "x" * 900})  # within half the bound
+    with pytest.raises(probes.ProbeFileError, match="metadata would be 0 MB"):
+        probes.dump(tensors, {"floor": "x" * 1100})
+
+
 def test_layers_beyond_the_model_are_refused(tmp_path: Path) -> None:
     spec = load_spec(spec_with(tmp_path, "[probes]\nhidden_states = [0, 3]\n"))
     with pytest.raises(SpecError) as err:
