@@ -291,8 +291,9 @@ class _Reference:
 
 def _load_reference(path: Path) -> tuple[Path, _Reference]:
     if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
         raise CompareError(
-            f"the reference {path} does not exist; pass a reference's X.json (with X.safetensors "
+            f"the reference {path} {what}; pass a reference's X.json (with X.safetensors "
             "beside it) or the X.safetensors itself."
         )
     if path.suffix == ".json":
