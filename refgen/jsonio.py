@@ -21,6 +21,10 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
+# OSErrors raised here (errors.py holds every error class); callers catch them as jsonio.X
+from refgen.errors import NotRegularFileError as NotRegularFileError
+from refgen.errors import TooLargeError as TooLargeError
+
 # refgen's own files nest at most 6 levels (a manifest's model.files[i].size); a model's JSON
 # files a few (rope_scaling, quantization_config, a tokenizer's model.merges); 64 is generous.
 MAX_DEPTH = 64
@@ -35,14 +39,6 @@ _KINDS = (
     (stat.S_ISSOCK, "a socket"),
     (stat.S_ISDIR, "a folder"),
 )
-
-
-class NotRegularFileError(OSError):
-    """The path is (or a link leads to) a FIFO, a device, a socket or a folder."""
-
-
-class TooLargeError(OSError):
-    """The file is larger than the reader's limit."""
 
 
 def kind(mode: int) -> str:

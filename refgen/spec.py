@@ -383,10 +383,10 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
     except OverflowError:  # an integer past float's range
         tolerance = math.inf
     if not (math.isfinite(tolerance) and tolerance >= 0):
+        why = " (it would call any rebuild reproduced)" if tolerance == math.inf else ""
         raise SpecError(
             f"{where}: 'verify.tolerance' must be a finite number >= 0, got "
-            f"{_short(v['verify']['tolerance'])} (an infinite tolerance would call any rebuild "
-            "reproduced)."
+            f"{_short(v['verify']['tolerance'])}{why}."
         )
     output = ref["output"]
     if not output.endswith(".json"):
