@@ -279,13 +279,13 @@ class _Recorder:
             tensor = _first_tensor(output)
             length = self.lengths[prompt]
             if tensor is None or tensor.dim() < 2 or tensor.shape[0] != 1:
-                raise ProbeFileError(
+                raise SpecError(
                     f"module {path} returned {type(output).__name__}, not a tensor of shape "
                     "[1, positions, ...]: its output cannot be a probe. Name another module "
                     "in 'probes.modules'."
                 )
             if tensor.shape[1] != length:
-                raise ProbeFileError(
+                raise SpecError(
                     f"module {path}'s output has shape {list(tensor.shape)}, not "
                     f"[1, {length} positions, ...]: it is not per position. Name another "
                     "module in 'probes.modules'."
@@ -315,7 +315,7 @@ class _Recorder:
         for path in self.paths:
             calls = recorded.get(path, [])
             if len(calls) != 1:
-                raise ProbeFileError(
+                raise SpecError(
                     f"module {path} ran {len(calls)} times in the forward of prompt {prompt}, "
                     "so it has no single output to keep. Name a module that runs once per "
                     "forward in 'probes.modules'."
@@ -492,6 +492,15 @@ def dump(tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> bytes:
     canonical = json.dumps(
         metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
+    # safetensors readers (ours, the Python and Rust libraries) refuse a header over 100 MB; a
+    # floor of many modules at every position of long prompts could pass it: refused here.
+    if len(canonical.encode()) > MAX_HEADER // 2:
+        raise ProbeFileError(
+            f"the probe file's metadata would be {len(canonical.encode()) / 1e6:.0f} MB (the "
+            f"rounding floor of {len(tensors)} tensors, per position), past what safetensors "
+            "readers accept. Ask for fewer modules or positions, or for rounding_floor in a "
+            "separate spec with shorter prompts."
+        )
     data: bytes = save(ordered, metadata={METADATA_KEY: canonical})
     return data
 

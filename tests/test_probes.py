@@ -288,7 +288,7 @@ def test_module_hooks_keep_each_prompt_apart_across_threads(tmp_path: Path) -> N
     capture.start(0, probes.module_names(model))
     with torch.inference_mode(), capture.recording(model, inputs[:1]):
         out = model(input_ids=inputs[0])
-        with pytest.raises(probes.ProbeFileError, match="module lin ran 2 times"):
+        with pytest.raises(SpecError, match="module lin ran 2 times"):
             capture.add(0, inputs[0], out)
 
 
@@ -317,6 +317,16 @@ def test_rounding_floor_statistics_against_numpy(tmp_path: Path) -> None:
     assert len(floor["tensors"]["prompt0.logits.last"]["positions_err_rms"]) == 1  # one row
     with pytest.raises(probes.ProbeFileError, match="float64 run has no tensor"):
         probes.rounding_floor(reference, {}, "bfloat16")
+
+
+def test_metadata_past_what_readers_accept_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(probes, "MAX_HEADER", 2000)
+    tensors = {"prompt0.input_ids": torch.arange(3)}
+    assert probes.dump(tensors, {"floor": "x" * 900})  # within half the bound
+    with pytest.raises(probes.ProbeFileError, match="metadata would be 0 MB"):
+        probes.dump(tensors, {"floor": "x" * 1100})
 
 
 def test_layers_beyond_the_model_are_refused(tmp_path: Path) -> None:
