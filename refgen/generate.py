@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from refgen import (
+    activations,
     determinism,
     hub,
     manifest,
@@ -30,10 +31,11 @@ from refgen import (
     weights,
 )
 from refgen.artifact import Artifact
-from refgen.errors import CheckpointError, IntegrityError, SpecError
+from refgen.errors import CheckpointError, IntegrityError, NonFiniteError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.load import plan as loading
 from refgen.load.model import float32_parameters
+from refgen.load.stream import RUNTIME_BYTES
 from refgen.load.verify import Verifier
 from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
@@ -72,20 +74,32 @@ def generate(
 ) -> Artifact:
     """Verify inputs, compute the reference and write its files atomically.
 
-    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``.
+    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``. The
+    set's inter-process lock is held from the first check to the commit (the CLI takes it
+    earlier, around its up-to-date check).
     """
-    timings = timings or Timings()
-    _kept.clear()  # the previous run's model, before this one is loaded
     outputs = destination(spec, output_dir)
+    with outputs.locked():
+        return _build(spec, outputs, timings or Timings(), load)
+
+
+def _build(
+    spec: Spec, outputs: Artifact, timings: Timings, load: loading.LoadOptions | None
+) -> Artifact:
+    _kept.clear()  # the previous run's model, before this one is loaded
     lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
+    hub.check_lock_covers(spec, lock, folder)  # the loader reads locked files only, all of them
     # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
     # and the manifest records the sizes found, not what the lock claims.
     sizes = hub.check_sizes(spec, lock, folder)
     # Only the config, tokenizer and the weights the checkpoint's index (or its single
     # model.safetensors) names are hashed and visible to the loader; pickle weights or a lock
-    # without the weights are refused here, before any compute.
-    used = set(weights.select([f.path for f in lock.files], folder))
+    # without the weights are refused here, before any compute. The index is parsed only once
+    # its bytes matched the lock.
+    index = next((f for f in lock.files if f.path == weights.INDEX), None)
+    index_bytes = hub.read_verified(folder, index) if index is not None else None
+    used = set(weights.select([f.path for f in lock.files], folder, index_bytes))
     lock_used = dataclasses.replace(lock, files=tuple(f for f in lock.files if f.path in used))
     # Hashing runs on a thread from here on, beside the torch import and the load; no file's
     # content is used before it matched the lock (refgen.load).
@@ -160,12 +174,14 @@ def generate(
 
 
 def destination(spec: Spec, output_dir: Path | None = None) -> Artifact:
-    """Where *spec*'s set goes, checked against everything this run reads: the spec, its lock,
-    ``requirements.lock`` and the model cache (refused: OutputError); an explicit
+    """Where *spec*'s set goes, checked against everything this run reads
+    (:func:`refgen.hub.run_inputs`: the spec, its lock, ``requirements.lock``, the model cache,
+    a local checkpoint's folder and locked files; refused: OutputError); an explicit
     ``--output-dir`` is created."""
+    inputs = hub.run_inputs(spec)
     return Artifact.of(spec, output_dir).check_destination(
-        inputs=[spec.path, spec.lock_path, manifest.requirements_lock_path()],
-        protected=[Path(hub.cache_dir())],
+        inputs=inputs.files,
+        protected=inputs.folders,
         key="--output-dir" if output_dir else f"'reference.output' of {spec.path.name}",
         create=output_dir is not None,
     )
@@ -216,6 +232,8 @@ def compute_reference(
         )
         load_plan = loading.as_loaded(load_plan, model)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        # never a fallback: the tokenizer's vocabulary came from a locked file
+        hub.check_tokenizer_files(spec, tokenizer, (p.name for p in model_dir.iterdir()))
         # The config as transformers resolves it from the (verified) file, before
         # from_pretrained's run-time settings; the model's own copy carries those.
         digest = modelinfo.config_sha256(AutoConfig.from_pretrained(model_dir))
@@ -226,11 +244,13 @@ def compute_reference(
     record["float32_parameters"] = float32_parameters(model, spec.dtype)
     inputs = [tokenizer(prompt, return_tensors="pt")["input_ids"] for prompt in spec.prompts]
     _check_run(spec, fields, inputs)
+    if load_plan.budget > 0:  # the run's plan (a bare call plans nothing: no budget to keep)
+        check_memory(spec, config, inputs, load_plan)
     log.info(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )
     if capture is not None:  # layers and modules checked against the model before any forward
-        capture.start(int(config.num_hidden_layers), [name for name, _ in model.named_modules()])
+        capture.start(int(config.num_hidden_layers), probes.module_names(model))
     cases = []
     with (
         timings.phase("forward"),
@@ -248,6 +268,7 @@ def compute_reference(
         for number, (prompt, input_ids, out) in enumerate(
             zip(spec.prompts, inputs, runs, strict=True)
         ):
+            check_finite_outputs(spec, number, out, model)
             if capture is not None:
                 capture.add(number, input_ids, out)
             cases.append(_case(spec, prompt, input_ids, out, fields["vocab_size"]))
@@ -255,6 +276,9 @@ def compute_reference(
     if capture is not None and floor_plan is not None:
         model = None  # freed before the float64 copy is loaded
         model = floor_run(spec, model_dir, verifier, capture, floor_plan, inputs, timings)
+        # what transformers kept in float32 in the float64 run too: its rounding is not in
+        # the floor (as the rotary angles, computed in float32 in both runs)
+        record["rounding_floor_float32_parameters"] = float32_parameters(model, "float64")
     if KEEP_LAST_MODEL:
         _kept.append(model)
     reference = {
@@ -296,7 +320,7 @@ def floor_run(
             hint=integrity_hint(spec),
         )
         twin = probes.Capture(spec)
-        twin.start(capture.num_layers, [name for name, _ in model.named_modules()])
+        twin.start(capture.num_layers, probes.module_names(model))
         with torch.inference_mode(), twin.recording(model, inputs):
             runs = loading.forwards(model, inputs, output_hidden_states=True, use_cache=False)
             for number, (input_ids, out) in enumerate(zip(inputs, runs, strict=True)):
@@ -331,6 +355,70 @@ def _check_run(spec: Spec, fields: dict[str, Any], inputs: list[Any]) -> None:
                 f"{spec.path.name}: prompt {prompt[:40]!r}... is {length} tokens, longer than "
                 f"the model's context ({context} positions). Shorten it."
             )
+
+
+def check_finite_outputs(spec: Spec, number: int, out: Any, model: Any) -> None:
+    """NonFiniteError naming the first layer whose output holds NaN or an infinity (finite
+    weights can still overflow, in float16 say), and the parameters of that layer that are
+    not finite when they are in memory. Cheap: the hidden states are a few MB per prompt."""
+    import torch
+
+    outputs = [*enumerate(out.hidden_states), (None, out.logits)]
+    for j, values in outputs:
+        if bool(torch.isfinite(values).all()):
+            continue
+        if j is None:
+            where, module = "the logits (the LM head's output)", model.get_output_embeddings()
+        elif j == 0:
+            where, module = "the embeddings (hidden_states[0])", model.get_input_embeddings()
+        else:
+            last = " and the final norm" if j == len(out.hidden_states) - 1 else ""
+            where, module = f"decoder layer {j - 1}{last} (hidden_states[{j}])", None
+            layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+            if layers and j - 1 < len(max(layers, key=len)):
+                module = max(layers, key=len)[j - 1]
+        culprits = [
+            name
+            for name, p in (module.named_parameters() if module is not None else ())
+            if p.device.type != "meta" and not bool(torch.isfinite(p).all())
+        ]
+        named = f"; its parameters with NaN or Inf: {', '.join(culprits)}" if culprits else ""
+        raise NonFiniteError(
+            f"prompt {number} ({shorten(spec.prompts[number])!r}): the output of {where} holds "
+            f"NaN or an infinity{named}. No reference can be made of it: check the checkpoint's "
+            "weights, or run in a wider dtype (float32) if float16 overflows."
+        )
+
+
+def check_memory(spec: Spec, config: Any, inputs: list[Any], plan: loading.LoadPlan) -> None:
+    """SpecError, with the numbers, when a prompt's forward would not fit the memory budget
+    beside the weights the run holds (refgen.activations; a streamed run holds a few layers,
+    counted as none): refused before the first forward, not a failed allocation in it.
+
+    A budget the weights fill (``--load memory`` asked over it) or one below what any run
+    needs (a streamed run told ``--memory-budget 1B`` to keep nothing resident) still leaves
+    the forward the allowance the load plan reserves beside in-memory weights."""
+    attention = str(config._attn_implementation)
+    resident = plan.weights_bytes if plan.mode == "memory" else 0
+    room = max(plan.budget - resident, RUNTIME_BYTES // 2)
+    for number, input_ids in enumerate(inputs):
+        need = activations.forward_memory(config, int(input_ids.shape[-1]), spec.dtype, attention)
+        if need.total <= room:
+            continue
+        hint = (
+            'use attn_implementation = "sdpa" in [model] (no length-squared matrix), '
+            if need.attention
+            else ""
+        )
+        weights = f" beside the weights' {resident / 1e9:.2f} GB" if resident else ""
+        raise SpecError(
+            f"{spec.path.name}: prompt {number} ({shorten(spec.prompts[number])!r}) is "
+            f"{need.length} tokens; its forward with {attention} attention in {spec.dtype} needs "
+            f"about {need.total / 1e9:.2f} GB ({need.describe()}), over the {room / 1e9:.2f} GB "
+            f"the memory budget of {plan.budget / 1e9:.2f} GB leaves{weights}. Shorten the "
+            f"prompt, {hint}or raise the "
+            "budget (--memory-budget, [run] memory_budget) on a machine that has the memory."
+        )
 
 
 def _case(spec: Spec, prompt: str, input_ids: Any, out: Any, vocab_size: int) -> dict[str, Any]:
