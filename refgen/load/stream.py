@@ -9,10 +9,11 @@ exactly as the in-memory load does (:func:`refgen.load.files.read_tensor`), and 
 tensors back after. The arithmetic of each module is unchanged, so every output byte is the
 in-memory run's.
 
-All prompts go through the model together, layer by layer ("layer-major"): each prompt runs its
-usual forward on its own thread, and the hooks let one prompt at a time into a module, in prompt
-order, so each layer is read and up-cast once for all prompts and only one forward computes at a
-time (torch's two intra-op threads, as in the in-memory run). A loader thread reads the next layer
+The prompts go through the model in waves (:func:`waves`: up to WAVE prompts and WAVE_TOKENS
+tokens), each wave layer by layer ("layer-major"): each prompt of a wave runs its usual forward
+on a thread of a fixed pool, and the hooks let one prompt at a time into a module, in prompt
+order, so each layer is read and up-cast once per wave and only one forward computes at a time
+(torch's two intra-op threads, as in the in-memory run). A loader thread reads the next layer
 while the current one computes. No tensor is read before its file's digest matched the lock: the
 config and tokenizer are hashed first, then the shards in order, so the first layers run while
 the later shards are still being hashed (a single-file checkpoint waits for the whole file).
