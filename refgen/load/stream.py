@@ -458,8 +458,12 @@ class Streamer:
             ) as self.bar,
             ThreadPoolExecutor(slots, "refgen-prompt", initializer=start_slot) as pool,
         ):
-            for wave in planned:
-                yield from self._wave(pool, inputs[wave.start : wave.stop], kwargs)
+            try:
+                for wave in planned:
+                    yield from self._wave(pool, inputs[wave.start : wave.stop], kwargs)
+            finally:
+                with self.free_lock:
+                    self.free.clear()  # kept across waves: the next wave reads into them
         self.bar = None
 
     def _wave(
@@ -503,8 +507,6 @@ class Streamer:
             if not unit.resident and unit.state == "loaded":
                 self._release(unit)
                 unit.state = "released"
-        with self.free_lock:
-            self.free.clear()
         self.turns = []
         error, self.error = self.error, None
         if error is not None and not isinstance(error, StopIteration):
