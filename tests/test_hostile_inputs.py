@@ -10,6 +10,7 @@ each under a timeout: a FIFO must never hang a run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import math
@@ -323,8 +324,17 @@ def test_bounded_reader_refuses_special_files_without_blocking(tmp_path: Path) -
     link = tmp_path / "zero"
     link.symlink_to("/dev/zero")
     for path, what in ((fifo, "FIFO"), (link, "character device"), (tmp_path, "folder")):
-        with pytest.raises(jsonio.NotRegularFileError, match=what):
-            jsonio.read_bytes(path)
+        # on a thread of its own, so that a reader that blocks fails this test, not hangs it
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(jsonio.read_bytes, path)
+            try:
+                error = reading.exception(timeout=10)
+            except TimeoutError:
+                with open(fifo, "wb"):  # a writer that closes at once ends the blocked read
+                    pass
+                pytest.fail(f"reading {path} blocked")
+        assert isinstance(error, jsonio.NotRegularFileError), error
+        assert what in str(error)
     big = tmp_path / "big"
     big.write_bytes(b"x" * 101)
     with pytest.raises(jsonio.TooLargeError, match="101 bytes, over the 100-byte limit"):
