@@ -119,7 +119,7 @@ def _build(
         except IntegrityError:
             verifier.result(integrity_hint(spec))  # a damaged file: its hash is the real cause
             raise
-        reference, model_record = compute_reference(
+        reference, model_record, load_plan = compute_reference(
             spec, view, timings, verifier, capture, load_plan, lock.revision, floor_plan
         )
     # Every locked file matched before anything is written (a streamed run checks each shard
@@ -196,14 +196,15 @@ def compute_reference(
     load_plan: loading.LoadPlan | None = None,
     revision: str | None = None,
     floor_plan: loading.LoadPlan | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], loading.LoadPlan]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
     keeps the spec's probe tensors of each forward, and with *floor_plan* records their
     rounding floor against a float64 run of the same checkpoint (:func:`floor_run`).
 
-    Returns the reference (the JSON) and the manifest's record of the model
-    (refgen.modelinfo.describe). Everything about the model and the prompts is derived and
-    checked before the first forward.
+    Returns the reference (the JSON), the manifest's record of the model
+    (refgen.modelinfo.describe) and the load plan as carried out (``auto`` may have loaded in
+    memory a checkpoint the streamed strategy cannot read as it is laid out). Everything about
+    the model and the prompts is derived and checked before the first forward.
     """
     load_plan = load_plan or loading.LoadPlan("memory", "memory", 0, 0, False)
     with timings.phase("import"):
@@ -229,6 +230,7 @@ def compute_reference(
             hint=integrity_hint(spec),
             reading=reading,
         )
+        load_plan = loading.as_loaded(load_plan, model)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         # never a fallback: the tokenizer's vocabulary came from a locked file
         hub.check_tokenizer_files(spec, tokenizer, (p.name for p in model_dir.iterdir()))
@@ -289,7 +291,7 @@ def compute_reference(
         **fields,
         "test_cases": cases,
     }
-    return reference, record
+    return reference, record, load_plan
 
 
 def floor_run(
