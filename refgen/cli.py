@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -136,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     add_spec_arguments(gen, "build")
     gen.add_argument("--output-dir", type=Path, help="write here instead of the spec's output path")
     gen.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    gen.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="build the other specs when one fails (each failure is reported with its spec's "
+        "name; the exit code is the highest of theirs)",
+    )
     gen.add_argument(
         "--load",
         choices=LOAD_MODES,
@@ -262,8 +269,7 @@ def _specs(args: argparse.Namespace) -> list[Path]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     determinism.apply_environment(args.profile_variant)
-    from refgen.artifact import Artifact, is_up_to_date
-    from refgen.generate import generate
+    from refgen.artifact import Artifact
     from refgen.spec import load_spec
 
     specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
@@ -274,18 +280,50 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ]
     for outputs in destinations:
         check_writable(outputs.reference.parent)
+    failed: dict[str, int] = {}
     for spec, outputs in zip(specs, destinations, strict=True):
-        if not args.force:
-            status = is_up_to_date(spec, outputs.manifest)
-            if status:
-                log.info("%s is up to date, nothing to do (--force rebuilds)", spec.name)
-                continue
-            log.info("%s needs a build: %s", spec.name, "; ".join(status.reasons))
-        log.info("generating %s (%s@%s)", spec.name, spec.repo, spec.revision)
-        outputs = generate(spec, args.output_dir, load=_load_options(args, spec))
-        written = [p.name for k, p in outputs.paths().items() if k != "reference" and p.is_file()]
-        log.info("wrote %s (+ %s)", outputs.reference, ", ".join(written))
+        try:
+            _generate_one(args, spec, outputs)
+        except Exception as exc:
+            if not args.keep_going:
+                raise
+            failed[spec.path.name] = _report_failure(spec.path.name, exc)
+    if failed:
+        listed = ", ".join(f"{name} (exit {code})" for name, code in failed.items())
+        log.info("%d of %d specs failed: %s", len(failed), len(specs), listed)
+        return max(failed.values())
     return 0
+
+
+def _generate_one(args: argparse.Namespace, spec: Any, outputs: Any) -> None:
+    from refgen.artifact import is_up_to_date
+    from refgen.generate import generate
+
+    if not args.force:
+        status = is_up_to_date(spec, outputs.manifest)
+        if status:
+            log.info("%s is up to date, nothing to do (--force rebuilds)", spec.name)
+            return
+        log.info("%s needs a build: %s", spec.name, "; ".join(status.reasons))
+    log.info("generating %s (%s@%s)", spec.name, spec.repo, spec.revision)
+    outputs = generate(spec, args.output_dir, load=_load_options(args, spec))
+    written = [p.name for k, p in outputs.paths().items() if k != "reference" and p.is_file()]
+    log.info("wrote %s (+ %s)", outputs.reference, ", ".join(written))
+
+
+def _report_failure(name: str, exc: Exception) -> int:
+    """--keep-going: one spec's failure as its error line (an unexpected exception, a bug, with
+    its traceback); returns its exit code."""
+    if isinstance(exc, RefgenError):
+        print(f"refgen: error: {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(
+        f"refgen: error: {name}: unexpected {type(exc).__name__} (a bug in refgen or the "
+        "model's code; the traceback follows)",
+        file=sys.stderr,
+    )
+    traceback.print_exception(exc, file=sys.stderr)
+    return 1
 
 
 def check_writable(folder: Path) -> None:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from refgen.errors import RefgenError, SpecError
+from refgen.modelinfo import positions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -150,7 +151,8 @@ class Capture:
             rows = slice(-1, None) if self.probes.positions == "last" else slice(None)
             for layer in self.layers:
                 # clone: keep only these rows, in the run's dtype (no conversion)
-                self.tensors[hidden_name(prompt, layer)] = hidden[layer][0, rows].clone()
+                # in the model's own layout (several AltUp streams for Gemma 3n: [4, rows, hidden])
+                self.tensors[hidden_name(prompt, layer)] = positions(hidden[layer], rows).clone()
         if self.probes.logits == "last":
             self.tensors[logits_name(prompt)] = out.logits[0, -1].clone()
 
