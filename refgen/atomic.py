@@ -2,11 +2,11 @@
 
 1. **Stage**: every new file is written to a temporary sibling (``.NAME.*.tmp``) and fsynced. A
    failure or an interruption here removes the temporaries; nothing else was touched.
-2. **Swap**, with SIGINT and SIGTERM held back (delivered right after, so Ctrl-C cannot land
-   half-way): each existing file is hard-linked to a backup (``.NAME.*.bak``; the file itself
-   stays in place), then each temporary is renamed over its target (``rename`` is atomic on
-   POSIX). If any step fails, every target already replaced is restored from its backup (or
-   removed, if it did not exist before), so the previous set is back byte for byte.
+2. **Swap**, with SIGINT, SIGTERM, SIGHUP and SIGQUIT held back (delivered right after, so
+   Ctrl-C cannot land half-way): each existing file is hard-linked to a backup (``.NAME.*.bak``;
+   the file itself stays in place), then each temporary is renamed over its target (``rename``
+   is atomic on POSIX). If any step fails, every target already replaced is restored from its
+   backup (or removed, if it did not exist before), so the previous set is back byte for byte.
 3. **Clean up**: the folder is fsynced (a failure there rolls back too) and the backups removed.
 
 Targets are checked again right before the swap: a symbolic link, a folder or anything but a
@@ -43,7 +43,7 @@ def write_files(files: Mapping[Path, bytes]) -> None:
             temps[target], key = _stage(target, data)
             keys.append(key)
         # The CLI's signal path (refgen.cleanup) waits for the whole swap, rollback included;
-        # a caller on the main thread has SIGINT/SIGTERM held back for it.
+        # a caller on the main thread has those signals held back for it.
         with cleanup.critical(), _signals_held():
             _swap(targets, temps)
     except OSError as exc:
@@ -143,11 +143,12 @@ def _roll_back(replaced: list[Path], backups: Mapping[Path, Path]) -> dict[Path,
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends (only the main thread receives them)."""
+    """SIGINT, SIGTERM, SIGHUP and SIGQUIT wait until the block ends (only the main thread
+    receives them)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield

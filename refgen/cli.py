@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -19,20 +20,33 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from refgen import cleanup, determinism
-from refgen.errors import OutputError, RefgenError
+from refgen.errors import ExitCode, OutputError, RefgenError
 from refgen.spec import LOAD_MODES
 
 log = logging.getLogger("refgen")
 
 
-DESCRIPTION = """\
-Reproducible reference files for model reimplementations: build them from specs, verified
-against the model lock, and audit them by rebuilding. The nox sessions and make targets call
-these commands.
+# Each signal the CLI handles -> its exit status (128 + the signal's number, as a shell reports)
+SIGNAL_EXITS: dict[signal.Signals, ExitCode] = {
+    signal.SIGHUP: ExitCode.HANGUP,
+    signal.SIGINT: ExitCode.INTERRUPTED,
+    signal.SIGQUIT: ExitCode.QUIT,
+    signal.SIGTERM: ExitCode.TERMINATED,
+}
 
-exit codes: 0 success (verify/diff: reproduced bit for bit), 10 reproduced within tolerance,
-11 not reproduced, 2 bad input or could not run, 3 a model file does not match its lock,
-130/143 interrupted (Ctrl-C / SIGTERM; no output was changed)."""
+
+def _description() -> str:
+    """The program's description with every exit code of :class:`ExitCode`."""
+    codes = "\n".join(f"  {int(code):>3}  {code.meaning}" for code in ExitCode)
+    return (
+        "Reproducible reference files for model reimplementations: build them from specs, "
+        "verified\nagainst the model lock, and audit them by rebuilding. The nox sessions and "
+        "make targets call\nthese commands. --debug shows the traceback of an error (for bug "
+        f"reports).\n\nexit codes:\n{codes}"
+    )
+
+
+DESCRIPTION = _description()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,10 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals = _Signals.install()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="refgen: %(message)s", stream=sys.stderr)
+    if args.debug:
+        log.setLevel(logging.DEBUG)
     if signals is None:  # not the main thread (an embedding caller): no signal path of our own
         return _run(args)
     # The work runs on a worker thread; this thread only waits, so SIGINT/SIGTERM (Ctrl-C, docker
-    # stop, CI timeouts) are handled within 0.1 s even while torch computes a forward.
+    # stop, CI timeouts), SIGHUP (a closed terminal) and SIGQUIT are handled within 0.1 s even
+    # while torch computes a forward.
     result: list[int] = []
     failure: list[BaseException] = []
 
@@ -59,10 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         while worker.is_alive() and signals.received is None:
             worker.join(0.1)
         if signals.received is not None:
-            _exit_interrupted(143 if signals.received == signal.SIGTERM else 130)
+            _exit_interrupted(signals.received)
         if failure:
             if isinstance(failure[0], KeyboardInterrupt | cleanup.Interrupted):
-                _exit_interrupted(130)
+                _exit_interrupted(signal.SIGINT)
             raise failure[0]
         return result[0]
     finally:
@@ -70,18 +87,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """The command itself; every expected failure becomes one ``refgen: error:`` line."""
+    """The command itself; every expected failure becomes one ``refgen: error:`` line (after its
+    traceback with ``--debug``) and its exit code."""
     try:
         with cleanup.torch_cache_directory():
             result: int = args.func(args)
         return result
     except RefgenError as exc:
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
         print(f"refgen: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return int(exc.exit_code)
 
 
 class _Signals:
-    """SIGINT and SIGTERM only record which arrived; the main thread acts on it."""
+    """The signals of :data:`SIGNAL_EXITS` only record which arrived; the main thread acts on
+    it."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -92,7 +113,7 @@ class _Signals:
         if threading.current_thread() is not threading.main_thread():
             return None
         signals = cls()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in SIGNAL_EXITS:
             signals.previous[sig] = signal.signal(sig, signals._handle)
         return signals
 
@@ -105,15 +126,16 @@ class _Signals:
             self.received = signum
 
 
-def _exit_interrupted(code: int) -> NoReturn:
-    """Remove this run's temporaries (and stop its child), then leave at once: the worker may
-    be deep in torch, and nothing it holds needs an orderly shutdown (outputs are only ever
-    renamed into place whole)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+def _exit_interrupted(signum: int) -> NoReturn:
+    """Remove this run's temporaries (and stop its child), then leave at once with the signal's
+    exit code: the worker may be deep in torch, and nothing it holds needs an orderly shutdown
+    (outputs are only ever renamed into place whole)."""
+    for sig in SIGNAL_EXITS:
         signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the cleanup short
     cleanup.remove_all()
-    print("refgen: interrupted; no output was changed", file=sys.stderr)
-    exit_now(code)
+    name = signal.Signals(signum).name
+    print(f"refgen: interrupted ({name}); no output was changed", file=sys.stderr)
+    exit_now(SIGNAL_EXITS[signal.Signals(signum)])
 
 
 def exit_now(code: int) -> NoReturn:
@@ -130,6 +152,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="refgen",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error and debug logs (for bug reports)",
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -173,7 +200,9 @@ def _parser() -> argparse.ArgumentParser:
     add_spec_arguments(fetch, "fetch the model of")
     fetch.set_defaults(func=cmd_fetch)
 
-    lock = sub.add_parser("lock", help="record the SHA-256 of a spec's model files")
+    lock = sub.add_parser(
+        "lock", help="record the SHA-256 (and BLAKE3) and size of a spec's model files"
+    )
     lock.add_argument("--spec", type=Path, required=True)
     lock.add_argument(
         "--offline",
@@ -219,6 +248,43 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--spec", type=Path, help="take the tolerance from this spec's [verify]")
     add_tolerance_arguments(diff)
     diff.set_defaults(func=cmd_diff)
+
+    # `compare` exits 0 within tolerance, 13 diverged (see refgen.compare.port)
+    from refgen.compare.verdict import FLOOR_FACTOR
+
+    port = sub.add_parser(
+        "compare",
+        help="compare a port's own tensors with a reference: REFERENCE PORT (porters)",
+        description="Compare a port's dump (a safetensors file holding any of the reference's "
+        "tensors, in any float dtype) with a reference, and name per prompt the first tensor "
+        "beyond tolerance. Exit 0 within tolerance, 13 diverged, 2 bad input.",
+    )
+    port.add_argument("reference", type=Path, help="the reference: X.json or X.safetensors")
+    port.add_argument("port", type=Path, help="the port's dump (.safetensors)")
+    port.add_argument(
+        "--map", type=Path, metavar="MAP.toml", help="the port's tensor names -> refgen's"
+    )
+    port.add_argument(
+        "--prompt",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the prompt a dump without prompt{N}. names is for (default 0)",
+    )
+    port.add_argument(
+        "--factor",
+        type=float,
+        metavar="K",
+        help="within when the error RMS is at most K x the reference's own rounding error "
+        f"(default {FLOOR_FACTOR:g}; see the README's 'For porters')",
+    )
+    port.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+    port.add_argument("--html", type=Path, metavar="FILE", help="also write the report as a page")
+    port.set_defaults(func=cmd_compare)
+    for command in sub.choices.values():  # also after the command: `refgen generate --debug`
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
@@ -231,9 +297,20 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _tolerance(text: str) -> float:
+    """A finite number >= 0: NaN would call equal floats different, inf any rebuild equal."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def _load_options(args: argparse.Namespace, spec: Any) -> Any:
     """The CLI's --load/--memory-budget over the spec's [run] load/memory_budget."""
-    from refgen.streaming import LoadOptions
+    from refgen.load.plan import LoadOptions
 
     budget = args.memory_budget if args.memory_budget is not None else spec.memory_budget
     return LoadOptions(args.load or spec.load, budget)
@@ -253,10 +330,10 @@ def add_spec_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
 def add_tolerance_arguments(parser: argparse.ArgumentParser) -> None:
     """Shared by ``diff`` and ``verify``."""
     parser.add_argument(
-        "--atol", type=float, help="absolute tolerance (default: spec's, else 1e-6)"
+        "--atol", type=_tolerance, help="absolute tolerance (default: spec's, else 1e-6)"
     )
     parser.add_argument(
-        "--rtol", type=float, help="relative tolerance (default: spec's, else 1e-6)"
+        "--rtol", type=_tolerance, help="relative tolerance (default: spec's, else 1e-6)"
     )
     parser.add_argument("--json", action="store_true", help="print the machine-readable report")
 
@@ -269,15 +346,15 @@ def _specs(args: argparse.Namespace) -> list[Path]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     determinism.apply_environment(args.profile_variant)
-    from refgen.artifact import Artifact
+    from refgen import manifest
+    from refgen.generate import destination
     from refgen.spec import load_spec
 
     specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
+    manifest.check_environment()  # SOURCE_DATE_EPOCH, REFGEN_IMAGE_LAYERS: before any compute
     # every destination checked before building any (refgen.paths: confinement, no links), and
     # a folder we cannot write is named now, not after the model ran
-    destinations = [
-        Artifact.of(s, args.output_dir).check_destination(s, args.output_dir) for s in specs
-    ]
+    destinations = [destination(s, args.output_dir) for s in specs]
     for outputs in destinations:
         check_writable(outputs.reference.parent)
     failed: dict[str, int] = {}
@@ -296,16 +373,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _generate_one(args: argparse.Namespace, spec: Any, outputs: Any) -> None:
-    from refgen.artifact import is_up_to_date
+    from refgen.audit import is_up_to_date
     from refgen.generate import generate
 
     if not args.force:
         status = is_up_to_date(spec, outputs.manifest)
         if status:
-            log.info("%s is up to date, nothing to do (--force rebuilds)", spec.name)
+            log.info("%s is up to date, nothing to do (--force rebuilds)", printable(spec.name))
             return
-        log.info("%s needs a build: %s", spec.name, "; ".join(status.reasons))
-    log.info("generating %s (%s@%s)", spec.name, spec.repo, spec.revision)
+        log.info("%s needs a build: %s", printable(spec.name), "; ".join(status.reasons))
+    log.info("generating %s (%s@%s)", printable(spec.name), spec.repo, spec.revision)
     outputs = generate(spec, args.output_dir, load=_load_options(args, spec))
     written = [p.name for k, p in outputs.paths().items() if k != "reference" and p.is_file()]
     log.info("wrote %s (+ %s)", outputs.reference, ", ".join(written))
@@ -324,6 +401,12 @@ def _report_failure(name: str, exc: Exception) -> int:
     )
     traceback.print_exception(exc, file=sys.stderr)
     return 1
+
+
+def printable(text: str) -> str:
+    """*text* for one log line: a line break or any other non-printable character (a spec's
+    ``reference.name`` may hold one) is written as its escape, e.g. ``\\n``."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def check_writable(folder: Path) -> None:
@@ -428,6 +511,47 @@ def cmd_diff(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(result.render())
     return result.exit_code
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare a port's dump with a reference; print the report; 0 within, 13 diverged."""
+    import json
+
+    from refgen.compare import CompareError, namemap, port
+    from refgen.compare.verdict import FLOOR_FACTOR
+
+    factor = FLOOR_FACTOR if args.factor is None else args.factor
+    if not 0 < factor < float("inf"):
+        raise CompareError(f"--factor must be a positive number, not {args.factor}")
+    inputs = {p.resolve() for p in (args.reference, args.port, args.map) if p is not None}
+    inputs |= {p.with_suffix(".safetensors") for p in inputs if p.suffix == ".json"}
+    for target in (args.json, args.html):
+        if target is not None:
+            if target.resolve() in inputs:
+                raise OutputError(
+                    f"{target} is an input of this comparison, and refgen never overwrites an "
+                    "input. Write the report elsewhere."
+                )
+            check_writable(target.parent)
+    names = namemap.load(args.map) if args.map is not None else namemap.IDENTITY
+    result = port.compare_port(
+        args.reference, args.port, names=names, prompt=args.prompt, factor=factor
+    )
+    if args.json is not None:
+        _write_report(args.json, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+    if args.html is not None:
+        from refgen.compare import html
+
+        _write_report(args.html, html.render(result))
+    sys.stdout.write(result.render())
+    return result.exit_code
+
+
+def _write_report(path: Path, text: str) -> None:
+    """A report file, whole or not at all; never over an input."""
+    from refgen import atomic
+
+    atomic.write_files({path: text.encode()})
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:

@@ -1,45 +1,57 @@
-"""One exception root, so the CLI can turn every expected failure into a clear message, and the
-one table of exit codes."""
+"""Every error class of refgen under one root, so the CLI can turn every expected failure into a
+clear message, and the one table of exit codes."""
 
 import enum
 
 
 class ExitCode(enum.IntEnum):
-    """Every exit status of the ``refgen`` command, in one place (``--help`` and the README list
-    them all)."""
+    """Every exit status of the ``refgen`` command, in one place: ``--help`` and the README list
+    each with its :attr:`meaning`."""
 
     OK = 0
-    """success; verify/diff: reproduced bit for bit; compare: the port is within tolerance"""
     USAGE = 2
-    """bad input or could not run (the message names the thing and the fix)"""
     INTEGRITY = 3
-    """a model file does not match its lock"""
     UNSUPPORTED_CPU = 4
-    """the CPU lacks an instruction set the determinism profile needs"""
     NON_FINITE = 5
-    """a weight or a layer's output is NaN or infinite: no reference can be made of it"""
     WITHIN_TOLERANCE = 10
-    """verify/diff: reproduced within tolerance"""
     NOT_REPRODUCED = 11
-    """verify/diff: not reproduced"""
     NOT_COMPARABLE = 12
-    """verify: this CPU cannot run the determinism profile, so no rebuild here can judge"""
     DIVERGED = 13
-    """compare: the port departs from the reference beyond tolerance"""
     HANGUP = 129
-    """interrupted by SIGHUP (no output was changed)"""
     INTERRUPTED = 130
-    """interrupted by SIGINT / Ctrl-C (no output was changed)"""
     QUIT = 131
-    """interrupted by SIGQUIT (no output was changed)"""
     TERMINATED = 143
-    """interrupted by SIGTERM (no output was changed)"""
+
+    @property
+    def meaning(self) -> str:
+        """One line for ``--help`` and the README."""
+        return _MEANINGS[self]
+
+
+_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success; verify/diff: reproduced bit for bit; compare: the port is within "
+    "tolerance",
+    ExitCode.USAGE: "bad input or could not run (the message names the thing and the fix)",
+    ExitCode.INTEGRITY: "a model file does not match its lock",
+    ExitCode.UNSUPPORTED_CPU: "the CPU lacks an instruction set the determinism profile needs",
+    ExitCode.NON_FINITE: "a weight or a layer's output is NaN or infinite: no reference can be "
+    "made of it",
+    ExitCode.WITHIN_TOLERANCE: "verify/diff: reproduced within tolerance",
+    ExitCode.NOT_REPRODUCED: "verify/diff: not reproduced",
+    ExitCode.NOT_COMPARABLE: "verify: this CPU cannot run the determinism profile, so no "
+    "rebuild here can judge",
+    ExitCode.DIVERGED: "compare: the port departs from the reference beyond tolerance",
+    ExitCode.HANGUP: "interrupted by SIGHUP (no output was changed)",
+    ExitCode.INTERRUPTED: "interrupted by SIGINT / Ctrl-C (no output was changed)",
+    ExitCode.QUIT: "interrupted by SIGQUIT (no output was changed)",
+    ExitCode.TERMINATED: "interrupted by SIGTERM (no output was changed)",
+}
 
 
 class RefgenError(Exception):
     """Base class: a failure whose message tells the user what went wrong and how to fix it."""
 
-    exit_code = 2
+    exit_code: ExitCode = ExitCode.USAGE
 
 
 class SpecError(RefgenError):
@@ -57,7 +69,7 @@ class ModelNotFoundError(RefgenError):
 class IntegrityError(RefgenError):
     """A model file's content does not match the hash committed in the lock."""
 
-    exit_code = 3
+    exit_code = ExitCode.INTEGRITY
 
 
 class EnvironmentProfileError(RefgenError):
@@ -86,4 +98,24 @@ class CheckpointError(RefgenError):
 class UnsupportedCpuError(RefgenError):
     """The CPU lacks an instruction set the determinism profile needs (AVX2, FMA)."""
 
-    exit_code = 4
+    exit_code = ExitCode.UNSUPPORTED_CPU
+
+
+class VerifyError(ArtifactError):
+    """Verification could not run (the artifact to verify does not exist)."""
+
+
+class ProvenanceError(RefgenError):
+    """The manifest lacks something the provenance needs, or SOURCE_DATE_EPOCH is malformed."""
+
+
+class ProbeFileError(RefgenError):
+    """A probe file is not a readable safetensors file."""
+
+
+class StreamingError(RefgenError):
+    """The model cannot be streamed as its files are laid out (a parameter has no tensor)."""
+
+
+class CompareError(RefgenError):
+    """A file to compare is missing, unreadable or not a reference."""

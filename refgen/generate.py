@@ -7,6 +7,7 @@ in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,21 +22,21 @@ from tqdm.auto import tqdm
 
 from refgen import (
     determinism,
-    fastload,
     hub,
     manifest,
     modelinfo,
     probes,
     provenance,
-    streaming,
     weights,
 )
 from refgen.artifact import Artifact
-from refgen.compare import shorten
 from refgen.errors import CheckpointError, IntegrityError, SpecError
 from refgen.hashing import sha256_bytes
+from refgen.load import plan as loading
+from refgen.load.verify import Verifier
 from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
+from refgen.text import shorten
 
 log = logging.getLogger("refgen")
 
@@ -66,7 +67,7 @@ def generate(
     spec: Spec,
     output_dir: Path | None = None,
     timings: Timings | None = None,
-    load: streaming.LoadOptions | None = None,
+    load: loading.LoadOptions | None = None,
 ) -> Artifact:
     """Verify inputs, compute the reference and write its files atomically.
 
@@ -74,7 +75,7 @@ def generate(
     """
     timings = timings or Timings()
     _kept.clear()  # the previous run's model, before this one is loaded
-    outputs = Artifact.of(spec, output_dir).check_destination(spec, output_dir)
+    outputs = destination(spec, output_dir)
     lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
     # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
@@ -86,19 +87,25 @@ def generate(
     used = set(weights.select([f.path for f in lock.files], folder))
     lock_used = dataclasses.replace(lock, files=tuple(f for f in lock.files if f.path in used))
     # Hashing runs on a thread from here on, beside the torch import and the load; no file's
-    # content is used before it matched the lock (refgen.fastload, refgen.streaming).
-    verifier = fastload.Verifier(folder, lock_used.files)
+    # content is used before it matched the lock (refgen.load).
+    verifier = Verifier(folder, lock_used.files)
     capture = probes.Capture(spec) if spec.probes is not None else None
     with hub.verified_view(folder, lock_used) as view:
         files = [view / f.path for f in lock_used.files if f.path.endswith(".safetensors")]
-        options = load or streaming.LoadOptions(spec.load, spec.memory_budget)
+        options = load or loading.LoadOptions(spec.load, spec.memory_budget)
         try:
-            load_plan = streaming.plan(files, spec.dtype, options)  # in memory, or streamed
+            load_plan = loading.choose(files, spec.dtype, options)  # in memory, or streamed
+            # [probes] rounding_floor: the same checkpoint again, in float64, planned alike
+            floor_plan = (
+                loading.choose(files, "float64", options)
+                if spec.probes is not None and spec.probes.rounding_floor
+                else None
+            )
         except IntegrityError:
             verifier.result(integrity_hint(spec))  # a damaged file: its hash is the real cause
             raise
         reference, model_record = compute_reference(
-            spec, view, timings, verifier, capture, load_plan, lock.revision
+            spec, view, timings, verifier, capture, load_plan, lock.revision, floor_plan
         )
     # Every locked file matched before anything is written (a streamed run checks each shard
     # before it reads from it, and may finish before the last hash does).
@@ -123,6 +130,8 @@ def generate(
         # The digests this run checked each file with (refgen.lock.LockedFile.verified_with).
         record["model"]["verified_with"] = {f.path: list(f.verified_with) for f in lock_used.files}
         record["loading"] = load_plan.manifest()
+        if floor_plan is not None:
+            record["loading"]["rounding_floor"] = floor_plan.manifest()
         manifest_bytes = manifest.dump(record)
         # in-toto Statement / SLSA provenance v1: the manifest in the format supply-chain tools read
         statement_bytes = provenance.statement_bytes(
@@ -149,30 +158,44 @@ def generate(
     return outputs
 
 
+def destination(spec: Spec, output_dir: Path | None = None) -> Artifact:
+    """Where *spec*'s set goes, checked against everything this run reads: the spec, its lock,
+    ``requirements.lock`` and the model cache (refused: OutputError); an explicit
+    ``--output-dir`` is created."""
+    return Artifact.of(spec, output_dir).check_destination(
+        inputs=[spec.path, spec.lock_path, manifest.requirements_lock_path()],
+        protected=[Path(hub.cache_dir())],
+        key="--output-dir" if output_dir else f"'reference.output' of {spec.path.name}",
+        create=output_dir is not None,
+    )
+
+
 def compute_reference(
     spec: Spec,
     model_dir: Path,
     timings: Timings,
-    verifier: fastload.Verifier,
+    verifier: Verifier,
     capture: probes.Capture | None = None,
-    load_plan: streaming.LoadPlan | None = None,
+    load_plan: loading.LoadPlan | None = None,
     revision: str | None = None,
+    floor_plan: loading.LoadPlan | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
-    keeps the spec's probe tensors of each forward.
+    keeps the spec's probe tensors of each forward, and with *floor_plan* records their
+    rounding floor against a float64 run of the same checkpoint (:func:`floor_run`).
 
     Returns the reference (the JSON) and the manifest's record of the model
     (refgen.modelinfo.describe). Everything about the model and the prompts is derived and
     checked before the first forward.
     """
-    load_plan = load_plan or streaming.LoadPlan("memory", "memory", 0, 0, False)
+    load_plan = load_plan or loading.LoadPlan("memory", "memory", 0, 0, False)
     with timings.phase("import"):
         import torch
 
         # The up-cast needs only torch: it runs beside the imports of transformers (0.8 s) and of
         # inductor through the deterministic mode (0.95 s), single-threaded Python (measured
         # alone, Qwen3-1.7B shape).
-        reading = streaming.start_reading(model_dir, verifier, load_plan, spec.dtype)
+        reading = loading.start_reading(model_dir, verifier, load_plan, spec.dtype)
         import transformers
         from transformers import AutoTokenizer
 
@@ -201,7 +224,7 @@ def compute_reference(
         _check_run(spec, checkpoint.facts, inputs)
         # What AutoModelForCausalLM.from_pretrained builds, from bytes hashed as they are read;
         # raises IntegrityError before any file content is used if a hash differs.
-        model, _ = streaming.load_model(
+        model, _ = loading.load_model(
             model_dir,
             verifier,
             load_plan,
@@ -218,24 +241,27 @@ def compute_reference(
     log.info(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )
-    if capture is not None:  # layer indices checked against the model before any forward
-        if "num_layers" not in fields:
+    if capture is not None:  # layers and modules checked against the model before any forward
+        if "num_layers" not in fields and spec.probes and spec.probes.hidden_states is not None:
             raise SpecError(
-                f"{spec.path.name}: [probes] numbers hidden states by decoder layer, but the "
-                f"config of {checkpoint.model_type} gives no num_hidden_layers. Remove [probes]."
+                f"{spec.path.name}: 'probes.hidden_states' numbers hidden states by decoder layer, "
+                f"but the config of {checkpoint.model_type} gives no num_hidden_layers. Remove it "
+                "from [probes]."
             )
-        capture.start(fields["num_layers"])
+        modules = [name for name, _ in model.named_modules()]
+        capture.start(fields.get("num_layers", 0), modules)
     cases = []
     with (
         timings.phase("forward"),
         torch.inference_mode(),
         tqdm(total=len(spec.prompts), desc="forward", unit="prompt", disable=None) as bar,
+        capture.recording(model, inputs) if capture is not None else contextlib.nullcontext(),
     ):
         # One forward per prompt; a streamed model runs them together, layer by layer.
         def starting(number: int) -> None:  # a 1 MB prompt is not one 1 MB log line
             log.info("forward: %s", shorten(spec.prompts[number]))
 
-        runs = streaming.forwards(
+        runs = loading.forwards(
             model, inputs, starting=starting, output_hidden_states=True, use_cache=False
         )
         with _refusing_unsupported_dtype(checkpoint.model_type, spec.dtype):
@@ -243,11 +269,14 @@ def compute_reference(
                 zip(spec.prompts, inputs, runs, strict=True)
             ):
                 if capture is not None:
-                    capture.add(number, out)
+                    capture.add(number, input_ids, out)
                 cases.append(_case(spec, prompt, input_ids, out, fields.get("vocab_size")))
                 # what last_residual_f32 took of the model's own hidden-state layout
                 record["hidden_states"] = modelinfo.layout(out.hidden_states[-1])
                 bar.update(1)
+    if capture is not None and floor_plan is not None:
+        model = None  # freed before the float64 copy is loaded
+        model = floor_run(spec, model_dir, verifier, capture, floor_plan, inputs, timings)
     if KEEP_LAST_MODEL:
         _kept.append(model)
     reference = {
@@ -261,6 +290,41 @@ def compute_reference(
         "test_cases": cases,
     }
     return reference, record
+
+
+def floor_run(
+    spec: Spec,
+    model_dir: Path,
+    verifier: Verifier,
+    capture: probes.Capture,
+    floor_plan: loading.LoadPlan,
+    inputs: list[Any],
+    timings: Timings,
+) -> Any:
+    """The rounding floor: the same checkpoint loaded in float64 (in memory or streamed, as
+    *floor_plan* says), the same inputs through the same probes; *capture* records its own
+    tensors' error against them (:func:`refgen.probes.rounding_floor`). No float64 tensor is
+    kept. Returns the float64 model."""
+    import torch
+
+    log.info("rounding floor: the prompts again in float64 (%s)", floor_plan.mode)
+    with timings.phase("rounding_floor"):
+        model, _ = loading.load_model(
+            model_dir,
+            verifier,
+            floor_plan,
+            "float64",
+            spec.attn_implementation,
+            hint=integrity_hint(spec),
+        )
+        twin = probes.Capture(spec)
+        twin.start(capture.num_layers, [name for name, _ in model.named_modules()])
+        with torch.inference_mode(), twin.recording(model, inputs):
+            runs = loading.forwards(model, inputs, output_hidden_states=True, use_cache=False)
+            for number, (input_ids, out) in enumerate(zip(inputs, runs, strict=True)):
+                twin.add(number, input_ids, out)
+        capture.set_floor(twin.tensors, spec.dtype)
+    return model
 
 
 # The last run's model, when the process will end without freeing it: ``python -m refgen``

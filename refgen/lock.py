@@ -4,7 +4,7 @@ The lock is to a model what ``requirements.lock`` is to packages. This module re
 it and holds the one check of files against it, :func:`check`, which returns a frozen
 :class:`LockCheck` (matched / mismatched / missing / extra, in the manner of huggingface_hub's
 ``verify_maps`` and ``FolderVerification``). Fetching (:mod:`refgen.hub`), the auditor's input
-check (:mod:`refgen.verify`) and the verified load (:mod:`refgen.fastload`) all go through it;
+check (:mod:`refgen.verify`) and the verified load (:mod:`refgen.load`) all go through it;
 each words the failure for its own context.
 
 An entry's BLAKE3 is optional (a lock transcribed from the Hub's published SHA-256 list has

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import refgen
-from refgen import cpu, determinism
+from refgen import cpu, determinism, jsonio, provenance
+from refgen.errors import ProvenanceError
 from refgen.hashing import sha256_bytes, sha256_file
 from refgen.lock import ModelLock
 from refgen.spec import Spec
@@ -58,11 +59,18 @@ def build(spec: Spec, lock: ModelLock, outputs: Mapping[str, bytes]) -> dict[str
             for name, data in sorted(outputs.items())
         ],
     }
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.isdigit():
-        result["source_date_epoch"] = int(epoch)
-        result["build_time"] = datetime.fromtimestamp(int(epoch), UTC).isoformat()
+    epoch = provenance.source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH"))
+    if epoch is not None:
+        result["source_date_epoch"] = epoch
+        result["build_time"] = datetime.fromtimestamp(epoch, UTC).isoformat()
     return result
+
+
+def check_environment() -> None:
+    """The variables the manifest records, checked before a run computes anything
+    (:class:`ProvenanceError` naming the variable)."""
+    provenance.source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH"))
+    container()
 
 
 def dump(manifest: Mapping[str, Any]) -> bytes:
@@ -163,12 +171,28 @@ def container() -> dict[str, Any] | None:
     image = os.environ.get("REFGEN_CONTAINER_IMAGE")
     if not image:
         return None
-    layers = json.loads(os.environ.get("REFGEN_IMAGE_LAYERS", "[]"))
     return {
         "image_id": image,
         "base_image": os.environ.get("REFGEN_BASE_IMAGE") or None,
-        "layers": layers,
+        "layers": image_layers(os.environ.get("REFGEN_IMAGE_LAYERS")),
     }
+
+
+def image_layers(text: str | None) -> list[str]:
+    """``REFGEN_IMAGE_LAYERS`` (set by ``docker/run.sh``): a JSON list of layer digests."""
+    if not text:
+        return []
+    try:
+        layers = jsonio.loads(text)
+    except ValueError as exc:
+        layers = exc
+    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+        shown = text if len(text) <= 60 else text[:60] + "..."
+        raise ProvenanceError(
+            f"REFGEN_IMAGE_LAYERS must be a JSON list of layer digests (strings), as "
+            f"docker/run.sh sets it, got {shown!r}; unset it outside the image."
+        )
+    return layers
 
 
 def _cpu_model() -> str | None:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from refgen.errors import RefgenError
+from refgen.errors import ProvenanceError
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -33,10 +33,6 @@ BUILDER_CONTAINER = "urn:refgen:builder:container:v1"
 """SLSA: each mode of a builder with different trust must have its own ``builder.id``."""
 INVOCATION_ENV = "REFGEN_INVOCATION_ID"
 _DIGEST = re.compile(r"(?:^|@)sha256:([0-9a-f]{64})\b")
-
-
-class ProvenanceError(RefgenError):
-    """The manifest lacks something the provenance needs, or SOURCE_DATE_EPOCH is malformed."""
 
 
 def _need(mapping: Mapping[str, Any], key: str, where: str) -> Any:
@@ -73,16 +69,31 @@ def _image_uri(ref: str) -> str:
     return "docker://" + ref.split()[0]
 
 
-def _started_on(source_date_epoch: str | None) -> str | None:
-    if source_date_epoch is None or source_date_epoch == "":
+# The latest second a calendar date can name (9999-12-31T23:59:59Z): datetime's own limit.
+MAX_EPOCH = 253_402_300_799
+_EPOCH = re.compile(r"[0-9]{1,12}", re.ASCII)
+
+
+def source_date_epoch(value: str | None) -> int | None:
+    """``SOURCE_DATE_EPOCH`` as the reproducible-builds specification defines it: ASCII digits,
+    seconds since 1970 (unset or empty: None); anything else is a :class:`ProvenanceError`
+    (checked before a run computes anything)."""
+    if value is None or value == "":
         return None
-    try:
-        seconds = int(source_date_epoch)
-    except ValueError:
+    if not _EPOCH.fullmatch(value) or int(value) > MAX_EPOCH:
+        shown = value if len(value) <= 40 else value[:40] + "..."
         raise ProvenanceError(
-            f"SOURCE_DATE_EPOCH must be an integer number of seconds, got {source_date_epoch!r}; "
-            "unset it or set e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)."
-        ) from None
+            f"SOURCE_DATE_EPOCH must be an integer number of seconds since 1970 in ASCII digits, "
+            f"at most {MAX_EPOCH} (year 9999), got {shown!r}; unset it or set e.g. "
+            "SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)."
+        )
+    return int(value)
+
+
+def _started_on(value: str | None) -> str | None:
+    seconds = source_date_epoch(value)
+    if seconds is None:
+        return None
     moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -20,16 +20,22 @@ Example (the keys are documented in the README)::
     [probes]                         # optional; without it the run captures only the JSON
     hidden_states = "all"            # or [0, 1, 2]: hidden_states[j] as transformers numbers them
     positions = "last"               # or "all"
-    logits = "last"                  # the full last-position logits vector
+    logits = "last"                  # the full last-position logits vector, or "all" positions
+    modules = ["model.layers.*", "model.layers.*.mlp"]  # outputs of modules, by path pattern
+    rounding_floor = true            # also run in float64: the reference's own rounding error
+    input_ids = true                 # alone: a probe file of the token ids only
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import tomllib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +49,7 @@ _REVISION = re.compile(r"^[0-9a-f]{40}$")
 # A local folder's revision is derived from its content: see ``hub.content_revision``.
 _CONTENT_REVISION = re.compile(r"^[0-9a-f]{64}$")
 _REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
-# How weights are loaded (refgen.streaming): in memory, layer-streamed, or chosen by size.
+# How weights are loaded (refgen.load.plan): in memory, layer-streamed, or chosen by size.
 LOAD_MODES = ("auto", "memory", "stream")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -51,10 +57,20 @@ _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _TYPE_NAMES: dict[Any, str] = {
     str: "a string",
     int: "an integer",
+    float: "a float",
+    bool: "a boolean",
     list: "a list",
     dict: "a table",
     (str, list): '"all" or a list of layer indices',
+    (str, int): 'a size: a string such as "16GB" or an integer number of bytes',
+    (float, int): "a number",
 }
+# The largest memory budget accepted (8 EiB, past any machine): a bound, so a 400-digit number
+# is a clear refusal instead of an overflow further down.
+MAX_SIZE = 2**63 - 1
+# More layers than any model has (the largest have a few hundred): a longer probe list is a
+# mistake, refused before anything loads.
+MAX_PROBE_LAYERS = 10_000
 # table -> key -> (type, required, default)
 _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
     "reference": {"name": (str, True, None), "output": (str, True, None)},
@@ -78,24 +94,43 @@ _KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], bool, Any]]] = {
         "hidden_states": ((str, list), False, None),
         "positions": (str, False, None),
         "logits": (str, False, None),
+        "modules": (list, False, None),
+        "input_ids": (bool, False, None),
+        "rounding_floor": (bool, False, None),
     },
 }
 PROBE_POSITIONS = ("last", "all")
-PROBE_LOGITS = ("last",)
+PROBE_LOGITS = ("last", "all")
+# A module path pattern: dotted names of ``named_modules()``, each part a name or a glob
+# (``*`` matches one whole part, never a dot).
+_MODULE_PATTERN = re.compile(r"^[\w*?\[\]!-]+(?:\.[\w*?\[\]!-]+)*$")
 
 
 @dataclass(frozen=True)
 class Probes:
     """The spec's ``[probes]``: which hidden states (``"all"`` or layer indices as transformers'
-    ``output_hidden_states`` numbers them), at which positions, and whether the full
-    last-position logits are kept. Layer indices are checked against the model in
-    :mod:`refgen.probes`, before the first forward."""
+    ``output_hidden_states`` numbers them) and module outputs (path patterns over
+    ``named_modules()``), at which positions; whether the full logits are kept (``"last"``
+    position or ``"all"``); whether a float64 run records the reference's rounding floor. The
+    token ids are always in the file; ``input_ids`` alone asks for a file of them only. Layer
+    indices and patterns are checked against the model in :mod:`refgen.probes`, before the
+    first forward."""
 
     hidden_states: str | tuple[int, ...] | None
     positions: str
     logits: str | None
+    modules: tuple[str, ...] = ()
+    input_ids: bool = False
+    rounding_floor: bool = False
+
+    @property
+    def per_position(self) -> bool:
+        """Whether ``positions`` applies: hidden states or modules are asked for."""
+        return self.hidden_states is not None or bool(self.modules)
 
     def as_dict(self) -> dict[str, Any]:
+        """As recorded in the manifest; keys a spec leaves out stay out (older records keep
+        their bytes)."""
         out: dict[str, Any] = {}
         if self.hidden_states is not None:
             out["hidden_states"] = (
@@ -103,9 +138,16 @@ class Probes:
                 if isinstance(self.hidden_states, str)
                 else list(self.hidden_states)
             )
+        if self.per_position:
             out["positions"] = self.positions
         if self.logits is not None:
             out["logits"] = self.logits
+        if self.modules:
+            out["modules"] = list(self.modules)
+        if self.input_ids:
+            out["input_ids"] = True
+        if self.rounding_floor:
+            out["rounding_floor"] = True
         return out
 
 
@@ -127,7 +169,7 @@ class Spec:
     local_path: Path | None = None  # [model] path: a checkpoint folder outside the HF cache
     local_path_text: str | None = None  # as written in the spec (relative), for the manifest
     probes: Probes | None = None
-    load: str = "auto"  # "auto", "memory" or "stream" (refgen.streaming)
+    load: str = "auto"  # "auto", "memory" or "stream" (refgen.load.plan)
     memory_budget: int | None = None  # bytes; None: derived from available memory
     # ``reference.output`` as checked, relative to the spec's folder (recorded in the manifest)
     output_relative: str = ""
@@ -177,14 +219,25 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     else:
-        match = _SIZE.match(str(text))
+        match = _SIZE.match(str(text)) if len(str(text)) <= 64 else None
         if not match:
-            raise ValueError(f"not a size: {text!r} (examples: 6GB, 6GiB, 512MB, 6000000000)")
+            raise ValueError(
+                f"not a size: {_short(text)!r} (examples: 6GB, 6GiB, 512MB, 6000000000)"
+            )
         number, unit, binary = match.groups()
-        value = int(float(number) * (1024 if binary else 1000) ** _UNITS[unit.lower()])
+        # exact decimal arithmetic: "1.1GB" is 1,100,000,000 bytes, and no float overflow
+        value = int(Decimal(number) * (1024 if binary else 1000) ** _UNITS[unit.lower()])
     if value <= 0:
-        raise ValueError(f"a memory budget must be positive, got {text!r}")
+        raise ValueError(f"a memory budget must be positive, got {_short(text)!r}")
+    if value > MAX_SIZE:
+        raise ValueError(f"{_short(text)} bytes is more than any machine has (at most {MAX_SIZE})")
     return value
+
+
+def _short(value: object) -> str:
+    """A value for a message: at most 40 characters of it."""
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -215,14 +268,22 @@ def load_spec(path: str | Path) -> Spec:
 def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
     where = path.name
     schema = data.get("schema")
-    if schema != SPEC_SCHEMA:
+    # an integer, exactly: `true` and `1.0` compare equal to 1 in Python, and are not schema 1
+    if type(schema) is not int or schema != SPEC_SCHEMA:
         raise SpecError(
-            f"{where}: 'schema' must be {SPEC_SCHEMA} (got {schema!r}). "
+            f"{where}: 'schema' must be the integer {SPEC_SCHEMA} (got {_short(repr(schema))}). "
             f"Add `schema = {SPEC_SCHEMA}` at the top of the spec."
         )
-    unknown = sorted(set(data) - set(_KEYS) - {"schema"})
-    if unknown:
-        raise SpecError(f"{where}: unknown table(s) {unknown}; allowed: {sorted(_KEYS)}.")
+    for name in sorted(set(data) - set(_KEYS) - {"schema"}, key=str):
+        if isinstance(data[name], dict):
+            raise SpecError(f"{where}: unknown table [{_short(name)}]; allowed: {sorted(_KEYS)}.")
+        home = [table for table, keys in _KEYS.items() if name in keys]
+        fix = (
+            f"It belongs in [{home[0]}]: move it below that table's header."
+            if home
+            else f"The top level holds only 'schema' and the tables {sorted(_KEYS)}."
+        )
+        raise SpecError(f"{where}: unknown top-level key '{_short(name)}'. {fix}")
     values: dict[str, dict[str, Any]] = {}
     for table, keys in _KEYS.items():
         section = data.get(table, {})
@@ -230,8 +291,9 @@ def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
             raise SpecError(f"{where}: [{table}] must be a table, got {type(section).__name__}.")
         extra = sorted(set(section) - set(keys))
         if extra:
+            shown = [_short(k) for k in extra[:5]]
             raise SpecError(
-                f"{where}: unknown key(s) {extra} in [{table}]; allowed: {sorted(keys)}."
+                f"{where}: unknown key(s) {shown} in [{table}]; allowed: {sorted(keys)}."
             )
         values[table] = {}
         for key, (kind, required, default) in keys.items():
@@ -243,11 +305,12 @@ def _validate(path: Path, sha256: str, data: Mapping[str, Any]) -> Spec:
                 values[table][key] = default
                 continue
             value = section[key]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                expected = _TYPE_NAMES.get(kind, "number")
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                expected = _TYPE_NAMES[kind]
+                got = _TYPE_NAMES.get(type(value), type(value).__name__)
                 raise SpecError(
-                    f"{where}: '{table}.{key}' must be {expected}, got "
-                    f"{_TYPE_NAMES.get(type(value), type(value).__name__)} ({value!r})."
+                    f"{where}: '{table}.{key}' must be {expected}, got {got} "
+                    f"({_short(repr(value))})."
                 )
             values[table][key] = value
     return _build(path, sha256, values)
@@ -311,9 +374,16 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
             raise SpecError(f"{where}: 'run.memory_budget': {exc}.") from None
     if run["top_k"] < 1:
         raise SpecError(f"{where}: 'run.top_k' must be at least 1, got {run['top_k']}.")
-    tolerance = float(v["verify"]["tolerance"])
-    if not tolerance >= 0:
-        raise SpecError(f"{where}: 'verify.tolerance' must be >= 0, got {tolerance}.")
+    try:
+        tolerance = float(v["verify"]["tolerance"])
+    except OverflowError:  # an integer past float's range
+        tolerance = math.inf
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise SpecError(
+            f"{where}: 'verify.tolerance' must be a finite number >= 0, got "
+            f"{_short(v['verify']['tolerance'])} (an infinite tolerance would call any rebuild "
+            "reproduced)."
+        )
     output = ref["output"]
     if not output.endswith(".json"):
         raise SpecError(f"{where}: 'reference.output' must name a .json file, got {output!r}.")
@@ -355,11 +425,19 @@ def _hub_rejects(repo: str) -> bool:
 
 def _probes(where: str, table: dict[str, Any]) -> Probes | None:
     hidden, positions, logits = table["hidden_states"], table["positions"], table["logits"]
-    if hidden is None and logits is None:
-        if positions is not None:
+    modules = _modules(where, table["modules"])
+    ids, floor = table["input_ids"], table["rounding_floor"]
+    if ids is False:
+        raise SpecError(
+            f"{where}: 'probes.input_ids' cannot be false: a probe file always holds the token "
+            "ids (prompt{i}.input_ids). Remove the key, or write true for a file of ids only."
+        )
+    if hidden is None and logits is None and not modules and ids is None:
+        if positions is not None or floor is not None:
+            key = "positions" if positions is not None else "rounding_floor"
             raise SpecError(
-                f"{where}: 'probes.positions' applies to 'probes.hidden_states', which is not set. "
-                'Add hidden_states = "all" (or a list of layers) or remove positions.'
+                f"{where}: 'probes.{key}' applies to probe tensors, and [probes] asks for none. "
+                'Add hidden_states = "all", modules = [...] or logits = "last", or remove it.'
             )
         return None
     layers: str | tuple[int, ...] | None = None
@@ -371,6 +449,11 @@ def _probes(where: str, table: dict[str, Any]) -> Probes | None:
             )
         layers = hidden
     elif hidden is not None:
+        if len(hidden) > MAX_PROBE_LAYERS:
+            raise SpecError(
+                f"{where}: 'probes.hidden_states' lists {len(hidden)} layers; a model has at "
+                f'most a few hundred. List at most {MAX_PROBE_LAYERS}, or write "all".'
+            )
         if not hidden:
             raise SpecError(
                 f"{where}: 'probes.hidden_states' is an empty list. List layer indices "
@@ -382,15 +465,21 @@ def _probes(where: str, table: dict[str, Any]) -> Probes | None:
                     f"{where}: 'probes.hidden_states[{i}]' must be a layer index >= 0 "
                     f"(0 = embedding output, N = final norm output), got {layer!r}."
                 )
-        if len(set(hidden)) != len(hidden):
-            raise SpecError(f"{where}: 'probes.hidden_states' lists a layer twice: {hidden}.")
+        seen: set[int] = set()
+        for layer in hidden:
+            if layer in seen:
+                raise SpecError(
+                    f"{where}: 'probes.hidden_states' lists layer {_short(layer)} twice."
+                )
+            seen.add(layer)
         layers = tuple(sorted(hidden))
     if positions is None:
         positions = "last"
-    elif layers is None:
+    elif layers is None and not modules:
         raise SpecError(
-            f"{where}: 'probes.positions' applies to 'probes.hidden_states', which is not set. "
-            'Add hidden_states = "all" (or a list of layers) or remove positions.'
+            f"{where}: 'probes.positions' applies to 'probes.hidden_states' and "
+            "'probes.modules', and neither is set. Add hidden_states = \"all\" (or a list of "
+            "layers) or modules, or remove positions."
         )
     if positions not in PROBE_POSITIONS:
         raise SpecError(
@@ -399,10 +488,50 @@ def _probes(where: str, table: dict[str, Any]) -> Probes | None:
         )
     if logits is not None and logits not in PROBE_LOGITS:
         raise SpecError(
-            f"{where}: 'probes.logits' must be one of {list(PROBE_LOGITS)} (the full "
-            f"last-position logits vector), got {logits!r}."
+            f"{where}: 'probes.logits' must be one of {list(PROBE_LOGITS)} (the full logits "
+            f"vector at the last position, or at every position), got {logits!r}."
         )
-    return Probes(hidden_states=layers, positions=positions, logits=logits)
+    if floor and layers is None and logits is None and not modules:
+        raise SpecError(
+            f"{where}: 'probes.rounding_floor' measures float tensors, and [probes] asks only "
+            'for the token ids. Add hidden_states = "all", modules or logits, or remove it.'
+        )
+    return Probes(
+        hidden_states=layers,
+        positions=positions,
+        logits=logits,
+        modules=modules,
+        input_ids=bool(ids),
+        rounding_floor=bool(floor),
+    )
+
+
+def _modules(where: str, patterns: list[Any] | None) -> tuple[str, ...]:
+    """``probes.modules``: path patterns, checked for form here and against the model's
+    ``named_modules()`` before the first forward (:mod:`refgen.probes`)."""
+    if patterns is None:
+        return ()
+    if not patterns:
+        raise SpecError(
+            f"{where}: 'probes.modules' is an empty list. List module path patterns "
+            '(e.g. "model.layers.*.mlp") or remove the key.'
+        )
+    for i, pattern in enumerate(patterns):
+        if not isinstance(pattern, str) or not _MODULE_PATTERN.match(pattern):
+            raise SpecError(
+                f"{where}: 'probes.modules[{i}]' must be a module path as named_modules() "
+                'names it, with * for a whole part (e.g. "model.layers.*.self_attn"), '
+                f"got {_short(repr(pattern))}."
+            )
+    if len(patterns) > MAX_PROBE_LAYERS:
+        raise SpecError(
+            f"{where}: 'probes.modules' lists {len(patterns)} patterns; one pattern with * covers "
+            f"every layer. List at most {MAX_PROBE_LAYERS}."
+        )
+    twice = sorted(p for p, n in Counter(patterns).items() if n > 1)
+    if twice:
+        raise SpecError(f"{where}: 'probes.modules' lists pattern {_short(repr(twice[0]))} twice.")
+    return tuple(patterns)
 
 
 def find_specs(folder: str | Path) -> list[Path]:

@@ -1,4 +1,6 @@
-"""A tiny, deterministic Qwen3 checkpoint and tokenizer in the Hugging Face cache layout.
+"""A tiny, deterministic Qwen3 checkpoint and tokenizer in the Hugging Face cache layout; and a
+tiny Llama 3.1 (llama3 rope scaling) with a probes spec, the reference porters' tests compare
+their ports with (:func:`build_llama31`, :func:`write_llama31_spec`).
 
 Tests and ``demo`` run the same code path as the real model on it: same architecture class,
 BF16 weights up-cast to F32, a byte-level BPE tokenizer of the Qwen2 kind, a pinned revision in
@@ -48,6 +50,43 @@ CONFIG: dict[str, Any] = {
     "attention_bias": False,
     "torch_dtype": "bfloat16",
 }
+# Llama 3.1 as the Hub ships it (rope_scaling beside rope_theta, untied head, BF16 weights), at
+# the tiny shape with 4 decoder layers (a bug planted in a middle layer has layers on both sides).
+LLAMA31_REPO = "refgen-test/tiny-llama31"
+LLAMA31_SEED = 20260731
+LLAMA31_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    **SHAPE,
+    "num_hidden_layers": 4,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        # short, so that the tiny head's frequencies fall in all three of llama3's bands
+        # (wavelengths 6.3, 32 and from 167 up against 64 / 4 and 64 / 1)
+        "original_max_position_embeddings": 64,
+    },
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "torch_dtype": "bfloat16",
+}
+# What a porter's loop asks of the oracle: every hidden state and every decoder layer's raw
+# output at every position, the logits at every position, and the float64 rounding floor.
+LLAMA31_PROBES = """
+[probes]
+hidden_states = "all"
+positions = "all"
+logits = "all"
+modules = {modules}
+rounding_floor = true
+"""
 PROMPTS = ("The capital of France is", "Two plus two equals", "Once upon a time, there was a")
 # A fixed corpus the tokenizer's merges are learned from (deterministically, below).
 CORPUS = (
@@ -113,18 +152,57 @@ top_k = 10
 """
 
 
+def build_llama31(hub_cache: Path, seed: int = LLAMA31_SEED) -> TinyCheckpoint:
+    """The tiny Llama 3.1 (:data:`LLAMA31_CONFIG`) into ``hub_cache``; idempotent, and the same
+    bytes (so the same revision) on any host: weights from numpy's PCG64, config written here.
+
+    Use::
+
+        checkpoint = tiny.build_llama31(hf_home / "hub")
+        spec = tiny.write_llama31_spec(project / "specs", checkpoint.revision, "../out/l.json")
+        # refgen lock --spec SPEC --offline; refgen generate --spec SPEC (HF_HOME=hf_home)
+    """
+    config = LLAMA31_CONFIG
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _tokenizer_files(Path(tmp))
+        files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+        files["generation_config.json"] = b'{\n  "bos_token_id": 0,\n  "eos_token_id": 0\n}\n'
+        files["model.safetensors"] = _weights(seed, config, 0.08)
+    return _write_cache(hub_cache, LLAMA31_REPO, files)
+
+
+def write_llama31_spec(
+    folder: Path,
+    revision: str,
+    output: str,
+    dtype: str = "float32",
+    modules: Sequence[str] = ("model.layers.*",),
+    prompts: Sequence[str] = PROMPTS,
+) -> Path:
+    """``tiny-llama31.toml`` in *folder*: the tiny Llama 3.1 in *dtype* with every probe a port
+    is compared on (:data:`LLAMA31_PROBES`; *modules*: the module path patterns)."""
+    path = folder / "tiny-llama31.toml"
+    text = spec_text("tiny-llama31-probes", output, LLAMA31_REPO, revision, prompts)
+    text = text.replace('dtype = "float32"', f'dtype = "{dtype}"')
+    path.write_text(text + LLAMA31_PROBES.format(modules=json.dumps(list(modules))))
+    return path
+
+
 def _weights(seed: int, config: dict[str, Any], std: float) -> bytes:
     import torch
     from safetensors.torch import save
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    settings = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(Qwen3Config(**config))
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.for_model(config["model_type"], **settings)
+        )
     rng = np.random.Generator(np.random.PCG64(seed))
     tensors = {}
     for name, param in sorted(model.state_dict().items()):
-        if name == "lm_head.weight":  # tied to the embeddings, as in Qwen3-1.7B
-            continue
+        if name == "lm_head.weight" and config.get("tie_word_embeddings"):
+            continue  # tied to the embeddings, as in Qwen3-1.7B
         shape = tuple(param.shape)
         if name.endswith("norm.weight"):
             values = 1.0 + 0.1 * rng.standard_normal(shape)

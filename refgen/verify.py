@@ -3,9 +3,9 @@
 Steps, each reported:
 
 1. **Integrity** - the committed files against what they claim
-   (:func:`refgen.artifact.check_integrity`).
+   (:func:`refgen.audit.check_integrity`).
 2. **Inputs** - what is available now against what the manifest names, every model file in the
-   local Hugging Face cache included (:func:`refgen.artifact.check_inputs`).
+   local Hugging Face cache included (:func:`refgen.audit.check_inputs`).
 3. **Rebuild** - ``refgen generate`` in a fresh process (the determinism profile must be applied
    before torch is imported) into a temporary folder, removed afterwards even when interrupted.
 4. **Compare** - :mod:`refgen.compare` between the committed JSON and the rebuilt one.
@@ -17,7 +17,7 @@ verdict is NOT COMPARABLE (unless integrity or inputs already fail). Exit codes 
 :class:`refgen.compare.Verdict`'s (0 bit for bit, 10 within tolerance, 11 not reproduced, 12 not
 comparable); 2 when verification could not run (no spec, model not in the cache).
 
-:func:`refgen.artifact.is_up_to_date` is the same input check, cheap, for ``generate``.
+:func:`refgen.audit.is_up_to_date` is the same input check, cheap, for ``generate``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from refgen import cleanup, compare, determinism, jsonio
-from refgen.artifact import (
-    Artifact,
+from refgen.artifact import Artifact
+from refgen.audit import (
     Finding,
     check_inputs,
     check_integrity,
@@ -43,17 +43,13 @@ from refgen.artifact import (
     read_manifest,
 )
 from refgen.compare import Comparison, Tolerance, Verdict
-from refgen.errors import ArtifactError
+from refgen.errors import ArtifactError, VerifyError
 from refgen.spec import Spec, load_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REBUILD_PREFIX = "refgen-verify-"
 # Manifest sections that describe the host and software, not inputs: differences are notes.
 ENVIRONMENT_SECTIONS = ("packages", "torch_build", "platform", "determinism", "generator")
-
-
-class VerifyError(ArtifactError):
-    """Verification could not run (the artifact to verify does not exist)."""
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ sys.exit(main(["generate", "--spec", {str(tiny_setup.spec)!r}, "--output-dir", {
         text=True,
     )
     assert result.returncode == 130, result.stderr
-    assert "interrupted; no output was changed" in result.stderr
+    assert "no output was changed" in result.stderr
     assert_untouched(out)
 
 
@@ -119,7 +119,7 @@ def test_sigterm_during_a_run_keeps_the_previous_artifact(
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
-    assert "interrupted; no output was changed" in stderr
+    assert "no output was changed" in stderr
     assert_untouched(out)
 
 

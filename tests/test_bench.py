@@ -145,13 +145,13 @@ def test_fast_loader_builds_the_same_model_as_from_pretrained(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from refgen import fastload
+    from refgen.load import memory as load_memory
 
     _, snapshot = bench_tiny
     expected = {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(snapshot.iterdir())
     }
-    ours, digests = fastload.load_verified_model(snapshot, locked(expected), "float32", "sdpa")
+    ours, digests = load_memory.load_verified_model(snapshot, locked(expected), "float32", "sdpa")
     assert digests == {n: {"sha256": h} for n, h in expected.items()}
     theirs = AutoModelForCausalLM.from_pretrained(
         snapshot, dtype=torch.float32, attn_implementation="sdpa"
@@ -175,7 +175,7 @@ def test_fast_loader_builds_the_same_model_as_from_pretrained(
 def test_fast_loader_refuses_a_changed_byte(
     bench_tiny: tuple[str, Path], tmp_path: Path, victim: str, where: float
 ) -> None:
-    from refgen import fastload
+    from refgen.load import memory as load_memory
 
     _, snapshot = bench_tiny
     folder = tmp_path / "snap"
@@ -187,7 +187,7 @@ def test_fast_loader_refuses_a_changed_byte(
     data[int(len(data) * where)] ^= 0x01  # 0.0: inside the safetensors header length
     (folder / victim).write_bytes(bytes(data))
     with pytest.raises(IntegrityError) as info:
-        fastload.load_verified_model(folder, locked(expected), "float32", hint="fetch it again")
+        load_memory.load_verified_model(folder, locked(expected), "float32", hint="fetch it again")
     message = str(info.value)
     assert victim in message
     assert expected[victim] in message
@@ -234,18 +234,19 @@ def test_the_up_cast_threads_yield_to_the_import(
     bench_tiny: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The up-cast runs beside the single-threaded import, at a lower priority (nice + 10)."""
-    from refgen import fastload
+    from refgen.load import files as load_files
+    from refgen.load import memory as load_memory
 
     _, snapshot = bench_tiny
     files = [p for p in snapshot.iterdir() if p.name.endswith(".safetensors")]
     seen: set[int] = set()
-    read_tensor = fastload.read_tensor
+    read_tensor = load_files.read_tensor
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return read_tensor(*args, **kwargs)
 
-    monkeypatch.setattr(fastload, "read_tensor", spy)
-    fastload.load_state_dict(files, "float32", progress=False)
+    monkeypatch.setattr(load_files, "read_tensor", spy)
+    load_memory.load_state_dict(files, "float32", progress=False)
     assert seen == {min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < min(seen)

@@ -340,3 +340,81 @@ def test_tolerance_from_spec(tmp_path: Path) -> None:
     assert compare.tolerance_from_spec(spec, None, None) == Tolerance(1e-4, 1e-4)
     assert compare.tolerance_from_spec(spec, 1e-8, None) == Tolerance(1e-8, 1e-4)
     assert compare.tolerance_from_spec(None, None, None) == Tolerance(1e-6, 1e-6)
+
+
+# --- probe files beside the references: NaN, integer tensors, damaged headers -------------------
+
+
+def _artifact(folder: Path, tensors: dict[str, Any]) -> Path:
+    """A reference JSON and a probe file beside it holding *tensors* (numpy arrays)."""
+    from safetensors.numpy import save_file
+
+    from refgen import probes
+
+    folder.mkdir()
+    path = _write(folder, "x.json", make_reference())
+    save_file(tensors, str(folder / "x.safetensors"), metadata={probes.METADATA_KEY: "{}"})
+    return path
+
+
+def test_identical_probe_files_with_nan_are_not_reproduced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    hidden = np.ones((3, 4), dtype=np.float32)
+    hidden[1, 2] = np.nan
+    a = _artifact(tmp_path / "a", {"prompt0.hidden_states.layer1": hidden})
+    b = _artifact(tmp_path / "b", {"prompt0.hidden_states.layer1": hidden})
+    assert (tmp_path / "a" / "x.safetensors").read_bytes() == (
+        tmp_path / "b" / "x.safetensors"
+    ).read_bytes()
+    assert cli.main(["diff", str(a), str(b), "--json"]) == 11
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"] == "NOT_REPRODUCED" and report["probes"]["identical"] is False
+    (d,) = report["differences"]
+    assert d["path"] == "prompt0.hidden_states.layer1[1, 2]"
+    assert "NaN never counts as reproduced" in d["detail"]
+    assert report["first_probe_difference"] == "first difference at layer 1 of prompt 0"
+    # and NaN in both at an otherwise differing tensor is beyond tolerance too: 2 values
+    other = hidden.copy()
+    other[0, 0] = 2.0
+    c = _artifact(tmp_path / "c", {"prompt0.hidden_states.layer1": other})
+    result = compare.compare_files(a, c)
+    assert result.verdict is Verdict.NOT_REPRODUCED
+    assert "2 of 12 values of the tensor beyond it" in result.differences[0].detail
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_integer_probe_tensors_get_a_verdict(tmp_path: Path, dtype: str) -> None:
+    import numpy as np
+
+    ids = np.array([[5, 9, 2, 7]]).astype(dtype)
+    a = _artifact(tmp_path / "a", {"prompt0.input_ids": ids})
+    same = compare.compare_files(a, _artifact(tmp_path / "b", {"prompt0.input_ids": ids.copy()}))
+    assert same.verdict is Verdict.IDENTICAL
+    changed = ids.copy()
+    changed[0, 2] = 0 if dtype != "bool" else not changed[0, 2]
+    result = compare.compare_files(a, _artifact(tmp_path / "c", {"prompt0.input_ids": changed}))
+    assert result.verdict is Verdict.NOT_REPRODUCED
+    (d,) = result.differences
+    assert (d.path, d.kind) == ("prompt0.input_ids[0, 2]", "value")
+    assert "compared exactly; 1 of 4 values of the tensor differ" in d.detail
+
+
+def test_a_negative_shape_in_a_probe_header_is_a_finding(tmp_path: Path) -> None:
+    import numpy as np
+
+    a = _artifact(tmp_path / "a", {"prompt0.logits.last": np.zeros(4, np.float32)})
+    b = _artifact(tmp_path / "b", {"prompt0.logits.last": np.zeros(4, np.float32)})
+    path = tmp_path / "b" / "x.safetensors"
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["prompt0.logits.last"]["shape"] = [-2, -2]  # -2 x -2 = 4 values, the right size
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+    result = run_refgen("diff", a, b, hf_home=tmp_path, check=False)
+    assert result.returncode == 11, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "has a negative dimension: shape [-2, -2]" in result.stdout

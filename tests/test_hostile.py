@@ -28,8 +28,8 @@ from conftest import ROOT, TinySetup, run_refgen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refgen import artifact as artifacts
-from refgen import hub, jsonio, lock, manifestcheck, verify
+from refgen import audit, hub, jsonio, lock, verify
+from refgen.artifact import Artifact
 from refgen.errors import RefgenError
 from refgen.spec import load_spec
 
@@ -387,14 +387,14 @@ def test_malformed_manifest_is_out_of_date(
     file outside the artifact's folder is read."""
     spec_path, manifest_path = _tampered(artifact, tmp_path, case)
     read: list[str] = []
-    real = artifacts.sha256_file  # type: ignore[attr-defined]
+    real = audit.sha256_file  # type: ignore[attr-defined]
 
     def spy(path: Path, progress: bool = True) -> tuple[str, int]:
         read.append(str(path))
         return real(path, progress)
 
-    monkeypatch.setattr(artifacts, "sha256_file", spy)
-    status = artifacts.is_up_to_date(load_spec(spec_path), manifest_path)
+    monkeypatch.setattr(audit, "sha256_file", spy)
+    status = audit.is_up_to_date(load_spec(spec_path), manifest_path)
     assert not status
     assert any("malformed" in r or "nested" in r for r in status.reasons), status.reasons
     assert not any("victim" in p for p in read)
@@ -582,17 +582,17 @@ def test_property_manifest(
     path = folder / f"{NAME}.manifest.json"
     path.write_text(json.dumps(_replace_somewhere(original, data)))
     try:
-        manifest = artifacts.read_manifest(path)
+        manifest = audit.read_manifest(path)
     except RefgenError:
         pass
     else:
-        assert manifestcheck.problems(manifest) == []
-        artifact_ = artifacts.Artifact(folder / f"{NAME}.json")
-        for finding in artifacts.check_integrity(artifact_, manifest):
-            assert isinstance(finding, artifacts.Finding)
+        assert audit.manifest_problems(manifest) == []
+        artifact_ = Artifact(folder / f"{NAME}.json")
+        for finding in audit.check_integrity(artifact_, manifest):
+            assert isinstance(finding, audit.Finding)
         with contextlib.suppress(RefgenError):
-            artifacts.check_inputs(spec, manifest, model_files=False)
-    status = artifacts.is_up_to_date(spec, path)
+            audit.check_inputs(spec, manifest, model_files=False)
+    status = audit.is_up_to_date(spec, path)
     assert isinstance(status.current, bool)
 
 
@@ -628,7 +628,7 @@ def test_sums_file_naming_a_host_file_is_a_finding(artifact: Path, tmp_path: Pat
     digest = hashlib.sha256(victim.read_bytes()).hexdigest()
     relative = os.path.relpath(victim, sums.parent)
     sums.write_text(sums.read_text() + f"{digest}  {relative}\n")
-    manifest = artifacts.read_manifest(tmp_path / "ws" / "out" / f"{NAME}.manifest.json")
-    found = artifacts.check_integrity(artifacts.Artifact(sums.with_name(f"{NAME}.json")), manifest)
+    manifest = audit.read_manifest(tmp_path / "ws" / "out" / f"{NAME}.manifest.json")
+    found = audit.check_integrity(Artifact(sums.with_name(f"{NAME}.json")), manifest)
     assert [f.subject for f in found] == [relative]
     assert "only files next to the reference are read" in found[0].detail

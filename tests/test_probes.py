@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import MINIMAL_SPEC, ROOT, run_refgen, write_spec_text
 
-from refgen import artifact, compare, probes, tiny
+from refgen import artifact, audit, compare, probes, tiny
 from refgen.errors import SpecError
 from refgen.spec import load_spec
 
@@ -54,6 +54,9 @@ def test_no_probes_table_records_nothing_new(tmp_path: Path) -> None:
         ('hidden_states = [2, 0]\npositions = "all"', (0, 2), "all", None),
         ('logits = "last"', None, "last", "last"),
         ('hidden_states = "all"\npositions = "last"\nlogits = "last"', "all", "last", "last"),
+        ('logits = "all"', None, "last", "all"),
+        ("input_ids = true", None, "last", None),
+        ('modules = ["model.layers.*"]\npositions = "all"', None, "all", None),
     ],
 )
 def test_probes_table_is_parsed(
@@ -77,11 +80,24 @@ def test_probes_table_is_parsed(
         ("hidden_states = []", "'probes.hidden_states' is an empty list"),
         ("hidden_states = [0, -1]", "'probes.hidden_states[1]' must be a layer index >= 0"),
         ('hidden_states = [0, "1"]', "'probes.hidden_states[1]' must be a layer index"),
-        ("hidden_states = [1, 1]", "'probes.hidden_states' lists a layer twice"),
+        ("hidden_states = [1, 1]", "'probes.hidden_states' lists layer 1 twice"),
         ('hidden_states = "all"\npositions = "first"', "'probes.positions' must be one of"),
-        ('positions = "all"', "'probes.positions' applies to 'probes.hidden_states'"),
-        ('logits = "all"', "'probes.logits' must be one of ['last']"),
+        ('positions = "all"', "'probes.positions' applies to probe tensors"),
+        ('logits = "first"', "'probes.logits' must be one of ['last', 'all']"),
         ('layers = "all"', "unknown key(s) ['layers'] in [probes]"),
+        ("modules = []", "'probes.modules' is an empty list"),
+        ('modules = ["model..norm"]', "'probes.modules[0]' must be a module path"),
+        ('modules = ["model/norm"]', "'probes.modules[0]' must be a module path"),
+        ("modules = [3]", "'probes.modules[0]' must be a module path"),
+        (
+            'modules = ["model.norm", "model.norm"]',
+            "'probes.modules' lists pattern 'model.norm' twice",
+        ),
+        ('modules = "model.norm"', "'probes.modules' must be a list"),
+        ("input_ids = false", "'probes.input_ids' cannot be false"),
+        ("input_ids = 1", "'probes.input_ids' must be a boolean, got an integer"),
+        ("rounding_floor = true", "'probes.rounding_floor' applies to probe tensors"),
+        ("input_ids = true\nrounding_floor = true", "'probes.rounding_floor' measures float"),
     ],
 )
 def test_bad_probes_name_the_key(tmp_path: Path, table: str, message: str) -> None:
@@ -103,17 +119,21 @@ def test_capture_keeps_the_run_dtype_and_bytes_are_canonical(tmp_path: Path) -> 
     gen = torch.Generator().manual_seed(0)
     hidden = tuple(torch.randn(1, 5, 8, generator=gen).to(torch.bfloat16) for _ in range(3))
     logits = torch.randn(1, 5, 11, generator=gen).to(torch.bfloat16)
-    capture.add(0, SimpleNamespace(hidden_states=hidden, logits=logits))
+    ids = torch.tensor([[7, 3, 500, 0, 9]])
+    capture.add(0, ids, SimpleNamespace(hidden_states=hidden, logits=logits))
     data = capture.dump()
     path = tmp_path / "x.safetensors"
     path.write_bytes(data)
 
     read = probes.read(path)
-    assert list(read.tensors) == [
+    assert sorted(read.tensors, key=probes.sort_key) == [
+        "prompt0.input_ids",
         "prompt0.hidden_states.layer0",
         "prompt0.hidden_states.layer2",
         "prompt0.logits.last",
     ]
+    assert read.tensors["prompt0.input_ids"].dtype == "I64"
+    assert read.tensors["prompt0.input_ids"].values().tolist() == [7.0, 3.0, 500.0, 0.0, 9.0]
     layer2 = read.tensors["prompt0.hidden_states.layer2"]
     assert (layer2.dtype, layer2.shape) == ("BF16", (1, 8))  # positions = "last" (default)
     assert layer2.data == hidden[2][0, -1:].contiguous().view(torch.int16).numpy().tobytes()
@@ -127,6 +147,99 @@ def test_capture_keeps_the_run_dtype_and_bytes_are_canonical(tmp_path: Path) -> 
     # the same capture dumped again (other dict order) gives the same bytes
     again = probes.dump(dict(reversed(capture.tensors.items())), capture.metadata())
     assert again == data
+
+
+def test_a_spec_may_ask_for_the_token_ids_only(tmp_path: Path) -> None:
+    import torch
+
+    spec = load_spec(spec_with(tmp_path, "[probes]\ninput_ids = true\n"))
+    capture = probes.Capture(spec)
+    capture.start(2, ["", "model", "model.norm"])
+    out = SimpleNamespace(hidden_states=None, logits=torch.zeros(1, 3, 11))
+    for prompt, ids in enumerate(([[1, 2, 3]], [[4]])):
+        capture.add(prompt, torch.tensor(ids, dtype=torch.int32), out)
+    path = tmp_path / "ids.safetensors"
+    path.write_bytes(capture.dump())
+    read = probes.read(path)
+    assert {n: (t.dtype, t.shape) for n, t in read.tensors.items()} == {
+        "prompt0.input_ids": ("I64", (3,)),
+        "prompt1.input_ids": ("I64", (1,)),
+    }
+    assert read.metadata["positions"] is None and read.metadata["modules"] == []
+    assert spec.as_dict()["probes"] == {"input_ids": True}
+
+
+def test_tensor_names_parse_and_sort_in_forward_order() -> None:
+    names = [
+        "prompt1.input_ids",
+        "prompt0.logits.all",
+        "prompt0.module.model.norm",
+        "prompt0.module.model.layers.1",
+        "prompt0.hidden_states.layer2",
+        "prompt0.module.model.layers.1.mlp",
+        "prompt0.hidden_states.layer1",
+        "prompt0.module.model.layers.0",
+        "prompt0.hidden_states.layer0",
+        "prompt0.input_ids",
+    ]
+    assert sorted(names, key=probes.sort_key) == [
+        "prompt0.input_ids",
+        "prompt0.hidden_states.layer0",
+        "prompt0.module.model.layers.0",
+        "prompt0.hidden_states.layer1",
+        "prompt0.module.model.layers.1.mlp",
+        "prompt0.module.model.layers.1",
+        "prompt0.hidden_states.layer2",
+        "prompt0.module.model.norm",
+        "prompt0.logits.all",
+        "prompt1.input_ids",
+    ]
+    parsed = probes.parse_name("prompt3.module.model.layers.2.self_attn")
+    assert parsed == probes.TensorName(3, None, "module", "model.layers.2.self_attn")
+    assert parsed.describe() == "module model.layers.2.self_attn of prompt 3"
+    assert probes.parse_name("prompt0.logits.all") == probes.TensorName(0, None, "logits.all")
+    assert probes.field_name("prompt3.module.model.norm") == "module.model.norm"
+
+
+def test_module_patterns_match_one_part_per_star_and_suggest_close_paths(tmp_path: Path) -> None:
+    names = ["", "model", "model.layers", "model.layers.0", "model.layers.0.self_attn"]
+    names += ["model.layers.0.mlp", "model.layers.1", "model.layers.1.self_attn", "model.norm"]
+    table = '[probes]\nmodules = ["model.layers.*", "model.norm"]\n'
+    spec = load_spec(spec_with(tmp_path, table))
+    assert probes.resolve_modules(spec, names) == ("model.layers.0", "model.layers.1", "model.norm")
+    assert not probes.module_pattern_matches("model.*", "model.layers.0")
+    spec = load_spec(spec_with(tmp_path, '[probes]\nmodules = ["model.layers.*.attn"]\n'))
+    with pytest.raises(SpecError) as err:
+        probes.resolve_modules(spec, names)
+    assert "'probes.modules' pattern 'model.layers.*.attn' matches no module" in str(err.value)
+    assert "Close: model.layers.*.self_attn" in str(err.value)
+
+
+def test_rounding_floor_statistics_against_numpy(tmp_path: Path) -> None:
+    """err = reference widened to float64 - float64 tensor; RMS per tensor and per position."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    exact = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    reference = {
+        "prompt0.hidden_states.layer0": exact.to(torch.bfloat16),
+        "prompt0.logits.last": exact[0].to(torch.bfloat16),
+        "prompt0.input_ids": torch.arange(4),
+    }
+    float64 = {"prompt0.hidden_states.layer0": exact, "prompt0.logits.last": exact[0]}
+    floor = probes.rounding_floor(reference, float64, "bfloat16")
+    assert (floor["against"], floor["dtype"]) == ("float64", "bfloat16")
+    assert set(floor["tensors"]) == {"prompt0.hidden_states.layer0", "prompt0.logits.last"}
+    ref = exact.to(torch.bfloat16).to(torch.float64).numpy()
+    err = ref - exact.numpy()
+    entry = floor["tensors"]["prompt0.hidden_states.layer0"]
+    assert entry["err_rms"] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-14)
+    assert entry["ref_rms"] == pytest.approx(np.sqrt(np.mean(ref**2)), rel=1e-14)
+    assert entry["err_max_abs"] == np.abs(err).max() > 0
+    assert entry["positions_err_rms"] == pytest.approx(np.sqrt(np.mean(err**2, axis=1)), rel=1e-14)
+    assert len(floor["tensors"]["prompt0.logits.last"]["positions_err_rms"]) == 1  # one row
+    with pytest.raises(probes.ProbeFileError, match="float64 run has no tensor"):
+        probes.rounding_floor(reference, {}, "bfloat16")
 
 
 def test_layers_beyond_the_model_are_refused(tmp_path: Path) -> None:
@@ -285,6 +398,7 @@ def test_probe_file_equals_a_plain_forward_bit_for_bit(
     expected_names = {
         *(probes.hidden_name(i, j) for i in range(len(PROMPTS)) for j in range(NUM_LAYERS + 1)),
         *(probes.logits_name(i) for i in range(len(PROMPTS))),
+        *(probes.ids_name(i) for i in range(len(PROMPTS))),
     }
     assert set(got) == expected_names
     for i in range(len(PROMPTS)):
@@ -302,6 +416,8 @@ def test_probe_file_equals_a_plain_forward_bit_for_bit(
         last = got[probes.hidden_name(i, NUM_LAYERS)][-1]
         assert case["last_residual_f32"] == [float(x) for x in last.tolist()]
         assert len(case["tokens"]) == got[probes.hidden_name(i, 0)].shape[0]
+        ids = got[probes.ids_name(i)]
+        assert ids.dtype == torch.int64 and ids.tolist() == case["tokens"]
 
 
 def test_probe_file_is_listed_summed_and_attested(llama: Llama) -> None:
@@ -406,7 +522,7 @@ def test_diff_of_identical_artifacts_compares_the_probe_files(llama: Llama, tmp_
     code, report, text = diff_cli(llama.file(".json"), b.file(".json"))
     assert code == 0
     assert report["probes"]["identical"] is True
-    assert report["probes"]["tensors"] == len(PROMPTS) * (NUM_LAYERS + 2)
+    assert report["probes"]["tensors"] == len(PROMPTS) * (NUM_LAYERS + 3)  # + input_ids
     sha = hashlib.sha256(llama.file(".safetensors").read_bytes()).hexdigest()
     assert f"(probe files too: {sha})" in text.splitlines()[0]
 
@@ -549,13 +665,13 @@ def test_verify_names_a_tampered_probe_file(llama: Llama, tmp_path: Path) -> Non
 def test_a_missing_probe_file_is_an_integrity_finding(llama: Llama, tmp_path: Path) -> None:
     ws = llama.copy(tmp_path)
     ws.file(".safetensors").unlink()
-    manifest = artifact.read_manifest(ws.file(".manifest.json"))
-    findings = artifact.check_integrity(artifact.Artifact(ws.file(".json")), manifest)
+    manifest = audit.read_manifest(ws.file(".manifest.json"))
+    findings = audit.check_integrity(artifact.Artifact(ws.file(".json")), manifest)
     assert [(f.subject, f.detail) for f in findings] == [
         (f"{NAME}.safetensors", "missing (listed in the manifest)"),
         (f"{NAME}.safetensors", f"missing (listed in the {NAME}.sha256)"),
     ]
-    status = artifact.is_up_to_date(load_spec(ws.spec), ws.file(".manifest.json"))
+    status = audit.is_up_to_date(load_spec(ws.spec), ws.file(".manifest.json"))
     assert not status.current
     assert any(f"{NAME}.safetensors" in r for r in status.reasons)
 

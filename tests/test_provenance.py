@@ -24,6 +24,7 @@ import jsonschema
 import pytest
 
 from refgen import provenance
+from refgen.errors import ProvenanceError
 
 HEX = {"type": "string", "pattern": "^[a-f0-9]+$"}
 URI = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9+.-]*:"}
@@ -283,16 +284,16 @@ def test_started_on_only_from_source_date_epoch() -> None:
         "invocationId": "ci-run-42",
         "startedOn": "2023-11-14T22:13:20Z",
     }
-    with pytest.raises(provenance.ProvenanceError, match="SOURCE_DATE_EPOCH"):
+    with pytest.raises(ProvenanceError, match="SOURCE_DATE_EPOCH"):
         provenance.build_statement(sample_manifest(), environ={"SOURCE_DATE_EPOCH": "yesterday"})
 
 
 def test_incomplete_manifest_is_a_clear_error() -> None:
     manifest = sample_manifest()
     del manifest["model"]["revision"]
-    with pytest.raises(provenance.ProvenanceError, match=r"model\.revision"):
+    with pytest.raises(ProvenanceError, match=r"model\.revision"):
         provenance.build_statement(manifest)
     manifest = sample_manifest()
     manifest["outputs"] = []
-    with pytest.raises(provenance.ProvenanceError, match="no outputs"):
+    with pytest.raises(ProvenanceError, match="no outputs"):
         provenance.build_statement(manifest)

@@ -62,7 +62,10 @@ def _slow_spec(setup: TinySetup) -> Path:
     return setup.spec
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129), (signal.SIGQUIT, 131)],
+)
 def test_signal_mid_forward_exits_at_once(
     tiny_copy: TinySetup, tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
@@ -117,7 +120,7 @@ def test_signal_mid_forward_exits_at_once(
     stderr = "".join(lines)
     print(f"{sig.name} mid-forward: exit {proc.returncode} after {took:.2f} s")
     assert proc.returncode == code, stderr
-    assert "refgen: interrupted; no output was changed" in stderr
+    assert f"refgen: interrupted ({sig.name}); no output was changed" in stderr
     assert "Traceback" not in stderr
     # torch's compile cache folder included (refgen.cleanup.torch_cache_directory)
     assert list(tmpdir.iterdir()) == [], "an interrupted run left temporaries behind"

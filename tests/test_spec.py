@@ -35,11 +35,11 @@ def test_a_minimal_spec_gets_defaults(tmp_path: Path) -> None:
         (lambda t: t + "top_k = 0\n", "'run.top_k' must be at least 1"),
         (lambda t: t + 'top_k = "10"\n', "'run.top_k' must be an integer, got a string"),
         (lambda t: t.replace("0123456789abcdef", "main", 1), "full 40-character commit"),
-        (lambda t: t.replace("schema = 1", "schema = 2"), "'schema' must be 1"),
+        (lambda t: t.replace("schema = 1", "schema = 2"), "'schema' must be the integer 1"),
         (lambda t: t + "promts = []\n", "unknown key(s) ['promts'] in [run]"),
         (lambda t: t.replace('prompts = ["hello"]', 'prompts = ["ok", ""]'), "'run.prompts[1]'"),
         (lambda t: t.replace("[run]", "[run"), "not valid TOML"),
-        (lambda t: t + "[extra]\n", "unknown table(s) ['extra']"),
+        (lambda t: t + "[extra]\n", "unknown table [extra]"),
         (lambda t: t.replace('"out/x.json"', '"out/x.txt"'), "must name a .json file"),
         (lambda t: t.replace("[run]", 'dtype = "float64"\n[run]'), "'model.dtype' must be one"),
         (lambda t: t.replace("[run]", 'attn_implementation = "x"\n[run]'), "must be one of"),
@@ -83,3 +83,57 @@ def test_cli_reports_a_bad_spec_without_a_traceback(tmp_path: Path) -> None:
 def test_missing_spec_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="spec file not found"):
         load_spec(tmp_path / "nope.toml")
+
+
+LAYERS_100K = "[" + ", ".join(map(str, range(100_000))) + "]"
+ZEROS = "0" * 400
+FINITE = "'verify.tolerance' must be a finite number >= 0, got"
+SIZE = "'run.memory_budget' must be a size: a string such as \"16GB\" or an integer number of bytes"
+
+
+def _top(line: str) -> object:
+    return lambda t: t.replace("schema = 1\n", f"schema = 1\n{line}\n")
+
+
+def _add(text: str) -> object:
+    return lambda t: t + text + "\n"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # schema: the integer 1, not a value equal to it
+        (lambda t: t.replace("schema = 1", "schema = true"), "must be the integer 1 (got True)"),
+        (lambda t: t.replace("schema = 1", "schema = 1.0"), "must be the integer 1 (got 1.0)"),
+        # tolerances: finite and >= 0
+        (_add("[verify]\ntolerance = inf"), f"{FINITE} inf"),
+        (_add("[verify]\ntolerance = nan"), f"{FINITE} nan"),
+        (_add("[verify]\ntolerance = -1e-6"), f"{FINITE} -1e-06"),
+        (_add(f"[verify]\ntolerance = 1{ZEROS}"), f"{FINITE} 1000"),
+        # memory_budget: the exact type, and no overflow
+        (_add("memory_budget = 1.5"), f"{SIZE}, got a float (1.5)"),
+        (_add(f"memory_budget = 1{ZEROS}"), "bytes is more than any machine has"),
+        (_add(f'memory_budget = "1{ZEROS}GB"'), "'run.memory_budget': not a size: '1000"),
+        (_add('memory_budget = "9999999999999TB"'), "more than any machine has"),
+        # a top-level key that belongs in a table is named as such
+        (_top("top_k = 3"), "unknown top-level key 'top_k'. It belongs in [run]"),
+        (_top("colour = 3"), "unknown top-level key 'colour'. The top level holds only 'schema'"),
+        # a probe list longer than any model, refused at spec time in a short message
+        (_add(f"[probes]\nhidden_states = {LAYERS_100K}"), "'probes.hidden_states' lists 100000"),
+        (_add("[probes]\nhidden_states = [1, 2, 1]"), "lists layer 1 twice"),
+    ],
+)
+def test_numbers_and_keys_are_strict(tmp_path: Path, edit: object, message: str) -> None:
+    """Issue 19 minor list: each refusal exact and short (a message never echoes a huge value)."""
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, edit(GOOD)))  # type: ignore[operator]
+    assert message in str(info.value)
+    assert len(str(info.value)) < 400, len(str(info.value))
+
+
+def test_a_size_is_exact() -> None:
+    from refgen.spec import parse_size
+
+    assert parse_size("1.1GB") == 1_100_000_000  # float arithmetic gives 1100000000.0000002
+    assert parse_size("1.5GiB") == 3 * 2**29
+    assert parse_size(2**63 - 1) == 2**63 - 1

@@ -2,9 +2,9 @@
 
 Checkpoints are built here: transformers ``from_config`` with a fixed seed, saved in BF16 as
 safetensors (the tiny Qwen3 comes from refgen.tiny). The streamed model is compared bit for bit
-with the in-memory one (``fastload``, which is ``from_pretrained``'s model): every buffer, the
-logits and every hidden state, for prompts of different lengths run together; and, through the
-CLI under the determinism profile, the reference JSON of both runs byte for byte.
+with the in-memory one (``refgen.load.memory``, which is ``from_pretrained``'s model): every
+buffer, the logits and every hidden state, for prompts of different lengths run together; and,
+through the CLI under the determinism profile, the reference JSON of both runs byte for byte.
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ from conftest import (
     write_spec_text,
 )
 
-from refgen import fastload, streaming, tiny, weights
+from refgen import tiny, weights
 from refgen.errors import IntegrityError, SpecError
+from refgen.load import files as load_files
+from refgen.load import memory as load_memory
+from refgen.load import plan, stream
+from refgen.load.verify import Verifier
 from refgen.spec import load_spec, parse_size
 
 NAME = "tiny_qwen3_reference"
@@ -82,31 +86,31 @@ def test_streamed_model_is_bit_identical(
 
     torch.set_num_threads(2)
     lock = _save(_configs()[arch], tmp_path)
-    memory, _ = fastload.load_verified_model(tmp_path, locked(lock), "float32", "sdpa")
+    memory, _ = load_memory.load_verified_model(tmp_path, locked(lock), "float32", "sdpa")
     inputs = [torch.tensor([ids]) for ids in PROMPTS]
     with torch.inference_mode():
         expected = [memory(input_ids=x, output_hidden_states=True, use_cache=False) for x in inputs]
     # Layers after the first two are read into the tensors of layers already released.
     reused: list[str] = []
-    read_tensor = fastload.read_tensor
+    read_tensor = load_files.read_tensor
 
     def counting(data: Any, entry: Any, target: Any, path: Path, out: Any = None) -> Any:
         if out is not None:
             reused.append(entry.name)
         return read_tensor(data, entry, target, path, out)
 
-    monkeypatch.setattr(fastload, "read_tensor", counting)
+    monkeypatch.setattr(load_files, "read_tensor", counting)
     # A huge budget keeps embeddings, norm and head resident; 1 byte streams them too.
     for budget in (None, 1):
-        verifier = fastload.Verifier(tmp_path, locked(lock), progress=False)
-        model, digests = streaming.load_streamed_model(
+        verifier = Verifier(tmp_path, locked(lock), progress=False)
+        model, digests = stream.load_streamed_model(
             tmp_path, verifier, "float32", "sdpa", budget=budget
         )
         assert digests == {
             n: {"sha256": h} for n, h in lock.items() if not n.endswith(".safetensors")
         }
         units = model._refgen_streamer.units
-        layer_list, layers = streaming.decoder_layers(model)
+        layer_list, layers = stream.decoder_layers(model)
         assert layer_list in ("model.layers", "transformer.h")
         assert sum(u.layer for u in units) == len(layers) >= 2
         assert any(not u.resident for u in units if not u.layer) == (budget == 1)
@@ -117,9 +121,7 @@ def test_streamed_model_is_bit_identical(
             assert buffer.dtype == buffers[name].dtype
             assert torch.equal(buffer, buffers[name]), name
         outs = list(
-            streaming.forwards(
-                model, inputs, progress=False, output_hidden_states=True, use_cache=False
-            )
+            plan.forwards(model, inputs, progress=False, output_hidden_states=True, use_cache=False)
         )
         for got, want in zip(outs, expected, strict=True):
             assert torch.equal(got.logits, want.logits)
@@ -138,13 +140,13 @@ def test_a_failing_prompt_fails_the_run_instead_of_hanging(tmp_path: Path) -> No
     import torch
 
     lock = _save(_configs()["llama-tiny"], tmp_path)
-    verifier = fastload.Verifier(tmp_path, locked(lock), progress=False)
-    model, _ = streaming.load_streamed_model(tmp_path, verifier, "float32", budget=1)
+    verifier = Verifier(tmp_path, locked(lock), progress=False)
+    model, _ = stream.load_streamed_model(tmp_path, verifier, "float32", budget=1)
     inputs = [torch.tensor([[1, 2, 3]]), torch.tensor([[10**6]]), torch.tensor([[4, 5]])]
     with pytest.raises(IndexError):
-        list(streaming.forwards(model, inputs, progress=False, use_cache=False))
+        list(plan.forwards(model, inputs, progress=False, use_cache=False))
     # and the model still works afterwards
-    out = list(streaming.forwards(model, inputs[:1], progress=False, use_cache=False))
+    out = list(plan.forwards(model, inputs[:1], progress=False, use_cache=False))
     assert out[0].logits.shape == (1, 3, 512)
 
 
@@ -166,7 +168,7 @@ def test_each_shard_is_read_only_after_its_hash_matched(
         path.write_bytes(bytes(data))
     reads: list[tuple[str, bool]] = []  # (file, was the last shard hashed yet)
     first_read = threading.Event()
-    read_tensor, mapped = fastload.read_tensor, fastload.mapped
+    read_tensor, mapped = load_files.read_tensor, load_files.mapped
 
     def checked_read(data: Any, entry: Any, target: Any, path: Path, out: Any = None) -> Any:
         assert verifier.actual.get(path.name) == {"sha256": lock[path.name]}, path.name
@@ -181,12 +183,12 @@ def test_each_shard_is_read_only_after_its_hash_matched(
             first_read.wait(30)
         return mapped(path, writable)
 
-    monkeypatch.setattr(fastload, "read_tensor", checked_read)
-    monkeypatch.setattr(fastload, "mapped", held_back)
-    verifier = fastload.Verifier(tmp_path, locked(lock), progress=False)
-    model, _ = streaming.load_streamed_model(tmp_path, verifier, "float32", budget=1)
+    monkeypatch.setattr(load_files, "read_tensor", checked_read)
+    monkeypatch.setattr(load_files, "mapped", held_back)
+    verifier = Verifier(tmp_path, locked(lock), progress=False)
+    model, _ = stream.load_streamed_model(tmp_path, verifier, "float32", budget=1)
     inputs = [torch.tensor([ids]) for ids in PROMPTS]
-    runs = streaming.forwards(model, inputs, progress=False, use_cache=False)
+    runs = plan.forwards(model, inputs, progress=False, use_cache=False)
     if tampered:
         with pytest.raises(IntegrityError, match=rf"{shards[-1]}: expected sha256"):
             list(runs)
@@ -230,7 +232,7 @@ def test_a_header_is_checked_against_the_file_before_any_allocation(
 ) -> None:
     path = _safetensors(tmp_path / "bad.safetensors", header, bytes(data))
     with pytest.raises(IntegrityError, match=message) as info:
-        fastload.read_header(path)
+        load_files.read_header(path)
     assert "bad.safetensors" in str(info.value)
 
 
@@ -238,7 +240,7 @@ def test_a_header_size_beyond_the_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "short.safetensors"
     path.write_bytes(struct.pack("<Q", 10**6) + b"{}")
     with pytest.raises(IntegrityError, match=r"short\.safetensors.*not plausible"):
-        fastload.read_header(path)
+        load_files.read_header(path)
 
 
 def test_a_hostile_header_with_a_matching_lock_is_an_integrity_error(
@@ -246,7 +248,7 @@ def test_a_hostile_header_with_a_matching_lock_is_an_integrity_error(
 ) -> None:
     """The lock was made from the hostile file, so only the header check can stop it."""
     blob = (tiny_copy.checkpoint.snapshot / "model.safetensors").resolve()
-    entries = fastload.read_header(blob)
+    entries = load_files.read_header(blob)
     size = struct.unpack("<Q", blob.read_bytes()[:8])[0]
     header = json.loads(blob.read_bytes()[8 : 8 + size])
     header[entries[0].name]["shape"] = [10**9, 10**9]
@@ -359,11 +361,17 @@ def test_cli_stream_and_memory_write_identical_json(tiny_setup: TinySetup, tmp_p
 def test_cli_stream_and_memory_write_identical_probes(
     tiny_setup: TinySetup, tmp_path: Path
 ) -> None:
-    """The probe tensors (every hidden state at every position, the full logits) too."""
+    """The probe tensors (every hidden state at every position, module outputs through forward
+    hooks, which fire on the streamed prompts' threads, the logits at every position, the float64
+    rounding floor) too."""
     specs = tmp_path / "specs"
     specs.mkdir()
     spec = specs / tiny_setup.spec.name
-    probes = '[probes]\nhidden_states = "all"\npositions = "all"\nlogits = "last"\n'
+    probes = (
+        '[probes]\nhidden_states = "all"\npositions = "all"\nlogits = "all"\n'
+        'modules = ["model.layers.*", "model.layers.*.self_attn", "model.norm"]\n'
+        "rounding_floor = true\n"
+    )
     spec.write_text(tiny_setup.spec.read_text() + probes)
     shutil.copyfile(tiny_setup.lock, spec.with_suffix(".lock.json"))
     setup = TinySetup(tiny_setup.hf_home, tiny_setup.checkpoint, spec)
@@ -371,6 +379,10 @@ def test_cli_stream_and_memory_write_identical_probes(
     stream, _ = _generate(setup, tmp_path / "stream", "--stream", "--memory-budget", "1B")
     (probe_file,) = [p.name for p in memory.glob("*.safetensors")]
     assert (stream / probe_file).read_bytes() == (memory / probe_file).read_bytes()
+    from refgen.probes import read as read_probes
+
+    names = read_probes(memory / probe_file).tensors
+    assert "prompt2.module.model.layers.1.self_attn" in names and "prompt0.logits.all" in names
     assert _outputs(stream)[0] == _outputs(memory)[0]
 
 
@@ -463,17 +475,15 @@ def test_every_zoo_architecture_streams_bit_identically(arch: str, tmp_path: Pat
         (tmp_path / name).write_bytes(content)
     lock = {n: hashlib.sha256(c).hexdigest() for n, c in files.items()}
     lock = {n: h for n, h in lock.items() if n in set(weights.select(list(lock), tmp_path))}
-    memory, _ = fastload.load_verified_model(tmp_path, locked(lock), "float32")
-    model, _ = streaming.load_streamed_model(
-        tmp_path, fastload.Verifier(tmp_path, locked(lock), progress=False), "float32", budget=1
+    memory, _ = load_memory.load_verified_model(tmp_path, locked(lock), "float32")
+    model, _ = stream.load_streamed_model(
+        tmp_path, Verifier(tmp_path, locked(lock), progress=False), "float32", budget=1
     )
     inputs = [torch.tensor([ids]) for ids in PROMPTS]
     with torch.inference_mode():
         expected = [memory(input_ids=x, output_hidden_states=True, use_cache=False) for x in inputs]
         got = list(
-            streaming.forwards(
-                model, inputs, progress=False, output_hidden_states=True, use_cache=False
-            )
+            plan.forwards(model, inputs, progress=False, output_hidden_states=True, use_cache=False)
         )
     assert model.config._attn_implementation == memory.config._attn_implementation
     for a, b in zip(got, expected, strict=True):

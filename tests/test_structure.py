@@ -88,3 +88,13 @@ def test_generate_does_not_depend_on_the_auditor() -> None:
         seen.add(node)
         todo += graph[node]
     assert "refgen.verify" not in seen and "refgen.cli" not in seen
+    # nor on the comparison (it once did, for one text helper now in refgen.text)
+    assert not any(node == "refgen.compare" or node.startswith("refgen.compare.") for node in seen)
+
+
+def test_the_file_set_does_not_audit() -> None:
+    """refgen.artifact is the file set and its commit only: the checks an auditor runs live in
+    refgen.audit, and what a run protects is passed in by generate (no hub, no manifest)."""
+    graph = imports()
+    assert "refgen.artifact" in graph["refgen.audit"]
+    assert not {"refgen.audit", "refgen.hub", "refgen.manifest"} & graph["refgen.artifact"]

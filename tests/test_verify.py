@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from conftest import ROOT, TinySetup, make_setup, refgen_env, run
 
-from refgen import artifact, cli, provenance, verify
+from refgen import audit, cli, provenance, verify
 from refgen.artifact import Artifact
 from refgen.errors import ArtifactError
 from refgen.spec import load_spec
@@ -420,26 +420,26 @@ def test_up_to_date(in_project: Workspace, tmp_path: Path) -> None:
     ws = workspace.copy(tmp_path)
     spec = load_spec(ws.spec)
     manifest = ws.root / MANIFEST
-    status = artifact.is_up_to_date(spec, manifest)
-    assert status == artifact.UpToDate(True, ()) and status
+    status = audit.is_up_to_date(spec, manifest)
+    assert status == audit.UpToDate(True, ()) and status
 
     tamper_edit_prompt(ws)
-    stale = artifact.is_up_to_date(load_spec(ws.spec), manifest)
+    stale = audit.is_up_to_date(load_spec(ws.spec), manifest)
     assert not stale.current
     assert any("spec tiny-qwen3.toml" in r and "run.prompts[1]" in r for r in stale.reasons)
 
     ws = workspace.copy(tmp_path / "b")
     tamper_edit_lock(ws)
-    reasons = artifact.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
+    reasons = audit.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
     assert any("model lock tiny-qwen3.lock.json" in r for r in reasons)
 
     ws = workspace.copy(tmp_path / "c")
     (ws.root / REF).unlink()
-    reasons = artifact.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
+    reasons = audit.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).reasons
     assert any(REF in r and "missing" in r for r in reasons)
 
     (ws.root / MANIFEST).unlink()
-    assert not artifact.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).current
+    assert not audit.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST).current
 
 
 def test_up_to_date_notices_generator_changes(
@@ -453,7 +453,7 @@ def test_up_to_date_notices_generator_changes(
         manifest_mod, "generator_identity", lambda: {**real, "sources_sha256": "0" * 64}
     )
     ws = workspace.copy(tmp_path)
-    status = artifact.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST)
+    status = audit.is_up_to_date(load_spec(ws.spec), ws.root / MANIFEST)
     assert status.reasons == ("generator sources changed since the manifest was written",)
 
 
@@ -566,6 +566,6 @@ def test_deep_manifest_is_a_finding_not_a_crash(tiny_setup: TinySetup, tmp_path:
     manifest = tmp_path / "x.manifest.json"
     manifest.write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(ArtifactError, match="nested more than"):
-        artifact.read_manifest(manifest)
-    status = artifact.is_up_to_date(load_spec(tiny_setup.spec), manifest)
+        audit.read_manifest(manifest)
+    status = audit.is_up_to_date(load_spec(tiny_setup.spec), manifest)
     assert not status.current and "nested more than" in status.reasons[0]

@@ -5,8 +5,9 @@ non-persistent buffers, same weight tying) but with every parameter on the meta 
 pre/post hooks on the decoder layers (found generically, from ``_no_split_modules`` or as the
 largest ``ModuleList``) and on the modules outside them (embeddings, final norm, LM head) put each
 module's weights in place right before it runs, read from the verified safetensors and up-cast
-exactly as :mod:`refgen.fastload` does, and put the meta tensors back after. The arithmetic of
-each module is unchanged, so every output byte is the in-memory run's.
+exactly as the in-memory load does (:func:`refgen.load.files.read_tensor`), and put the meta
+tensors back after. The arithmetic of each module is unchanged, so every output byte is the
+in-memory run's.
 
 All prompts go through the model together, layer by layer ("layer-major"): each prompt runs its
 usual forward on its own thread, and the hooks let one prompt at a time into a module, in prompt
@@ -28,139 +29,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refgen import fastload
-from refgen.errors import RefgenError
+from refgen.errors import RefgenError, StreamingError
+from refgen.load import files
+from refgen.load import model as model_check
+from refgen.load.verify import Verifier
 
 log = logging.getLogger("refgen")
 
-# The automatic budget is this share of the memory the kernel reports available
-# (MemAvailable, which counts reclaimable page cache). The in-memory path
-# peaks at 1.06x the F32 weights plus about 0.5 GB for torch, the tokenizer and activations
-# (measured at the Qwen3-1.7B shape: 7.27 GB for 6.88 GB of weights); the remaining quarter is
-# for that overhead, for the page cache the weights are read through, and for other processes.
-AVAILABLE_SHARE = 0.75
 # What a streamed run needs beyond the weights it holds: the interpreter with torch and
 # transformers imported, the tokenizer, activations and hidden states of a few short prompts
 # (measured: about 0.6 GB at the Qwen3-1.7B shape), with a margin.
 RUNTIME_BYTES = 1_000_000_000
-
-
-class StreamingError(RefgenError):
-    """The model cannot be streamed as its files are laid out (a parameter has no tensor)."""
-
-
-def available_memory() -> int:
-    """The kernel's MemAvailable (free plus reclaimable page cache), as psutil reports it."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def default_budget() -> int:
-    return int(available_memory() * AVAILABLE_SHARE)
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """How to load, as asked (CLI over spec); ``None`` budget: derived from available memory."""
-
-    mode: str = "auto"
-    memory_budget: int | None = None
-
-
-@dataclass(frozen=True)
-class LoadPlan:
-    """How this run loads, decided before torch is imported; recorded in the manifest."""
-
-    mode: str  # "memory" or "stream"
-    requested: str  # "auto", "memory" or "stream"
-    weights_bytes: int  # the weights in the run dtype
-    budget: int  # bytes the run may use
-    budget_explicit: bool  # given by the spec or the CLI (else derived from available memory)
-
-    def manifest(self) -> dict[str, Any]:
-        """Host-independent unless the budget was derived: then only the rule is recorded."""
-        return {
-            "mode": self.mode,
-            "requested": self.requested,
-            "memory_budget_bytes": self.budget if self.budget_explicit else None,
-            "memory_budget_rule": None
-            if self.budget_explicit
-            else f"available memory x {AVAILABLE_SHARE}",
-            "weights_bytes": self.weights_bytes,
-        }
-
-
-def weights_bytes(files: Sequence[Path], dtype: str = "float32") -> int:
-    """Bytes of the weights once floating tensors are in *dtype*, from the (validated) headers."""
-    size = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}[dtype]
-    total = 0
-    for path in files:
-        for entry in fastload.read_header(path):
-            itemsize = fastload.ITEMSIZES[entry.dtype]
-            floating = entry.dtype in ("BF16", "F16", "F32", "F64")
-            total += entry.nbytes // itemsize * size if floating else entry.nbytes
-    return total
-
-
-def plan(files: Sequence[Path], dtype: str, options: LoadOptions) -> LoadPlan:
-    """Stream when asked, or (auto) when the weights in *dtype* would not fit the budget."""
-    need = weights_bytes(files, dtype)
-    explicit = options.memory_budget is not None
-    budget = options.memory_budget if options.memory_budget is not None else default_budget()
-    if options.mode == "auto":
-        # The in-memory peak is the weights plus the runtime (see AVAILABLE_SHARE).
-        mode = "stream" if need + RUNTIME_BYTES // 2 > budget else "memory"
-    else:
-        mode = options.mode
-    log.info(
-        "load: %s (%s; weights %.2f GB in %s, memory budget %.2f GB%s)",
-        mode,
-        "asked" if options.mode != "auto" else "automatic",
-        need / 1e9,
-        dtype,
-        budget / 1e9,
-        "" if explicit else f" = {AVAILABLE_SHARE} x available",
-    )
-    return LoadPlan(mode, options.mode, need, budget, explicit)
-
-
-def start_reading(
-    folder: Path, verifier: fastload.Verifier, load_plan: LoadPlan, dtype: str = "float32"
-) -> Future[dict[str, Any]] | None:
-    """What can start once torch is imported: in memory, the up-cast of every weight
-    (:func:`fastload.start_reading`); streamed, nothing (each layer is read when it runs)."""
-    return fastload.start_reading(folder, verifier, dtype) if load_plan.mode == "memory" else None
-
-
-def load_model(
-    folder: Path,
-    verifier: fastload.Verifier,
-    load_plan: LoadPlan,
-    dtype: str = "float32",
-    attn_implementation: str | None = None,
-    hint: str = "",
-    reading: Future[dict[str, Any]] | None = None,
-) -> tuple[Any, dict[str, dict[str, str]]]:
-    """The model as the plan says: :func:`fastload.load_verified_model` (from *reading*, when
-    :func:`start_reading` started it) or a streamed one."""
-    if load_plan.mode == "memory":
-        return fastload.load_verified_model(
-            folder, verifier, dtype, attn_implementation, hint, reading
-        )
-    return load_streamed_model(folder, verifier, dtype, attn_implementation, hint, load_plan.budget)
 
 
 # --------------------------------------------------------------------------- the model
@@ -212,7 +98,7 @@ def _build_meta_model(
     dtype: str,
     attn_implementation: str | None,
     sources: Mapping[str, Any],
-    verifier: fastload.Verifier,
+    verifier: Verifier,
     hint: str,
 ) -> Any:
     """The model ``from_pretrained`` would build, parameters on meta, buffers as it sets them.
@@ -225,13 +111,12 @@ def _build_meta_model(
     """
     import torch
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     from transformers.utils.generic import ContextManagers
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     if attn_implementation:
         config._attn_implementation = attn_implementation
-    model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    model_class = model_check.causal_lm_class(config)
     contexts = model_class.get_init_context(getattr(torch, dtype), False, False, None)
     with ContextManagers(contexts):
         model = model_class(config)
@@ -249,7 +134,7 @@ def _build_meta_model(
         if name in sources:
             data, entry, path = sources[name]
             verifier.verified([path.name], hint)
-            value = fastload.read_tensor(data, entry, buffer.dtype, path)
+            value = files.read_tensor(data, entry, buffer.dtype, path)
             value._is_hf_initialized = True
         else:
             value = torch.empty_like(buffer, device="cpu")
@@ -285,7 +170,7 @@ def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
                 if variant in keys:
                     return variant
         # It would be randomly initialised: refused as the in-memory load refuses it.
-        fastload.check_loading_report({"missing_keys": [name]})
+        model_check.check_loading_report({"missing_keys": [name]})
         raise AssertionError("unreachable: a missing key is always refused")
 
     def inside(name: str, parent: str) -> bool:
@@ -333,7 +218,7 @@ class Streamer:
         units: list[_Unit],
         sources: Mapping[str, Any],
         dtype: str,
-        verifier: fastload.Verifier,
+        verifier: Verifier,
         hint: str = "",
     ):
         import torch
@@ -356,7 +241,7 @@ class Streamer:
         self.error: BaseException | None = None
         self.bar: Any = None
         self.window = 2  # streamed units in memory at once: the one running and the next
-        self.pool = ThreadPoolExecutor(fastload.WORKERS, thread_name_prefix="refgen-stream-read")
+        self.pool = ThreadPoolExecutor(files.WORKERS, thread_name_prefix="refgen-stream-read")
         self.by_module = {id(u.module): u for u in units if u.hooked}
         for unit in units:
             if unit.hooked:
@@ -379,14 +264,15 @@ class Streamer:
             if param is None:
                 self.free.clear()  # a shape no released layer had: keep the memory bounded
         if param is not None:
-            fastload.read_tensor(data, entry, self.target, path, out=param.data)
+            files.read_tensor(data, entry, self.target, path, out=param.data)
             return param
-        tensor = fastload.read_tensor(data, entry, self.target, path)
+        tensor = files.read_tensor(data, entry, self.target, path)
         return torch.nn.Parameter(tensor, requires_grad=False)
 
     def _materialise(self, unit: _Unit, timed: bool) -> None:
-        """Read a unit's tensors (on two threads, as fastload does) once their files matched
-        the lock, and put them in place; *timed*: the wait for the hashes holds up a forward."""
+        """Read a unit's tensors (on two threads, as the in-memory load does) once their files
+        matched the lock, and put them in place; *timed*: the wait for the hashes holds up a
+        forward."""
         files = {self.sources[t.key][2].name for t in unit.tensors}
         self.verifier.verified(files, self.hint, timed)
         shared = self.shared if unit.resident else {}
@@ -576,14 +462,14 @@ def _check_checkpoint_fits(model: Any, units: list[_Unit], sources: Mapping[str,
         for t in u.tensors
         if tuple(sources[t.key][1].shape) != tuple(t.meta.shape)
     ]
-    fastload.check_loading_report(
+    model_check.check_loading_report(
         {"unexpected_keys": sorted(set(sources) - used), "mismatched_keys": mismatched}
     )
 
 
 def load_streamed_model(
     folder: Path,
-    verifier: fastload.Verifier,
+    verifier: Verifier,
     dtype: str = "float32",
     attn_implementation: str | None = None,
     hint: str = "",
@@ -600,7 +486,7 @@ def load_streamed_model(
     """
     weights = [folder / n for n in verifier.expected if n.endswith(".safetensors")]
     try:
-        headers = {path: fastload.read_header(path) for path in weights}
+        headers = {path: files.read_header(path) for path in weights}
     except (RefgenError, ValueError, OSError):
         verifier.result(hint)  # a damaged file: report its hash, the real cause
         raise
@@ -614,7 +500,7 @@ def load_streamed_model(
 
         hf_logging.disable_progress_bar()
     stack = contextlib.ExitStack()
-    maps = {path: stack.enter_context(fastload.mapped(path, writable=True)) for path in weights}
+    maps = {path: stack.enter_context(files.mapped(path, writable=True)) for path in weights}
     sources = {e.name: (maps[p], e, p) for p, entries in headers.items() for e in entries}
     model = _build_meta_model(folder, dtype, attn_implementation, sources, verifier, hint)
     units = _units(model, sources, dtype)
@@ -641,27 +527,15 @@ def load_streamed_model(
     return model, digests
 
 
-def forwards(
-    model: Any,
-    inputs: Sequence[Any],
-    progress: bool = True,
-    starting: Callable[[int], None] | None = None,
-    **kwargs: Any,
-) -> Iterator[Any]:
-    """``model(input_ids=x, **kwargs)`` for each of *inputs*, in order.
+def is_streamed(model: Any) -> bool:
+    """Whether *model* came from :func:`load_streamed_model`."""
+    return hasattr(model, "_refgen_streamer")
 
-    In memory, one after the other as they are consumed; streamed, all together layer by layer
-    (each layer read once for all prompts), yielded once all are done. ``starting(i)`` is called
-    before prompt *i*'s forward begins (for the log: a line after it would come too late).
-    """
-    streamer: Streamer | None = getattr(model, "_refgen_streamer", None)
-    if streamer is None:
-        for number, input_ids in enumerate(inputs):
-            if starting is not None:
-                starting(number)
-            yield model(input_ids=input_ids, **kwargs)
-        return
-    if starting is not None:
-        for number in range(len(inputs)):
-            starting(number)
+
+def forwards(
+    model: Any, inputs: Sequence[Any], progress: bool = True, **kwargs: Any
+) -> Iterator[Any]:
+    """``model(input_ids=x, **kwargs)`` for each of *inputs*, in order, for a streamed *model*:
+    all together layer by layer (each layer read once for all prompts)."""
+    streamer: Streamer = model._refgen_streamer
     yield from streamer.run(inputs, kwargs, progress)

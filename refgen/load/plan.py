@@ -1,0 +1,164 @@
+"""The planner: which strategy loads this run (in memory or streamed), decided before torch is
+imported, and the one place that switches between them.
+
+:func:`choose` makes the :class:`LoadPlan` (recorded in the manifest); :func:`start_reading`,
+:func:`load_model` and :func:`forwards` run what it chose. The strategies never call each other:
+both read through :mod:`refgen.load.files`, wait on one :class:`refgen.load.verify.Verifier` and
+check the model through :mod:`refgen.load.model`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refgen.load import files, memory, stream
+from refgen.load.verify import Verifier
+
+log = logging.getLogger("refgen")
+
+# The automatic budget is this share of the memory the kernel reports available
+# (MemAvailable, which counts reclaimable page cache). The in-memory path
+# peaks at 1.06x the F32 weights plus about 0.5 GB for torch, the tokenizer and activations
+# (measured at the Qwen3-1.7B shape: 7.27 GB for 6.88 GB of weights); the remaining quarter is
+# for that overhead, for the page cache the weights are read through, and for other processes.
+AVAILABLE_SHARE = 0.75
+
+
+def available_memory() -> int:
+    """The kernel's MemAvailable (free plus reclaimable page cache), as psutil reports it."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_budget() -> int:
+    return int(available_memory() * AVAILABLE_SHARE)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load, as asked (CLI over spec); ``None`` budget: derived from available memory."""
+
+    mode: str = "auto"
+    memory_budget: int | None = None
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How this run loads, decided before torch is imported; recorded in the manifest."""
+
+    mode: str  # "memory" or "stream"
+    requested: str  # "auto", "memory" or "stream"
+    weights_bytes: int  # the weights in the run dtype
+    budget: int  # bytes the run may use
+    budget_explicit: bool  # given by the spec or the CLI (else derived from available memory)
+
+    def manifest(self) -> dict[str, Any]:
+        """Host-independent unless the budget was derived: then only the rule is recorded."""
+        return {
+            "mode": self.mode,
+            "requested": self.requested,
+            "memory_budget_bytes": self.budget if self.budget_explicit else None,
+            "memory_budget_rule": None
+            if self.budget_explicit
+            else f"available memory x {AVAILABLE_SHARE}",
+            "weights_bytes": self.weights_bytes,
+        }
+
+
+def weights_bytes(paths: Sequence[Path], dtype: str = "float32") -> int:
+    """Bytes of the weights once floating tensors are in *dtype*, from the (validated) headers."""
+    size = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}[dtype]
+    total = 0
+    for path in paths:
+        for entry in files.read_header(path):
+            itemsize = files.ITEMSIZES[entry.dtype]
+            floating = entry.dtype in files.FLOATING
+            total += entry.nbytes // itemsize * size if floating else entry.nbytes
+    return total
+
+
+def choose(paths: Sequence[Path], dtype: str, options: LoadOptions) -> LoadPlan:
+    """Stream when asked, or (auto) when the weights in *dtype* would not fit the budget."""
+    need = weights_bytes(paths, dtype)
+    explicit = options.memory_budget is not None
+    budget = options.memory_budget if options.memory_budget is not None else default_budget()
+    if options.mode == "auto":
+        # The in-memory peak is the weights plus the runtime (see AVAILABLE_SHARE).
+        mode = "stream" if need + stream.RUNTIME_BYTES // 2 > budget else "memory"
+    else:
+        mode = options.mode
+    log.info(
+        "load: %s (%s; weights %.2f GB in %s, memory budget %.2f GB%s)",
+        mode,
+        "asked" if options.mode != "auto" else "automatic",
+        need / 1e9,
+        dtype,
+        budget / 1e9,
+        "" if explicit else f" = {AVAILABLE_SHARE} x available",
+    )
+    return LoadPlan(mode, options.mode, need, budget, explicit)
+
+
+def start_reading(
+    folder: Path, verifier: Verifier, load_plan: LoadPlan, dtype: str = "float32"
+) -> Future[dict[str, Any]] | None:
+    """What can start once torch is imported: in memory, the up-cast of every weight
+    (:func:`refgen.load.memory.start_reading`); streamed, nothing (each layer is read when it
+    runs)."""
+    return memory.start_reading(folder, verifier, dtype) if load_plan.mode == "memory" else None
+
+
+def load_model(
+    folder: Path,
+    verifier: Verifier,
+    load_plan: LoadPlan,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    hint: str = "",
+    reading: Future[dict[str, Any]] | None = None,
+) -> tuple[Any, dict[str, dict[str, str]]]:
+    """The model as the plan says: :func:`refgen.load.memory.load_verified_model` (from
+    *reading*, when :func:`start_reading` started it) or a streamed one."""
+    if load_plan.mode == "memory":
+        return memory.load_verified_model(
+            folder, verifier, dtype, attn_implementation, hint, reading
+        )
+    return stream.load_streamed_model(
+        folder, verifier, dtype, attn_implementation, hint, load_plan.budget
+    )
+
+
+def forwards(
+    model: Any,
+    inputs: Sequence[Any],
+    progress: bool = True,
+    starting: Callable[[int], None] | None = None,
+    **kwargs: Any,
+) -> Iterator[Any]:
+    """``model(input_ids=x, **kwargs)`` for each of *inputs*, in order.
+
+    In memory, one after the other as they are consumed; streamed, together layer by layer
+    (:func:`refgen.load.stream.forwards`). ``starting(i)`` is called before prompt *i*'s
+    forward begins (for the log: a line after it would come too late).
+    """
+    if not stream.is_streamed(model):
+        for number, input_ids in enumerate(inputs):
+            if starting is not None:
+                starting(number)
+            yield model(input_ids=input_ids, **kwargs)
+        return
+    if starting is not None:
+        for number in range(len(inputs)):
+            starting(number)
+    yield from stream.forwards(model, inputs, progress, **kwargs)

@@ -1,0 +1,76 @@
+"""The command line's contract: every exit code in one enum, listed by ``--help`` and the
+README; every error class in ``refgen.errors``; ``--debug`` shows the traceback."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from refgen import cli, errors
+from refgen.errors import ExitCode, RefgenError
+
+
+def test_help_lists_every_exit_code() -> None:
+    text = cli._parser().format_help()
+    listed = {int(m) for m in re.findall(r"^\s+(\d+)  \S", text, re.MULTILINE)}
+    assert listed == {int(code) for code in ExitCode}
+    for code in ExitCode:
+        assert code.meaning in " ".join(text.split()), code
+
+
+def test_readme_lists_every_exit_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Refused input: messages and exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = {int(m) for m in re.findall(r"^\| (\d+) \|", section, re.MULTILINE)}
+    assert rows == {int(code) for code in ExitCode}
+
+
+def _error_classes(path: Path) -> list[str]:
+    """Classes defined in *path* whose name or a base's name ends in Error."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ClassDef):
+            bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+            if any(b.endswith("Error") for b in bases) and not node.name.startswith("_"):
+                found.append(node.name)
+    return found
+
+
+def test_every_error_class_is_in_errors() -> None:
+    """refgen.bench is a program of its own (its ChildFailed is not a refgen error)."""
+    elsewhere = {
+        str(path.relative_to(ROOT)): names
+        for path in sorted((ROOT / "refgen").rglob("*.py"))
+        if path.name != "errors.py"
+        and "bench" not in path.relative_to(ROOT).parts
+        and (names := _error_classes(path))
+    }
+    assert elsewhere == {}
+    for name in _error_classes(ROOT / "refgen" / "errors.py"):
+        cls = getattr(errors, name)
+        assert issubclass(cls, RefgenError), name
+        assert isinstance(cls.exit_code, ExitCode), name
+
+
+@pytest.mark.parametrize("argv", [["--debug", "lock"], ["lock", "--debug"]])
+def test_debug_shows_the_traceback(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.toml"
+    code = cli.main([*argv, "--spec", str(missing)])
+    err = capsys.readouterr().err
+    assert code == ExitCode.USAGE
+    assert "Traceback (most recent call last)" in err and "SpecError" in err
+    assert err.rstrip().splitlines()[-1].startswith("refgen: error: spec file not found")
+
+
+def test_without_debug_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["lock", "--spec", str(tmp_path / "missing.toml")])
+    err = capsys.readouterr().err
+    assert code == ExitCode.USAGE
+    assert "Traceback" not in err
+    assert err.startswith("refgen: error: spec file not found")
