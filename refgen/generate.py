@@ -352,12 +352,16 @@ def _refusing_unsupported_dtype(model_type: str, dtype: str) -> Iterator[None]:
         ) from None
 
 
-# torch's messages for kernels missing in a dtype (aten: "not implemented for 'BFloat16'"; the
-# CPU layer-norm kernels: "mixed dtype (CPU): expect parameter to have scalar type of Float")
+# torch's messages when a model cannot compute in the run dtype on CPU: a kernel missing in it
+# (aten: "not implemented for 'BFloat16'"; the layer-norm kernels: "mixed dtype (CPU): expect
+# parameter to have scalar type of Float"), or the model's code mixing float32 tensors of its own
+# with the run dtype's (xlnet in bfloat16: "expected scalar type Float but found BFloat16").
 _UNSUPPORTED_DTYPE = (
     "mixed dtype (CPU)",
     "not implemented for 'BFloat16'",
     "not implemented for 'Half'",
+    "expected scalar type Float but found BFloat16",
+    "expected scalar type Float but found Half",
 )
 
 

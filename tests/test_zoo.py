@@ -20,9 +20,21 @@ from refgen.errors import CheckpointError
 
 DTYPES = ("float32", "bfloat16")
 REFUSED = {
-    # type -> (dtypes refused, what the one line says)
+    # type -> (dtypes refused, what the one line says); plain from_pretrained fails on each too
     "emu3": (DTYPES, "AutoModelForCausalLM has no class for it"),
     "reformer": (("bfloat16",), "cannot run in bfloat16 on CPU"),
+    "xlnet": (("bfloat16",), "cannot run in bfloat16 on CPU"),
+}
+# Known defects of the streamed loader (refgen/load/stream.py), strict: a fix makes them fail.
+STREAM_DEFECTS = {
+    # the checkpoint's keys (language_model.model.*) are not mapped to the module's names
+    # (model.language_model.*) as from_pretrained's key mapping does: refused as incomplete
+    ("gemma3", "float32"): "streamed: transformers' checkpoint key mapping not applied",
+    ("gemma3", "bfloat16"): "streamed: transformers' checkpoint key mapping not applied",
+    # from_pretrained fails in bfloat16 (reformer: "mixed dtype (CPU)", xlnet: "expected scalar
+    # type Float but found BFloat16"); the streamed model runs
+    ("reformer", "bfloat16"): "streamed: not the dtypes from_pretrained gives each parameter",
+    ("xlnet", "bfloat16"): "streamed: not the dtypes from_pretrained gives each parameter",
 }
 
 
@@ -51,8 +63,12 @@ def test_the_sample_is_built_small(sample: zoo.Zoo) -> None:
 @pytest.mark.parametrize("mode", zoo.MODES)
 @pytest.mark.parametrize("model_type", zoo.SAMPLE)
 def test_bit_identical_to_plain_from_pretrained_or_refused(
-    sample: zoo.Zoo, model_type: str, dtype: str, mode: str
+    request: pytest.FixtureRequest, sample: zoo.Zoo, model_type: str, dtype: str, mode: str
 ) -> None:
+    if mode == "stream" and (model_type, dtype) in STREAM_DEFECTS:
+        request.applymarker(
+            pytest.mark.xfail(reason=STREAM_DEFECTS[model_type, dtype], strict=True)
+        )
     row = sample.row(model_type, dtype, mode)
     refused_dtypes, message = REFUSED.get(model_type, ((), ""))
     if dtype in refused_dtypes:
