@@ -10,13 +10,18 @@ file, is :data:`OPTIONAL`), refuses destinations that are links, folders or inpu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from refgen import jsonio, paths, probes
-from refgen.atomic import write_files
+from refgen import atomic, cleanup, jsonio, paths, probes
+from refgen.errors import OutputError
 from refgen.spec import Spec
+
+log = logging.getLogger("refgen")
 
 # Suffix of each file of a reference ``X.json``, in the order they are committed: ``sha256sum -c``
 # trusts the sums file, so it is renamed into place last.
@@ -29,6 +34,12 @@ SIBLINGS: dict[str, str] = {
 }
 OPTIONAL = frozenset({"probes"})
 """Kinds a reference may lack; every other kind is written by every commit."""
+LOCK_SUFFIX = ".lock"
+"""``.X.lock``, beside the set while a run holds it (see :meth:`Artifact.locked`)."""
+DEFAULT_NAME_MAX = 255  # when the file system does not say (pathconf): ext4, xfs, btrfs, tmpfs
+
+# The sets this process holds (a run locks its set once; generate inside it does not wait on it)
+_held: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,14 @@ class Artifact:
         """Every file of the set by kind, in commit order."""
         return {kind: self.sibling(kind) for kind in SIBLINGS}
 
+    @property
+    def lock_file(self) -> Path:
+        return self.reference.with_name(f".{self.stem}{LOCK_SUFFIX}")
+
+    def names(self) -> list[str]:
+        """Every name this set puts in its folder: its files and its lock."""
+        return [p.name for p in self.paths().values()] + [self.lock_file.name]
+
     def check_destination(
         self,
         *,
@@ -79,13 +98,73 @@ class Artifact:
         create: bool = False,
     ) -> Artifact:
         """Refuse (OutputError) to write this set where a file is a symlink, a folder, one of
-        *inputs* or under a *protected* folder (the caller names what its run reads), or where
-        the folder is missing; *create* makes it instead (an explicit ``--output-dir``).
+        *inputs* or under a *protected* folder (the caller names what its run reads), where
+        the folder is missing (*create* makes it instead: an explicit ``--output-dir``), or
+        where the longest name the commit makes would pass the file system's name limit.
         See :func:`refgen.paths.check_destinations`."""
+        self._check_name_length(key)
         paths.check_destinations(
             self.paths().values(), inputs=inputs, protected=protected, key=key, create=create
         )
         return self
+
+    def _check_name_length(self, key: str) -> None:
+        """ENAMETOOLONG is refused here, before any compute, not met at the commit."""
+        longest = max(self.names(), key=lambda n: len(n.encode()))
+        need = len(longest.encode()) + atomic.NAME_EXTRA
+        limit = _name_max(self.reference.parent)
+        if need > limit:
+            room = limit - atomic.NAME_EXTRA - (len(longest.encode()) - len(self.stem.encode()))
+            raise OutputError(
+                f"the output name {self.reference.name[:60]!r}... (from {key}) is too long: "
+                f"its longest companion, {longest[:40]!r}... with the suffix refgen adds while "
+                f"writing, is {need} bytes, and this file system allows {limit} per name. "
+                f"Shorten the name to at most {max(room, 0)} characters before '.json'."
+            )
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this set's inter-process lock (``.X.lock`` beside it, through filelock) for the
+        block: a second run writing the same set waits (logged) until the first has committed
+        or failed, so the set is never mixed from two runs. Once held, the staged temporaries
+        and backups a killed run left (no live run can own them now) are removed, or named."""
+        key = self.lock_file.resolve()
+        if key in _held:  # this process already holds it (generate under the CLI's lock)
+            yield
+            return
+
+        def waiting() -> None:
+            log.info(
+                "waiting for another refgen run writing %s to finish (it holds %s)",
+                self.reference.name,
+                self.lock_file.name,
+            )
+
+        with cleanup.held_lock(self.lock_file, waiting):
+            _held.add(key)
+            try:
+                self._remove_leftovers()
+                yield
+            finally:
+                _held.discard(key)
+
+    def _remove_leftovers(self) -> None:
+        for target in self.paths().values():
+            temporaries, backups = atomic.leftovers(target)
+            for path in temporaries:
+                path.unlink(missing_ok=True)
+                log.info("removed %s, left by an interrupted run", path.name)
+            for path in backups:
+                if os.path.lexists(target) and os.path.samefile(path, target):
+                    path.unlink()  # a second link to the file in place: nothing to keep
+                    log.info("removed %s, left by an interrupted run", path.name)
+                else:
+                    log.warning(
+                        "%s holds the previous %s of a run killed while committing; it is kept "
+                        "until this run commits a whole new set",
+                        path.name,
+                        target.name,
+                    )
 
     def commit(self, contents: Mapping[str, bytes]) -> None:
         """Write the whole set (``{kind: bytes}``, every kind of :data:`SIBLINGS` but the
@@ -107,9 +186,16 @@ class Artifact:
             for kind in sorted(OPTIONAL - set(contents))
             if self.sibling(kind).name in self._listed_outputs()
         ]
-        write_files({self.sibling(kind): contents[kind] for kind in SIBLINGS if kind in contents})
+        atomic.write_files(
+            {self.sibling(kind): contents[kind] for kind in SIBLINGS if kind in contents}
+        )
         for path in stale:
             path.unlink(missing_ok=True)
+        if self.lock_file.resolve() in _held:  # a whole new set is in place: old backups go
+            for target in self.paths().values():
+                for backup in atomic.leftovers(target)[1]:
+                    backup.unlink(missing_ok=True)
+                    log.info("removed %s: the set it was part of is replaced", backup.name)
 
     def _listed_outputs(self) -> set[str]:
         """The output names the current manifest lists (none when it is missing or unreadable)."""
@@ -123,3 +209,14 @@ class Artifact:
         if not isinstance(outputs, list):
             return set()
         return {str(o.get("path")) for o in outputs if isinstance(o, Mapping)}
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name *folder*'s file system accepts (the nearest existing parent's)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return DEFAULT_NAME_MAX

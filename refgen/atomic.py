@@ -30,6 +30,32 @@ from pathlib import Path
 from refgen import cleanup
 from refgen.errors import OutputError
 
+TEMPORARY_SUFFIX = ".tmp"
+BACKUP_SUFFIX = ".bak"
+_BACKUP_TOKEN_BYTES = 6
+NAME_EXTRA = len("..") + 2 * _BACKUP_TOKEN_BYTES + len(BACKUP_SUFFIX)
+"""Characters a backup's name (``.NAME.<12 hex digits>.bak``) adds to its target's name; a
+staged temporary (``.NAME.<8 characters>.tmp``, tempfile's) adds fewer. A target whose name
+plus this exceeds the file system's limit would fail only at the commit."""
+
+
+def leftovers(target: Path) -> tuple[list[Path], list[Path]]:
+    """The staged temporaries and the backups of *target* in its folder (a run killed before
+    it could remove them leaves them); whether their run is gone is the caller's to know."""
+    temporaries: list[Path] = []
+    backups: list[Path] = []
+    prefix = f".{target.name}."
+    try:
+        names = sorted(os.listdir(target.parent))
+    except OSError:
+        return [], []
+    for name in names:
+        if name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX):
+            temporaries.append(target.with_name(name))
+        elif name.startswith(prefix) and name.endswith(BACKUP_SUFFIX):
+            backups.append(target.with_name(name))
+    return temporaries, backups
+
 
 def write_files(files: Mapping[Path, bytes]) -> None:
     """Write several files as one step, in the order given (put the file readers trust last)."""
@@ -72,7 +98,7 @@ def _check_target(target: Path) -> None:
 def _stage(target: Path, data: bytes) -> tuple[Path, int]:
     target.parent.mkdir(parents=True, exist_ok=True)
     # registered: an interrupted run removes it even while this thread is elsewhere
-    fd, tmp, key = cleanup.temporary_file(f".{target.name}.", ".tmp", target.parent)
+    fd, tmp, key = cleanup.temporary_file(f".{target.name}.", TEMPORARY_SUFFIX, target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -119,7 +145,8 @@ def _swap(targets: list[Path], temps: Mapping[Path, Path]) -> None:
 
 def _link_backup(target: Path) -> Path:
     while True:
-        backup = target.with_name(f".{target.name}.{secrets.token_hex(6)}.bak")
+        token = secrets.token_hex(_BACKUP_TOKEN_BYTES)
+        backup = target.with_name(f".{target.name}.{token}{BACKUP_SUFFIX}")
         try:
             os.link(target, backup, follow_symlinks=False)
         except FileExistsError:

@@ -17,13 +17,17 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import filelock
 
 # How long an interrupted child (verify's rebuild) gets to remove its own temporaries; it runs
 # this same signal path, so it exits within about a second unless it is stuck in the kernel.
@@ -62,17 +66,133 @@ def _check_open() -> None:
         raise Interrupted
 
 
+# Every temporary folder a run makes in TMPDIR starts with one of these; beside each, NAME.lock is
+# held (flock, through filelock) for as long as the folder exists, so a later run can tell a
+# killed run's leftovers (lock free) from a live run's folders (lock held).
+PREFIXES = ("refgen-model-", "refgen-torch-", "refgen-verify-")
+OWNER_SUFFIX = ".lock"
+
+
 @contextmanager
 def temporary_directory(prefix: str, dir: str | Path | None = None) -> Iterator[Path]:
-    """``tempfile.TemporaryDirectory``, removed by :func:`remove_all` too."""
+    """``tempfile.TemporaryDirectory``, removed by :func:`remove_all` too, with its owner lock
+    (``NAME.lock`` beside it) held until it is removed."""
     with _lock:
         _check_open()
         path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+        owner = _hold(Path(f"{path}{OWNER_SUFFIX}"))
+        # registered after the owner lock, so removed before it (newest first)
         key = _register(lambda: shutil.rmtree(path, ignore_errors=True))
     try:
         yield path
     finally:
         _release(key)
+        owner()
+
+
+def _hold(path: Path) -> Callable[[], None]:
+    """Take the inter-process lock *path* now (it must be free) and register its removal;
+    returns the release. Called with the registry's lock held."""
+    lock = filelock.FileLock(path)
+    lock.acquire(timeout=0)
+    key = _register(lambda: path.unlink(missing_ok=True))
+
+    def release() -> None:
+        with _lock:
+            _entries.pop(key, None)
+            path.unlink(missing_ok=True)  # while still held: a waiter on it retries
+            lock.release()
+
+    return release
+
+
+@contextmanager
+def held_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """An inter-process lock (``filelock``: flock on *path*) for the block, waited for when
+    another process holds it (*waiting* is called first). The file is removed while still held,
+    on release and by :func:`remove_all`, so no lock file outlives a run; a process waiting on
+    a removed file takes the new one (filelock checks the link count after each flock)."""
+    with _lock:
+        _check_open()
+        try:
+            release = _hold(path)
+        except filelock.Timeout:
+            release = None
+    if release is None:
+        if waiting is not None:
+            waiting()
+        lock = filelock.FileLock(path)
+        lock.acquire()  # blocks until the other run ends (its flock dies with it)
+        with _lock:
+            key = _register(lambda: path.unlink(missing_ok=True))
+
+        def release() -> None:
+            with _lock:
+                _entries.pop(key, None)
+                path.unlink(missing_ok=True)
+                lock.release()
+
+    try:
+        yield
+    finally:
+        release()
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What :func:`remove_stale` found in TMPDIR: removed (their run is gone) and kept (no owner
+    lock beside them, e.g. made by an older refgen: named, never guessed at)."""
+
+    removed: tuple[Path, ...]
+    unowned: tuple[Path, ...]
+
+
+def remove_stale(folder: str | Path | None = None) -> Leftovers:
+    """Remove the temporary folders (:data:`PREFIXES`) of refgen runs that were killed (SIGKILL,
+    a crash): this user's folders whose owner lock no process holds."""
+    folder = Path(folder if folder is not None else tempfile.gettempdir())
+    removed: list[Path] = []
+    unowned: list[Path] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return Leftovers((), ())
+    names = {e.name for e in entries}
+    for entry in entries:
+        if not entry.name.startswith(PREFIXES):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if info.st_uid != os.geteuid():
+            continue  # another user's: not ours to judge
+        is_owner = entry.name.endswith(OWNER_SUFFIX) and stat.S_ISREG(info.st_mode)
+        if is_owner:
+            if entry.name.removesuffix(OWNER_SUFFIX) in names:
+                continue  # handled with its folder
+            target = None  # an owner lock whose folder is already gone
+        elif stat.S_ISDIR(info.st_mode):
+            target = Path(entry.path)
+            if entry.name + OWNER_SUFFIX not in names:
+                unowned.append(target)
+                continue
+        else:
+            continue
+        marker = Path(entry.path if is_owner else entry.path + OWNER_SUFFIX)
+        lock = filelock.FileLock(marker)
+        try:
+            lock.acquire(timeout=0)
+        except (filelock.Timeout, OSError):
+            continue  # its run is alive (or the lock cannot be taken: leave it)
+        try:
+            if target is not None:
+                shutil.rmtree(target, ignore_errors=True)
+                removed.append(target)
+            marker.unlink(missing_ok=True)
+        finally:
+            lock.release()
+    return Leftovers(tuple(removed), tuple(unowned))
 
 
 @contextmanager

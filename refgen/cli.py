@@ -90,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     """The command itself; every expected failure becomes one ``refgen: error:`` line (after its
     traceback with ``--debug``) and its exit code."""
     try:
+        _remove_stale_temporaries()
         with cleanup.torch_cache_directory():
             result: int = args.func(args)
         return result
@@ -98,6 +99,24 @@ def _run(args: argparse.Namespace) -> int:
             traceback.print_exc(file=sys.stderr)
         print(f"refgen: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+
+
+def _remove_stale_temporaries() -> None:
+    """What killed runs (SIGKILL, a crash) left in TMPDIR: removed when their run is gone, named
+    when they carry no owner lock (refgen.cleanup.remove_stale)."""
+    found = cleanup.remove_stale()
+    if found.removed:
+        names = ", ".join(p.name for p in found.removed)
+        log.info("removed %d temporary folder(s) of killed runs: %s", len(found.removed), names)
+    if found.unowned:
+        shown = ", ".join(str(p) for p in found.unowned[:3])
+        log.warning(
+            "%d temporary folder(s) without an owner lock left as they are (remove them if no "
+            "refgen command is running): %s%s",
+            len(found.unowned),
+            shown,
+            ", ..." if len(found.unowned) > 3 else "",
+        )
 
 
 class _Signals:
@@ -147,8 +166,16 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its refusals in refgen's one error format (still exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"refgen: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="refgen",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -355,6 +382,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # every destination checked before building any (refgen.paths: confinement, no links), and
     # a folder we cannot write is named now, not after the model ran
     destinations = [destination(s, args.output_dir) for s in specs]
+    refuse_collisions(specs, destinations)
     for outputs in destinations:
         check_writable(outputs.reference.parent)
     failed: dict[str, int] = {}
@@ -376,16 +404,19 @@ def _generate_one(args: argparse.Namespace, spec: Any, outputs: Any) -> None:
     from refgen.audit import is_up_to_date
     from refgen.generate import generate
 
-    if not args.force:
-        status = is_up_to_date(spec, outputs.manifest)
-        if status:
-            log.info("%s is up to date, nothing to do (--force rebuilds)", printable(spec.name))
-            return
-        log.info("%s needs a build: %s", printable(spec.name), "; ".join(status.reasons))
-    log.info("generating %s (%s@%s)", printable(spec.name), spec.repo, spec.revision)
-    outputs = generate(spec, args.output_dir, load=_load_options(args, spec))
-    written = [p.name for k, p in outputs.paths().items() if k != "reference" and p.is_file()]
-    log.info("wrote %s (+ %s)", outputs.reference, ", ".join(written))
+    # one run per set at a time, from the up-to-date check to the commit (refgen.artifact)
+    name = printable(spec.name)
+    with outputs.locked():
+        if not args.force:
+            status = is_up_to_date(spec, outputs.manifest)
+            if status:
+                log.info("%s is up to date, nothing to do (--force rebuilds)", name)
+                return
+            log.info("%s needs a build: %s", name, "; ".join(status.reasons))
+        log.info("generating %s (%s@%s)", name, spec.repo, spec.revision)
+        built = generate(spec, args.output_dir, load=_load_options(args, spec))
+    written = [p.name for k, p in built.paths().items() if k != "reference" and p.is_file()]
+    log.info("wrote %s (+ %s)", built.reference, ", ".join(written))
 
 
 def _report_failure(name: str, exc: Exception) -> int:
@@ -401,6 +432,22 @@ def _report_failure(name: str, exc: Exception) -> int:
     )
     traceback.print_exception(exc, file=sys.stderr)
     return 1
+
+
+def refuse_collisions(specs: Sequence[Any], sets: Sequence[Any]) -> None:
+    """Two specs of one run may not share a file (any sibling, or the lock): the second would
+    overwrite the first's set. Refused before anything runs."""
+    owner: dict[tuple[Path, str], Any] = {}
+    for spec, outputs in zip(specs, sets, strict=True):
+        folder = outputs.reference.parent.resolve()
+        for name in outputs.names():
+            first = owner.setdefault((folder, name), spec)
+            if first is not spec:
+                raise OutputError(
+                    f"{first.display} and {spec.display} both write {folder / name}: the second "
+                    "would overwrite the first's set. Give each spec its own 'reference.output' "
+                    "name."
+                )
 
 
 def printable(text: str) -> str:
@@ -473,6 +520,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for path in shown:
         print(f"  {path.relative_to(out)}")
     print(f"check them with: (cd {out} && sha256sum -c {outputs.sums.name})")
+    # the demo's model is in its own cache: verify reads it only with HF_HOME pointing there
+    print(
+        f"verify them with: HF_HOME={out / 'hf-home'} {sys.executable} -m refgen verify "
+        f"--spec {spec.path}"
+    )
     return 0
 
 
@@ -491,8 +543,9 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify each spec's artifact, print reports; the exit code is the worst verdict's."""
-    from refgen import verify
+    from refgen import manifest, verify
 
+    manifest.check_environment()  # what the rebuild would refuse, refused before any check
     results = verify.verify_specs(_specs(args), args.reference, args.atol, args.rtol)
     sys.stdout.write(verify.report(results, args.json))
     return max(r.exit_code for r in results)

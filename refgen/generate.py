@@ -33,6 +33,7 @@ from refgen.artifact import Artifact
 from refgen.errors import CheckpointError, IntegrityError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.load import plan as loading
+from refgen.load.model import float32_parameters
 from refgen.load.verify import Verifier
 from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
@@ -71,11 +72,19 @@ def generate(
 ) -> Artifact:
     """Verify inputs, compute the reference and write its files atomically.
 
-    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``.
+    *load* (the CLI's choice) overrides the spec's ``[run] load`` and ``memory_budget``. The
+    set's inter-process lock is held from the first check to the commit (the CLI takes it
+    earlier, around its up-to-date check).
     """
-    timings = timings or Timings()
-    _kept.clear()  # the previous run's model, before this one is loaded
     outputs = destination(spec, output_dir)
+    with outputs.locked():
+        return _build(spec, outputs, timings or Timings(), load)
+
+
+def _build(
+    spec: Spec, outputs: Artifact, timings: Timings, load: loading.LoadOptions | None
+) -> Artifact:
+    _kept.clear()  # the previous run's model, before this one is loaded
     lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
     # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
@@ -238,6 +247,8 @@ def compute_reference(
     # the config as transformers resolved it from the verified file, before from_pretrained's
     # run-time settings (the model's own copy carries those)
     record = modelinfo.describe(config, model, checkpoint.config_sha256) | {"dtype": spec.dtype}
+    # The parameters transformers keeps in float32 whatever the run dtype (refgen.load.model).
+    record["float32_parameters"] = float32_parameters(model, spec.dtype)
     log.info(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )

@@ -16,6 +16,7 @@ Rules (the README's "Where outputs may go"):
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -58,6 +59,40 @@ def plain_name_problem(name: str) -> str | None:
     return problem
 
 
+# POSIX's portable filename character set: every file system and `sha256sum -c` (which reads
+# one name per line) takes these names as they are.
+_PORTABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*", re.ASCII)
+OUTPUT_NAME_RULE = (
+    "the portable characters A-Z a-z 0-9 . _ - (no spaces, control characters or line "
+    "breaks), beginning with a letter, a digit or '_'"
+)
+
+
+def output_name_problem(name: str) -> str | None:
+    """Why *name* cannot be an output's file name (None when it can): see OUTPUT_NAME_RULE."""
+    if _PORTABLE.fullmatch(name):
+        return None
+    if not name:
+        return "is empty"
+    if name[0] in ".-":  # a hidden file (refgen's own temporaries begin with '.'), an option
+        return f"begins with {name[0]!r}"
+    bad = next(c for c in name if not _PORTABLE.fullmatch("a" + c))
+    if bad in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029":  # what splits a line (str.splitlines)
+        kind = "a line break"
+    elif not bad.isprintable():
+        kind = "a non-printing character"
+    elif bad.isspace():
+        kind = "a space"
+    else:
+        kind = "the character"
+    return f"contains {kind} {bad!r} (U+{ord(bad):04X})"
+
+
+def _shown(text: str) -> str:
+    """*text* quoted for a message, at most 80 characters, escapes for what is not printable."""
+    return repr(text if len(text) <= 80 else text[:80] + "...")
+
+
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -96,6 +131,12 @@ def spec_output(spec_path: Path, output: str) -> tuple[Path, str]:
             f"output root {root}. {hint}"
         )
     name = lexical.name
+    problem = output_name_problem(name)
+    if problem is not None:
+        raise SpecError(
+            f"{where} = {_shown(output)}: the file name {problem}. An output name uses only "
+            f"{OUTPUT_NAME_RULE}. Rename it."
+        )
     if name.endswith(LOCK_SUFFIX):
         raise SpecError(
             f"{where} = {output!r} names a model lock ('*{LOCK_SUFFIX}'); an output may never "

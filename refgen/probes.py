@@ -237,8 +237,8 @@ class _Recorder:
     """Forward hooks that keep the chosen modules' outputs, per prompt.
 
     The prompt a forward belongs to is found by its ``input_ids`` tensor (a pre-hook on the
-    model, kept per thread): a streamed model runs every prompt's forward on a thread of its
-    own, at once (refgen.streaming), and the hooks fire on that thread.
+    model, kept per thread): a streamed model runs the prompts of a wave at once, each forward on
+    a thread of a pool (refgen.load.stream), and the hooks fire on that thread.
     """
 
     def __init__(self, paths: Sequence[str], inputs: Sequence[Any], positions: str) -> None:

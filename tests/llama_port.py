@@ -83,12 +83,13 @@ class Port:
             return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
         out: dict[str, Array] = {}
-        x = w["model.embed_tokens.weight"][tokens]
+        x = w["model.embed_tokens.weight"][np.asarray(tokens)]
         out["hidden_states.layer0"] = x
         n_layers = c["num_hidden_layers"]
         for i in range(n_layers):
             p = f"model.layers.{i}."
             h = norm(x, w[p + "input_layernorm.weight"])
+            out[f"module.model.layers.{i}.input_layernorm"] = h
             q = linear(h, p + "self_attn.q_proj.weight").reshape(t, n_heads, head_dim)
             k = linear(h, p + "self_attn.k_proj.weight").reshape(t, n_kv, head_dim)
             v = linear(h, p + "self_attn.v_proj.weight").reshape(t, n_kv, head_dim)
@@ -124,40 +125,22 @@ class Port:
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-# --- the tiny Llama 3.1 and its reference ---------------------------------------------------------
+# --- the tiny Llama 3.1 and its reference --------------------------------------------------------
 
-REPO = "refgen-test/tiny-llama-3.1"
-SEED = 31
-PROMPTS = ["The capital of France is", "Once upon a time, there was a little"]
-LLAMA31: dict[str, Any] = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 512,
-    "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-5,  # Llama 3.1's
-    "rope_theta": 500000.0,
-    # Llama 3.1's scaling, its original context shrunk to the tiny model's so that the scaled
-    # and the smoothed frequencies are all met within a short prompt
-    "rope_scaling": {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32,
-    },
-    "tie_word_embeddings": False,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
-}
+MODULES = (
+    "model.layers.*",
+    "model.layers.*.input_layernorm",
+    "model.layers.*.self_attn",
+    "model.layers.*.mlp",
+)
+"""The module probes of the reference: each decoder layer's raw output, its first norm, its
+attention and its MLP (where ports break)."""
 
 
 @dataclass(frozen=True)
 class Reference:
-    """A generated reference of the tiny Llama 3.1 (every hidden state at every position and
-    the last-position logits), with the rounding-floor record in its probe file."""
+    """A generated reference of refgen's tiny Llama 3.1 (every hidden state and logit at every
+    position, the modules above, the input ids, and the rounding-floor record)."""
 
     json: Path
     snapshot: Path
@@ -169,60 +152,28 @@ class Reference:
     def probes(self) -> Path:
         return self.json.with_suffix(".safetensors")
 
+    @property
+    def num_layers(self) -> int:
+        return int(self.config["num_hidden_layers"])
+
     def port(self, bug: str | None = None, dtype: str | None = None) -> Port:
         return Port.load(self.snapshot, self.config, dtype=dtype or self.dtype, bug=bug)
 
 
-def build_checkpoint(hub_cache: Path) -> Any:
-    """transformers' own Llama with Llama 3.1's rope scaling, seeded, saved as a Hub snapshot
-    with the project's tiny tokenizer (BF16 weights, as checkpoints ship)."""
-    import tempfile
-
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from refgen import tiny
-
-    torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA31)).to(torch.bfloat16)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(Path(tmp) / "model")
-        files = {p.name: p.read_bytes() for p in (Path(tmp) / "model").iterdir() if p.is_file()}
-        files.update(tiny._tokenizer_files(Path(tmp) / "tokenizer"))
-    return tiny._write_cache(hub_cache, REPO, files)
-
-
 def build_reference(base: Path, dtype: str = "float32") -> Reference:
-    """Checkpoint, spec, lock and ``refgen generate`` under *base*; then the rounding floor."""
+    """The checkpoint, its spec (``rounding_floor = true``), lock and ``refgen generate``."""
     import json
 
     from conftest import run_refgen
 
+    from refgen import tiny
+
     hf_home = base / "hf-home"
-    checkpoint = build_checkpoint(hf_home / "hub")
+    checkpoint = tiny.build_llama31(hf_home / "hub")
     (base / "specs").mkdir(parents=True)
     (base / "out").mkdir()
-    spec = base / "specs" / "tiny-llama-3.1.toml"
-    spec.write_text(
-        f"""schema = 1
-
-[reference]
-name = "tiny-llama-3.1"
-output = "../out/tiny_llama31.json"
-
-[model]
-repo = "{REPO}"
-revision = "{checkpoint.revision}"
-dtype = "{dtype}"
-
-[run]
-prompts = {json.dumps(PROMPTS)}
-
-[probes]
-hidden_states = "all"
-positions = "all"
-logits = "last"
-"""
+    spec = tiny.write_llama31_spec(
+        base / "specs", checkpoint.revision, "../out/tiny_llama31.json", dtype, MODULES
     )
     run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home)
     run_refgen("generate", "--spec", spec, hf_home=hf_home)
@@ -230,74 +181,23 @@ logits = "last"
     doc = json.loads(out.read_bytes())
     tokens = tuple(tuple(int(t) for t in case["tokens"]) for case in doc["test_cases"])
     config = json.loads((checkpoint.snapshot / "config.json").read_text())
-    add_rounding_floor(out.with_suffix(".safetensors"), checkpoint.snapshot, tokens, dtype)
     return Reference(out, checkpoint.snapshot, config, tokens, dtype)
-
-
-def add_rounding_floor(
-    probe_file: Path, snapshot: Path, tokens: tuple[tuple[int, ...], ...], dtype: str
-) -> None:
-    """Write the ``rounding_floor`` record into the probe file's metadata, as the generator does
-    with ``[probes] rounding_floor = true`` (the reference's error against a float64 run of the
-    same checkpoint: RMS over the tensor and over each position), unless it already has one."""
-    import json
-
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
-
-    from refgen import probes
-
-    with safe_open(probe_file, framework="pt") as f:
-        metadata = json.loads(f.metadata()[probes.METADATA_KEY])
-        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    if "rounding_floor" in metadata:
-        return
-    model = AutoModelForCausalLM.from_pretrained(snapshot, dtype=torch.float64)
-    exact: dict[str, Array] = {}
-    with torch.inference_mode():
-        for i, ids in enumerate(tokens):
-            result = model(
-                input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False
-            )
-            for j, hidden in enumerate(result.hidden_states):
-                exact[f"prompt{i}.hidden_states.layer{j}"] = hidden[0].numpy()
-            exact[f"prompt{i}.logits.last"] = result.logits[0, -1].numpy()
-            exact[f"prompt{i}.logits.all"] = result.logits[0].numpy()
-    record: dict[str, Any] = {}
-    for name, tensor in tensors.items():
-        if not tensor.is_floating_point() or name not in exact:
-            continue
-        ref = tensor.to(torch.float64).numpy()
-        err = ref - exact[name].reshape(ref.shape)
-        rows = ref.reshape(ref.shape[0], -1) if ref.ndim >= 2 else None
-        erows = err.reshape(err.shape[0], -1) if err.ndim >= 2 else None
-        record[name] = {
-            "err_rms": float(np.sqrt(np.mean(err * err))),
-            "ref_rms": float(np.sqrt(np.mean(ref * ref))),
-            "err_max_abs": float(np.max(np.abs(err))),
-            "positions_err_rms": []
-            if erows is None
-            else [float(v) for v in np.sqrt(np.mean(erows * erows, axis=1))],
-            "positions_ref_rms": []
-            if rows is None
-            else [float(v) for v in np.sqrt(np.mean(rows * rows, axis=1))],
-        }
-    metadata["rounding_floor"] = {"against": "float64", "dtype": dtype, "tensors": record}
-    probe_file.write_bytes(probes.dump(tensors, metadata))
 
 
 def write_dump(
     path: Path, tensors: dict[str, Array], dtype: str = "float32", prefix: str = ""
 ) -> Path:
-    """A port's dump as a port writes one: safetensors, no metadata, in *dtype*."""
+    """A port's dump as a port writes one: safetensors, no metadata, floats in *dtype*."""
     import torch
     from safetensors.torch import save_file
 
     torch_dtype = getattr(torch, dtype)
     save_file(
         {
-            prefix + k: torch.from_numpy(np.ascontiguousarray(v)).to(torch_dtype)
+            # each its own memory; integer tensors (ids) as they are
+            prefix + k: torch.from_numpy(np.array(v)).to(
+                torch_dtype if np.issubdtype(v.dtype, np.floating) else torch.int64
+            )
             for k, v in tensors.items()
         },
         str(path),

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, TinySetup, run_refgen
 
 from refgen import cli, errors
 from refgen.errors import ExitCode, RefgenError
@@ -74,3 +74,18 @@ def test_without_debug_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == ExitCode.USAGE
     assert "Traceback" not in err
     assert err.startswith("refgen: error: spec file not found")
+
+
+def test_printable_escapes_line_breaks() -> None:
+    assert cli.printable("a\nb\u2028c\x85d\te") == "a\\nb\\u2028c\\x85d\\te"
+    assert cli.printable("plain name-1") == "plain name-1"
+
+
+def test_a_name_with_a_line_break_stays_on_its_log_line(tiny_copy: TinySetup) -> None:
+    """Issue 19 minor list: reference.name goes into the log escaped, so it cannot forge a line."""
+    spec = tiny_copy.spec
+    spec.write_text(spec.read_text().replace('name = "tiny-qwen3-forward"',
+                                             'name = "x\\nrefgen: error: forged"'))  # fmt: skip
+    result = run_refgen("generate", "--spec", spec, hf_home=tiny_copy.hf_home)
+    assert "refgen: generating x\\nrefgen: error: forged (" in result.stderr, result.stderr
+    assert not any(line.startswith("refgen: error") for line in result.stderr.splitlines())

@@ -28,9 +28,9 @@ from conftest import ROOT, TinySetup, run_refgen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refgen import audit, hub, jsonio, lock, verify
+from refgen import audit, hub, jsonio, lock, paths, verify
 from refgen.artifact import Artifact
-from refgen.errors import RefgenError
+from refgen.errors import RefgenError, SpecError
 from refgen.spec import load_spec
 
 NAME = "tiny_qwen3_reference"
@@ -177,6 +177,49 @@ def _repo(repo: str) -> Callable[[Case], list[str]]:
     return apply
 
 
+def _spec_text(old: str, new: str, *extra: str) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        case.edit_spec(old, new)
+        return _generate(case, *extra)
+
+    return apply
+
+
+def _append(text: str) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        case.setup.spec.write_text(case.setup.spec.read_text() + text)
+        return _generate(case)
+
+    return apply
+
+
+def _colliding_specs(case: Case) -> list[str]:
+    """Issue 19 class 5: spec b.toml's output is spec A's manifest name; both in --specs-dir."""
+    specs = case.setup.spec.parent
+    text = case.setup.spec.read_text().replace(f"{NAME}.json", f"{NAME}.manifest.json")
+    (specs / "b.toml").write_text(text)
+    shutil.copy(case.setup.lock, specs / "b.lock.json")
+    return ["generate", "--specs-dir", str(specs)]
+
+
+def _verify_with(*extra: str) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        return ["verify", "--spec", str(case.setup.spec), *extra]
+
+    return apply
+
+
+def _diff_with(*extra: str) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        a = case.out / f"{NAME}.json"
+        return ["diff", str(a), str(a), *extra]
+
+    return apply
+
+
+LONG_NAME = "n" * 230  # + ".manifest.json" and a backup's 18 characters: past 255
+
+
 # (id, prepare -> CLI arguments, exit code, what the message must name, extra environment)
 CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[str, str]]] = [
     # 1. outputs that escape the spec's output root
@@ -242,6 +285,52 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
     ("verify: spec path is a folder", _verify_spec_is_a_folder, 2, ("is a folder",), {}),
     ("HF_HUB_CACHE is a file", _cache_is_a_file, 2, ("not a folder", "HF_HUB_CACHE"),
      {"HF_HUB_CACHE": "@file"}),
+    # issue 19 class 3 / item 5: output names in a portable character set, length checked first
+    ("output name with a line break", _output(lambda c: "../out/a\\nb.json"), 2,
+     ("'reference.output'", "line break '\\n' (U+000A)", "portable"), {}),
+    ("output name with U+2028", _output(lambda c: "../out/a\\u2028b.json"), 2,
+     ("'reference.output'", "line break", "U+2028"), {}),
+    ("output name with U+0085", _output(lambda c: "../out/a\\u0085b.json"), 2,
+     ("'reference.output'", "line break", "U+0085"), {}),
+    ("output name with a control character", _output(lambda c: "../out/a\\u0001b.json"), 2,
+     ("'reference.output'", "U+0001"), {}),
+    ("output name too long for the file system", _output(lambda c: f"../out/{LONG_NAME}.json"),
+     2, ("too long", "255", "Shorten the name"), {}),
+    # issue 19 class 5 / item 4: two specs of one run writing the same file
+    ("--specs-dir: spec B writes spec A's manifest", _colliding_specs, 2,
+     ("b.toml", "tiny-qwen3.toml", f"{NAME}.manifest.json", "both write"), {}),
+    # issue 19 class 9 / item 11 and the minor list: numbers and names out of range
+    ("schema = true", _spec_text("schema = 1", "schema = true"), 2,
+     ("'schema' must be the integer 1", "True"), {}),
+    ("schema = 1.0", _spec_text("schema = 1", "schema = 1.0"), 2,
+     ("'schema' must be the integer 1", "1.0"), {}),
+    ("tolerance = inf", _append("[verify]\ntolerance = inf\n"), 2,
+     ("'verify.tolerance' must be a finite number >= 0", "inf"), {}),
+    ("tolerance negative", _append("[verify]\ntolerance = -1.0\n"), 2,
+     ("'verify.tolerance' must be a finite number >= 0",), {}),
+    ("memory_budget of 400 digits", _spec_text("top_k = 10", "top_k = 10\nmemory_budget = 1"
+                                                + "0" * 400), 2,
+     ("'run.memory_budget'", "more than any machine has"), {}),
+    ("memory_budget = 1.5", _spec_text("top_k = 10", "top_k = 10\nmemory_budget = 1.5"), 2,
+     ("'run.memory_budget' must be a size", "got a float (1.5)"), {}),
+    ("top-level key that belongs in [run]", _spec_text("schema = 1", "schema = 1\ntop_k = 3"), 2,
+     ("unknown top-level key 'top_k'", "belongs in [run]"), {}),
+    ("probe list of 100,000 layers",
+     _append("[probes]\nhidden_states = [" + ", ".join(map(str, range(100_000))) + "]\n"), 2,
+     ("'probes.hidden_states' lists 100000 layers",), {}),
+    ("SOURCE_DATE_EPOCH out of range", _generate, 2, ("SOURCE_DATE_EPOCH", "at most"),
+     {"SOURCE_DATE_EPOCH": "9" * 30}),
+    ("SOURCE_DATE_EPOCH in non-ASCII digits", _generate, 2, ("SOURCE_DATE_EPOCH", "ASCII"),
+     {"SOURCE_DATE_EPOCH": "\u0661\u0662\u0663"}),
+    ("REFGEN_IMAGE_LAYERS malformed", _generate, 2, ("REFGEN_IMAGE_LAYERS", "JSON list"),
+     {"REFGEN_CONTAINER_IMAGE": "sha256:" + "a" * 64, "REFGEN_IMAGE_LAYERS": "[not json"}),
+    ("verify: REFGEN_IMAGE_LAYERS malformed", _verify_with(), 2,
+     ("REFGEN_IMAGE_LAYERS", "JSON list"),
+     {"REFGEN_CONTAINER_IMAGE": "sha256:" + "a" * 64, "REFGEN_IMAGE_LAYERS": '{"a": 1}'}),
+    ("verify --atol nan", _verify_with("--atol", "nan"), 2,
+     ("--atol", "finite number >= 0"), {}),
+    ("diff --rtol -1", _diff_with("--rtol=-1"), 2, ("--rtol", "finite number >= 0"), {}),
+    ("diff --atol inf", _diff_with("--atol", "inf"), 2, ("--atol", "finite number >= 0"), {}),
 ]  # fmt: skip
 
 
@@ -515,19 +604,32 @@ VALID_SPEC: dict[str, Any] = {
 @PROPERTY
 @given(data=st.data())
 def test_property_spec(tmp_path: Path, data: st.DataObject) -> None:
-    """load_spec on a valid spec with one value replaced (or on random bytes) returns a spec or
-    raises RefgenError, nothing else; a spec it accepts keeps its output inside its folder."""
+    """Any spec text (a valid spec with one value replaced, random TOML-ish text, or random
+    bytes) gives a Spec or a SpecError, nothing else, and leaves every file as it was; a spec it
+    accepts keeps its promises (output inside its folder, named in the portable set, strict
+    numbers)."""
     path = tmp_path / "spec.toml"
-    if data.draw(st.booleans()):
+    choice = data.draw(st.integers(0, 2))
+    if choice == 0:
         path.write_bytes(data.draw(st.binary(max_size=200)))
+    elif choice == 1:
+        path.write_text(data.draw(st.text(max_size=200)), encoding="utf-8", errors="surrogatepass")
     else:
         path.write_text(_toml(_replace_somewhere(VALID_SPEC, data)), encoding="utf-8",
                         errors="surrogatepass")  # fmt: skip
+    (tmp_path / "out").mkdir(exist_ok=True)
+    before = snapshot(tmp_path)
     try:
         spec = load_spec(path)
-    except RefgenError:
+    except SpecError:
+        assert snapshot(tmp_path) == before
         return
+    assert snapshot(tmp_path) == before
     assert tmp_path.resolve() in spec.output.parents
+    assert paths.output_name_problem(spec.output.name) is None
+    assert math.isfinite(spec.tolerance) and spec.tolerance >= 0
+    assert type(spec.top_k) is int and spec.top_k >= 1
+    assert spec.memory_budget is None or 0 < spec.memory_budget <= 2**63 - 1
 
 
 @pytest.fixture(scope="module")

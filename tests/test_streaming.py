@@ -490,3 +490,70 @@ def test_every_zoo_architecture_streams_bit_identically(arch: str, tmp_path: Pat
         assert torch.equal(a.logits, b.logits)
         for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
             assert torch.equal(x, y)
+
+
+def test_streaming_threads_do_not_grow_with_prompts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 prompts run on as many threads as 8 do (waves of WAVE prompts, here 4, on one pool),
+    each equal bit for bit to the in-memory forward."""
+    import os
+    import random
+    import threading
+    import time
+
+    import torch
+
+    torch.set_num_threads(2)
+    monkeypatch.setattr(stream, "WAVE", 4)
+    lock = _save(_configs()["llama-tiny"], tmp_path)
+    memory, _ = load_memory.load_verified_model(tmp_path, locked(lock), "float32", "sdpa")
+    rng = random.Random(7)
+    prompts = [[rng.randrange(512) for _ in range(rng.randint(1, 12))] for _ in range(50)]
+    inputs = [torch.tensor([ids]) for ids in prompts]
+    with torch.inference_mode():
+        expected = [memory(input_ids=x, output_hidden_states=True, use_cache=False) for x in inputs]
+
+    def counts() -> tuple[int, int]:  # (Python threads, the process's OS threads)
+        return threading.active_count(), len(os.listdir("/proc/self/task"))
+
+    grown: dict[int, tuple[int, int]] = {}
+    for count in (8, 50):
+        verifier = Verifier(tmp_path, locked(lock), progress=False)
+        model, _ = stream.load_streamed_model(tmp_path, verifier, "float32", "sdpa", budget=1)
+        verifier.result()
+        before = counts()
+        peak = list(before)
+        running = threading.Event()
+        running.set()
+
+        def sample(peak: list[int], running: threading.Event) -> None:
+            while running.is_set():
+                now = counts()
+                peak[0], peak[1] = max(peak[0], now[0]), max(peak[1], now[1])
+                time.sleep(0.0005)
+
+        sampler = threading.Thread(target=sample, args=(peak, running))
+        sampler.start()
+        try:
+            outs = list(
+                plan.forwards(
+                    model,
+                    inputs[:count],
+                    progress=False,
+                    output_hidden_states=True,
+                    use_cache=False,
+                )
+            )
+        finally:
+            running.clear()
+            sampler.join()
+        grown[count] = (peak[0] - before[0], peak[1] - before[1])
+        for got, want in zip(outs, expected[:count], strict=True):
+            assert torch.equal(got.logits, want.logits)
+            for a, b in zip(got.hidden_states, want.hidden_states, strict=True):
+                assert torch.equal(a, b)
+        del model, outs
+    # The sampler, the wave's pool (4), its loader and the two reading threads, at most.
+    assert grown[50][0] <= 1 + 4 + 1 + 2, grown
+    assert grown[50] <= grown[8], grown

@@ -138,7 +138,8 @@ def _draw(p: PromptVerdict, rows: list[TensorVerdict]) -> str:
             row = [_log_ratio(x) for x in t.positions_ratio or (t.ratio,)]
             grid[r, width - len(row) :] = row  # a last-position tensor sits at the last column
         image = heat_ax.imshow(grid, aspect="auto", cmap="magma", interpolation="nearest")
-        fig.colorbar(image, ax=heat_ax, label="log10(error / floor)")
+        bar = fig.colorbar(image, ax=heat_ax, label="log10(error / floor)")
+        bar.ax.axhline(math.log10(factor), color="cyan", linewidth=1.5)  # the tolerance
         heat_ax.set_xlabel("position")
         heat_ax.set_yticks(range(len(rows)), [_short(t.name) for t in rows], fontsize=7)
         heat_ax.set_title("error per tensor and position, vs the rounding floor", fontsize=9)

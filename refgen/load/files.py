@@ -40,6 +40,20 @@ DTYPES = {
 ITEMSIZES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
 ITEMSIZES |= {"U8": 1, "BOOL": 1}
 FLOATING = ("BF16", "F16", "F32", "F64")
+# The safetensors dtypes whose every value a run dtype holds exactly: casting through the run
+# dtype first changes nothing in any later cast (bfloat16 and float16 hold only themselves).
+EXACT_IN = {
+    "float64": FLOATING,
+    "float32": ("BF16", "F16", "F32"),
+    "bfloat16": ("BF16",),
+    "float16": ("F16",),
+}
+
+
+def casts_exactly(source: str, dtype: str) -> bool:
+    """Whether a tensor stored as the safetensors dtype *source* can be cast to the torch dtype
+    name *dtype* without rounding (always, for integer and boolean tensors: they keep theirs)."""
+    return source not in FLOATING or source in EXACT_IN[dtype]
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,23 @@ def read_tensor(
         del source
         drop_pages(data, offset, count * itemsize)
     return tensor
+
+
+def view_tensor(data: mmap.mmap | bytes, entry: TensorEntry, path: Path) -> Any:
+    """One tensor of a mapped safetensors file as it is stored, viewed in place (no copy): for
+    a consumer that casts it itself. The view holds a ``memoryview`` of the mapping, which keeps
+    the mapping open (:func:`mapped` cannot close it) as long as the tensor lives."""
+    import torch
+
+    if entry.offset + entry.nbytes > len(data):
+        raise ValueError(f"{path.name} ends inside tensor {entry.name}")
+    source_dtype = getattr(torch, DTYPES[entry.dtype])
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=source_dtype)
+    # torch.frombuffer keeps a reference to the object it is given but not a buffer export:
+    # given the mmap itself, the mapping could be closed under the tensor.
+    window = memoryview(data)[entry.offset : entry.offset + entry.nbytes]
+    return torch.frombuffer(window, dtype=source_dtype).view(entry.shape)
 
 
 @contextlib.contextmanager

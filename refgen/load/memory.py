@@ -41,7 +41,10 @@ def load_state_dict(paths: Iterable[Path], dtype: str, progress: bool = True) ->
     """Every tensor of the safetensors files *paths*, floating ones up-cast to *dtype*.
 
     Each tensor gets its own freshly allocated tensor, as ``from_pretrained`` would give it;
-    the file bytes only pass through per-thread staging buffers.
+    the file bytes only pass through per-thread staging buffers. A tensor that *dtype* cannot
+    hold exactly (float32 bytes in a bfloat16 run, say) stays a view of the file as stored:
+    transformers casts it once, to the run dtype or to the float32 it keeps some parameters in
+    (:mod:`refgen.load.model`), exactly as ``from_pretrained`` casts it from the file.
     """
     import torch
     from tqdm.auto import tqdm
@@ -51,7 +54,10 @@ def load_state_dict(paths: Iterable[Path], dtype: str, progress: bool = True) ->
 
     def load(job: tuple[Path, files.TensorEntry]) -> tuple[str, Any]:
         path, entry = job
-        tensor = files.read_tensor(maps[path], entry, target, path)
+        if files.casts_exactly(entry.dtype, dtype):
+            tensor = files.read_tensor(maps[path], entry, target, path)
+        else:
+            tensor = files.view_tensor(maps[path], entry, path)
         bar.update(entry.nbytes)
         return entry.name, tensor
 

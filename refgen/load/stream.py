@@ -49,6 +49,11 @@ log = logging.getLogger("refgen")
 RUNTIME_BYTES = 1_000_000_000
 
 
+# Prompts in flight at once (a wave): each holds its activations, hidden states and logits until
+# its wave is done, and each wave reads every streamed layer once. See Streamer.
+WAVE = 32
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -124,6 +129,16 @@ def _build_meta_model(
         from transformers.monkey_patching import patch_output_recorders
 
         patch_output_recorders(model)
+    # The parameters from_pretrained keeps in float32 are read in float32 (refgen.load.model):
+    # their meta tensors say so, and the reads follow the meta tensors' dtypes.
+    planned = model_check.planned_dtypes(model, getattr(torch, dtype))
+    for name, param in list(model.named_parameters()):
+        if name in planned and param.dtype != planned[name]:
+            owner_name, _, local = name.rpartition(".")
+            kept = torch.nn.Parameter(
+                param.to(planned[name]), requires_grad=param.requires_grad
+            )  # meta: no data
+            model.get_submodule(owner_name)._parameters[local] = kept
     for param in model.parameters():
         param._is_hf_initialized = True
     for name, buffer in list(model.named_buffers()):
@@ -134,7 +149,7 @@ def _build_meta_model(
         if name in sources:
             data, entry, path = sources[name]
             verifier.verified([path.name], hint)
-            value = files.read_tensor(data, entry, buffer.dtype, path)
+            value = files.read_tensor(data, entry, planned.get(name, buffer.dtype), path)
             value._is_hf_initialized = True
         else:
             value = torch.empty_like(buffer, device="cpu")
@@ -153,11 +168,9 @@ def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
     A module above the layers that owns a parameter directly (a scale, say) cannot be hooked
     without wrapping the layers: its own parameters form a resident unit without hooks.
     """
-    import torch
 
     layers_name, layers = decoder_layers(model)
     prefix = getattr(model, "base_model_prefix", "")
-    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
     # Every name a parameter goes by (tied parameters have several), so a tied LM head finds the
     # embedding's tensor in the files.
     aliases: dict[int, list[str]] = {}
@@ -194,7 +207,7 @@ def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
             for local, param in module.named_parameters(recurse=False):
                 full = f"{module_name}.{local}" if module_name else local
                 tensors.append(_Tensor(module, local, key_of(full, param), param))
-                nbytes += param.numel() * itemsize
+                nbytes += param.numel() * param.element_size()
         module = model.get_submodule(name) if hooked else None
         return _Unit(name, module, tensors, nbytes, layer=layer, hooked=hooked)
 
@@ -207,9 +220,13 @@ def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
 class Streamer:
     """Materialises units around their forward, one prompt at a time per unit, in prompt order.
 
-    Threads: one per prompt (its forward), one loader. A unit is entered by prompt k on its v-th
-    hooked call at global step ``v * prompts + k``; the step counter skips prompts whose forward
-    has finished (or failed), so no thread waits on one that will never come.
+    The prompts run in waves of at most :data:`WAVE`, each wave layer by layer: a fixed pool of
+    forward threads (one per prompt of a wave, reused by the next wave), one loader thread per
+    wave and the two reading threads, whatever the number of prompts. Within a wave, a unit is
+    entered by prompt k on its v-th hooked call at global step ``v * prompts + k``; the step
+    counter skips prompts whose forward has finished (or failed), so no thread waits on one that
+    will never come. Each prompt waits on a condition of its own and is woken only when its turn
+    comes (or a unit it waits for is read, or a forward failed), never at every step.
     """
 
     def __init__(
@@ -217,23 +234,23 @@ class Streamer:
         model: Any,
         units: list[_Unit],
         sources: Mapping[str, Any],
-        dtype: str,
         verifier: Verifier,
         hint: str = "",
     ):
-        import torch
 
         self.model = model
         self.units = units
         self.sources = sources  # checkpoint key -> (mapped file, TensorEntry, path)
-        self.target = getattr(torch, dtype)
         self.verifier = verifier
         self.hint = hint
         self.shared: dict[str, Any] = {}  # tied resident weights stay one tensor, as in memory
         # Tensors of released layers, by (shape, dtype), read into again by the next layers.
         self.free: dict[tuple[tuple[int, ...], Any], list[Any]] = {}
         self.free_lock = threading.Lock()
-        self.cond = threading.Condition()
+        # One lock; the loader and each prompt slot of a wave wait on a condition of their own.
+        self.lock = threading.Lock()
+        self.loader_turn = threading.Condition(self.lock)
+        self.turns: list[threading.Condition] = []
         self.local = threading.local()
         self.prompts = 0
         self.step = 0
@@ -264,9 +281,9 @@ class Streamer:
             if param is None:
                 self.free.clear()  # a shape no released layer had: keep the memory bounded
         if param is not None:
-            files.read_tensor(data, entry, self.target, path, out=param.data)
+            files.read_tensor(data, entry, t.meta.dtype, path, out=param.data)
             return param
-        tensor = files.read_tensor(data, entry, self.target, path)
+        tensor = files.read_tensor(data, entry, t.meta.dtype, path)
         return torch.nn.Parameter(tensor, requires_grad=False)
 
     def _materialise(self, unit: _Unit, timed: bool) -> None:
@@ -307,14 +324,14 @@ class Streamer:
             for unit in self.units:
                 if unit.resident and unit.state == "loaded":
                     continue
-                with self.cond:
+                with self.lock:
                     while (
                         self.error is None
                         and unit.state == "absent"
                         and not unit.resident
                         and self._in_memory() >= self.window
                     ):
-                        self.cond.wait()
+                        self.loader_turn.wait()
                     if self.error is not None:
                         return
                     if unit.state != "absent":  # a prompt got there first
@@ -331,26 +348,34 @@ class Streamer:
         try:
             self._materialise(unit, timed)
         except BaseException:
-            with self.cond:
+            with self.lock:
                 unit.state = "absent"
-                self.cond.notify_all()
+                self._wake()
             raise
-        with self.cond:
+        with self.lock:
             unit.state = "loaded"
-            self.cond.notify_all()
+            self._wake()
 
     def _fail(self, exc: BaseException) -> None:
-        with self.cond:
+        with self.lock:
             if self.error is None:
                 self.error = exc
-            self.cond.notify_all()
+            for turn in [self.loader_turn, *self.turns]:
+                turn.notify_all()
+
+    def _wake(self) -> None:
+        """After a change of step or of a unit's state (the lock held): wake the prompt whose
+        turn it is, the only one that can go on, and the loader, which may read further."""
+        if self.turns:
+            self.turns[self.step % self.prompts].notify()
+        self.loader_turn.notify()
 
     # ---- hooks
     def _enter(self, module: Any, args: Any) -> None:
         unit = self.by_module[id(module)]
         k = self.local.prompt
         my_step = self.local.visits * self.prompts + k
-        with self.cond:
+        with self.lock:
             while True:
                 self._check()
                 if self.step == my_step:
@@ -361,12 +386,12 @@ class Streamer:
                         # read it here, on this prompt's turn.
                         unit.state = "loading"
                         break
-                self.cond.wait()
+                self.turns[k].wait()
         self._load_now(unit, timed=True)
 
     def _leave(self, module: Any, args: Any, output: Any) -> None:
         unit = self.by_module[id(module)]
-        with self.cond:
+        with self.lock:
             self.local.visits += 1
             later = [
                 p for p in range(self.local.prompt + 1, self.prompts) if p not in self.finished
@@ -375,7 +400,7 @@ class Streamer:
                 self._release(unit)
                 unit.state = "released"
             self._advance()
-            self.cond.notify_all()
+            self._wake()
         if self.bar is not None:
             self.bar.update(1)
 
@@ -390,24 +415,49 @@ class Streamer:
             raise RuntimeError("another prompt's forward failed") from self.error
 
     # ---- running
-    def run(self, inputs: Sequence[Any], kwargs: Mapping[str, Any], progress: bool) -> list[Any]:
+    def run(
+        self, inputs: Sequence[Any], kwargs: Mapping[str, Any], progress: bool
+    ) -> Iterator[Any]:
+        """The forwards of *inputs*, in order, wave by wave (each wave's once it is done)."""
         import torch
         from tqdm.auto import tqdm
+
+        threads_count = torch.get_num_threads()
+        slots = max(1, min(WAVE, len(inputs)))
+
+        def start_slot() -> None:
+            # Grad mode and torch's intra-op thread count are per thread: set both as the caller
+            # has them, so each op runs exactly as it would on the caller's thread.
+            torch.set_num_threads(threads_count)
+
+        total = len(self.units) * len(inputs)
+        with (
+            tqdm(
+                total=total, desc="stream", unit="layer", disable=None if progress else True
+            ) as self.bar,
+            ThreadPoolExecutor(slots, "refgen-prompt", initializer=start_slot) as pool,
+        ):
+            for first in range(0, len(inputs), slots):
+                yield from self._wave(pool, inputs[first : first + slots], kwargs)
+        self.bar = None
+
+    def _wave(
+        self, pool: ThreadPoolExecutor, inputs: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> list[Any]:
+        """One wave: its prompts together, layer by layer, on the pool's threads."""
+        import torch
 
         self.prompts = len(inputs)
         self.step = 0
         self.finished = set()
         self.error = None
+        self.turns = [threading.Condition(self.lock) for _ in inputs]
         for unit in self.units:
             if not unit.resident:
                 unit.state = "absent"
         results: list[Any] = [None] * len(inputs)
-        threads_count = torch.get_num_threads()
 
         def forward(k: int) -> None:
-            # Grad mode and torch's intra-op thread count are per thread: set both as the caller
-            # has them, so each op runs exactly as it would on the caller's thread.
-            torch.set_num_threads(threads_count)
             self.local.prompt = k
             self.local.visits = 0
             try:
@@ -416,35 +466,25 @@ class Streamer:
             except BaseException as exc:
                 self._fail(exc)
             finally:
-                with self.cond:
+                with self.lock:
                     self.finished.add(k)
                     if self.step % self.prompts == k:
                         self._advance()
-                    self.cond.notify_all()
+                    self._wake()
 
-        total = len(self.units) * len(inputs)
-        with tqdm(
-            total=total, desc="stream", unit="layer", disable=None if progress else True
-        ) as self.bar:
-            loader = threading.Thread(target=self._loader, name="refgen-stream-load", daemon=True)
-            loader.start()
-            threads = [
-                threading.Thread(target=forward, args=(k,), name=f"refgen-prompt-{k}")
-                for k in range(len(inputs))
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            self._fail(StopIteration())  # stops the loader if it waits for a window
-            loader.join()
-        self.bar = None
+        loader = threading.Thread(target=self._loader, name="refgen-stream-load", daemon=True)
+        loader.start()
+        for done in [pool.submit(forward, k) for k in range(len(inputs))]:
+            done.result()
+        self._fail(StopIteration())  # stops the loader if it waits for a window
+        loader.join()
         for unit in self.units:
             if not unit.resident and unit.state == "loaded":
                 self._release(unit)
                 unit.state = "released"
         with self.free_lock:
             self.free.clear()
+        self.turns = []
         error, self.error = self.error, None
         if error is not None and not isinstance(error, StopIteration):
             raise error  # the first failure, from whichever thread had it
@@ -512,7 +552,7 @@ def load_streamed_model(
     keep = budget is None or outside + 2 * layer_max + RUNTIME_BYTES <= budget
     for unit in units:
         unit.resident = not unit.hooked or (keep and not unit.layer)
-    streamer = Streamer(model, units, sources, dtype, verifier, hint)
+    streamer = Streamer(model, units, sources, verifier, hint)
     streamer.load_unhooked()
     model._refgen_streamer = streamer
     model._refgen_files = stack  # the mappings live as long as the model
