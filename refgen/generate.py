@@ -228,7 +228,13 @@ def compute_reference(
             [model_dir / n for n in verifier.expected if n.endswith(".safetensors")],
             confirm,
         )
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        except Exception as exc:  # a damaged tokenizer.json fails in many ways inside tokenizers
+            raise CheckpointError(
+                f"transformers cannot read the checkpoint's tokenizer ({type(exc).__name__}: "
+                f"{str(exc).strip()[:200]}). Restore the tokenizer files and re-lock."
+            ) from None
         inputs = [tokenizer(prompt, return_tensors="pt")["input_ids"] for prompt in spec.prompts]
         _check_run(spec, checkpoint.facts, inputs)
         # What AutoModelForCausalLM.from_pretrained builds, from bytes hashed as they are read;

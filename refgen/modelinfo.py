@@ -149,26 +149,28 @@ def read_checkpoint(
             f"{version}'s AutoModelForCausalLM has no class (from_pretrained refuses this "
             "folder too). Save the checkpoint with the config of its causal-LM class."
         )
-    found = facts(config)
-    _check_vocabulary(model_type, found.get("vocab_size"), weight_files, confirm)
-    return Checkpoint(config, model_type, model_class.__name__, config_sha256(config), found)
+    _check_vocabulary(model_type, config, model_class, weight_files, confirm)
+    return Checkpoint(
+        config, model_type, model_class.__name__, config_sha256(config), facts(config)
+    )
 
 
 def _check_vocabulary(
     model_type: str,
-    vocab: int | None,
+    config: Any,
+    model_class: Any,
     weight_files: Sequence[Path],
     confirm: Callable[[Path], None] | None,
 ) -> None:
-    """The config's vocabulary against the rows of the weights' token embedding, from the
-    safetensors headers (no tensor is read). Candidates are the 2-D tensors of a module named as
-    transformers names token embeddings (``embed_tokens``, ``wte``, ``word_embeddings``,
-    ``embed_in``, ``tok_embeddings``); the check fails only when there are some and none has
-    ``vocab_size`` rows (a multimodal checkpoint may hold other towers' embeddings too). No
-    candidate: not checked here (transformers' loading report still refuses a shape mismatch).
+    """The rows of the token embedding the model builds from *config* against the weights', from
+    the safetensors headers (no tensor is read). The weights' candidates are the 2-D tensors of
+    a module named as transformers names token embeddings (``embed_tokens``, ``wte``,
+    ``word_embeddings``, ``embed_in``, ``tok_embeddings``); the check fails only when there are
+    some and none has the model's rows (a multimodal checkpoint holds other towers' embeddings
+    too). The model's rows are ``vocab_size``, or, when no candidate has that many, those of the
+    model built on the meta device (no memory, no compute): Moshi's embedding has one more row
+    than its vocabulary. No candidate: transformers' loading report still refuses a mismatch.
     *confirm* checks a file against the lock before a mismatch is blamed on the config."""
-    if vocab is None:
-        return
     from safetensors import safe_open
 
     candidates: list[tuple[Path, str, int]] = []
@@ -184,16 +186,34 @@ def _check_vocabulary(
                         candidates.append((file, name, int(shape[0])))
         except (OSError, ValueError):  # unreadable header: the loader names it with its hash
             continue
-    if not candidates or any(rows == vocab for _, _, rows in candidates):
+    rows = {count for _, _, count in candidates}
+    vocab = _positive_int(text_config(config), "vocab_size")
+    if not candidates or vocab in rows:
         return
-    file, name, rows = candidates[0]
+    expected = _embedding_rows(config, model_class)
+    if expected is None or expected in rows:
+        return
+    file, name, count = candidates[0]
     if confirm is not None:
         confirm(file)  # a tampered file is an integrity error (exit 3), not a wrong config
     raise CheckpointError(
-        f"config.json ({model_type}) says vocab_size {vocab}, but the weights' token embedding "
-        f"{name} has {rows} rows. The config does not belong to these weights: restore the "
-        "config.json they were saved with and re-lock."
+        f"config.json ({model_type}) says vocab_size {vocab}, so the model's token embedding has "
+        f"{expected} rows, but the weights' {name} has {count}. The config does not belong to "
+        "these weights: restore the config.json they were saved with and re-lock."
     )
+
+
+def _embedding_rows(config: Any, model_class: Any) -> int | None:
+    """Rows of the input embedding of the model *config* builds, on the meta device."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = model_class._from_config(config)
+        weight = getattr(model.get_input_embeddings(), "weight", None)
+    except Exception:  # a model that cannot be built this way: the loader decides
+        return None
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
 
 
 _EMBEDDING_NAMES = frozenset(

@@ -19,6 +19,7 @@ indices and logits and ``last_residual_f32`` bit for bit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -144,7 +145,8 @@ def shrink(config: Any) -> dict[str, Any]:
     for key, value in data.items():
         if key.startswith("_") or key == layers_key or key in _KEEP.get(model_type, ()):
             continue
-        sub = getattr(config, key, None)
+        # only a dict may be a sub-config (reading a per-layer attribute globally raises)
+        sub = getattr(config, key, None) if isinstance(value, dict) else None
         if isinstance(sub, PretrainedConfig):
             out[key] = shrink(sub)
             if sub.model_type:
@@ -216,8 +218,9 @@ def spec_name(model_type: str, dtype: str) -> str:
     return f"{model_type}-{dtype}"
 
 
-def _build_child(work: Path, types: Sequence[str], dtypes: Sequence[str]) -> None:
-    """Build, save, spec and lock every type; ``built.json``: type -> null or why it failed."""
+def _build_child(work: Path, types: Sequence[str]) -> None:
+    """Build, save and lock every type not built yet; ``built.json``: type -> {repo, revision}
+    or {error: why transformers could not build it}; each lock in ``locks/<type>.lock.json``."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -227,8 +230,12 @@ def _build_child(work: Path, types: Sequence[str], dtypes: Sequence[str]) -> Non
 
     hf_logging.set_verbosity_error()
     tokenizer = archzoo.tokenizer_files(bos=False)
-    built: dict[str, str | None] = {}
+    built = _read_built(work)
+    locks = work / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
     for model_type in types:
+        if model_type in built:
+            continue
         try:
             config = tiny_config(model_type)
             torch.manual_seed(SEED)
@@ -239,21 +246,34 @@ def _build_child(work: Path, types: Sequence[str], dtypes: Sequence[str]) -> Non
             ck = tiny._write_cache(
                 work / "hf-home" / "hub", f"{REPO_ORG}/{model_type}", tokenizer | saved
             )
-            first: Path | None = None
-            for dtype in dtypes:
-                folder = work / "specs" / dtype
-                folder.mkdir(parents=True, exist_ok=True)
-                path = folder / f"{spec_name(model_type, dtype)}.toml"
-                path.write_text(_spec_text(model_type, dtype, ck.repo, ck.revision))
-                if first is None:
-                    hub.lock(load_spec(path), offline=True)
-                    first = path
-                else:
-                    shutil.copy(first.with_suffix(".lock.json"), path.with_suffix(".lock.json"))
-            built[model_type] = None
+            spec = locks / f"{model_type}.toml"
+            spec.write_text(_spec_text(model_type, "float32", ck.repo, ck.revision))
+            hub.lock(load_spec(spec), offline=True)
+            built[model_type] = {"repo": ck.repo, "revision": ck.revision}
         except Exception as exc:  # recorded: a type transformers cannot build this way
-            built[model_type] = f"{type(exc).__name__}: {_first_line(exc)}"
-    (work / "built.json").write_text(json.dumps(built, indent=1, sort_keys=True))
+            built[model_type] = {"error": f"{type(exc).__name__}: {_first_line(exc)}"}
+        (work / "built.json").write_text(json.dumps(built, indent=1, sort_keys=True))
+
+
+def _read_built(work: Path) -> dict[str, dict[str, str]]:
+    path = work / "built.json"
+    data: dict[str, dict[str, str]] = json.loads(path.read_text()) if path.exists() else {}
+    return data
+
+
+def write_specs(work: Path, built: Mapping[str, Mapping[str, str]], dtypes: Sequence[str]) -> None:
+    """``specs/<dtype>/<type>-<dtype>.toml`` and its lock, for every built type."""
+    for model_type, record in built.items():
+        if "error" in record:
+            continue
+        for dtype in dtypes:
+            folder = work / "specs" / dtype
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{spec_name(model_type, dtype)}.toml"
+            if not path.exists():
+                path.write_text(_spec_text(model_type, dtype, record["repo"], record["revision"]))
+                lock = work / "locks" / f"{model_type}.lock.json"
+                shutil.copy(lock, path.with_suffix(".lock.json"))
 
 
 def _spec_text(model_type: str, dtype: str, repo: str, revision: str) -> str:
@@ -325,13 +345,19 @@ with open(out, "w") as f:
 def plain_forwards(
     jobs: Mapping[str, tuple[Path, str]], hf_home: Path, work: Path
 ) -> dict[str, Any]:
-    """key -> plain from_pretrained results (or {"error": ...}) for (snapshot, dtype) jobs."""
-    payload = {k: (str(s), d, list(archzoo.PROMPTS), archzoo.TOP_K) for k, (s, d) in jobs.items()}
+    """key -> plain from_pretrained results (or {"error": ...}) for (snapshot, dtype) jobs; the
+    ones already in ``plain.json`` are not recomputed."""
     target = work / "plain.json"
-    env = refgen_env(hf_home, {"HF_HUB_OFFLINE": "1"})
-    run([sys.executable, "-c", _PLAIN, json.dumps(payload), str(target)], env, ROOT, timeout=7200)
-    data: dict[str, Any] = json.loads(target.read_text())
-    return data
+    done: dict[str, Any] = json.loads(target.read_text()) if target.exists() else {}
+    todo = {k: (str(s), d, list(archzoo.PROMPTS), archzoo.TOP_K) for k, (s, d) in jobs.items()}
+    todo = {k: v for k, v in todo.items() if k not in done}
+    if todo:
+        batch = work / "plain-batch.json"
+        env = refgen_env(hf_home, {"HF_HUB_OFFLINE": "1"})
+        run([sys.executable, "-c", _PLAIN, json.dumps(todo), str(batch)], env, ROOT, timeout=7200)
+        done |= json.loads(batch.read_text())
+        target.write_text(json.dumps(done, sort_keys=True))
+    return {k: done[k] for k in jobs}
 
 
 # --- running the CLI over a specs folder ----------------------------------------------------------
@@ -348,10 +374,15 @@ class Outcome:
     reason: str = ""
 
 
-def run_cli(work: Path, dtype: str, mode: str) -> dict[str, Outcome]:
+def run_cli(work: Path, dtype: str, mode: str, resume: bool = False) -> dict[str, Outcome]:
     """``refgen generate --specs-dir specs/<dtype> --load <mode> --keep-going``: spec stem ->
-    outcome, from the files written and the error lines."""
+    outcome, from the files written and the error lines (*resume*: those of a finished earlier
+    run of this dtype and mode, when there is one)."""
     out = work / "out" / f"{dtype}-{mode}"
+    log = work / f"log-{dtype}-{mode}.txt"
+    done = work / f"done-{dtype}-{mode}"
+    if resume and done.exists():
+        return _outcomes(work, dtype, out, log.read_text(), int(done.read_text()))
     args: list[str | Path] = [
         "generate",
         "--specs-dir",
@@ -362,16 +393,35 @@ def run_cli(work: Path, dtype: str, mode: str) -> dict[str, Outcome]:
     args += ["--load", mode, "--force", "--keep-going"]
     env = refgen_env(work / "hf-home")
     result = run([sys.executable, "-m", "refgen", *args], env, work, check=False, timeout=7200)
-    (work / f"log-{dtype}-{mode}.txt").write_text(result.stderr)
+    log.write_text(result.stderr)
+    done.write_text(str(result.returncode))
+    return _outcomes(work, dtype, out, result.stderr, result.returncode)
+
+
+def _outcomes(
+    work: Path, dtype: str, out: Path, stderr: str, returncode: int
+) -> dict[str, Outcome]:
     reasons: dict[str, str] = {}
     codes: dict[str, int] = {}
-    for line in result.stderr.splitlines():
+    current = ""  # the spec whose traceback is being read
+    for line in stderr.splitlines():
         if match := _ERROR.match(line):
-            reasons[match.group(1).removesuffix(".toml")] = match.group(2)
-        elif match := _SUMMARY.match(line):
-            for item in match.group(1).split(", "):
-                name, _, code = item.partition(" (exit ")
-                codes[name.removesuffix(".toml")] = int(code.rstrip(")"))
+            current = match.group(1).removesuffix(".toml")
+            reasons[current] = match.group(2)
+        elif line.startswith("refgen: "):
+            current = ""
+            if match := _SUMMARY.match(line):
+                for item in match.group(1).split(", "):
+                    name, _, code = item.partition(" (exit ")
+                    codes[name.removesuffix(".toml")] = int(code.rstrip(")"))
+        elif (
+            current
+            and "unexpected" in reasons[current]
+            and line.strip()
+            and not line.startswith((" ", "Traceback"))
+        ):  # a traceback's last line: the exception and its message
+            reasons[current] = reasons[current].split(" (a bug")[0].split(": ")[0]
+            reasons[current] += f": {line.strip()[:200]}"
     outcomes = {}
     for spec in sorted((work / "specs" / dtype).glob("*.toml")):
         if spec.stem in codes:
@@ -379,7 +429,7 @@ def run_cli(work: Path, dtype: str, mode: str) -> dict[str, Outcome]:
         elif (out / f"{spec.stem}.json").is_file():
             outcomes[spec.stem] = Outcome(0)
         else:  # the whole process failed before this spec (see the log)
-            outcomes[spec.stem] = Outcome(result.returncode, _last_line(result.stderr))
+            outcomes[spec.stem] = Outcome(returncode, _last_line(stderr))
     return outcomes
 
 
@@ -399,13 +449,27 @@ class Row:
     exit: int | None  # None: not built
     identical: bool | None  # None: not compared (no JSON, or the plain forward failed)
     reason: str = ""
+    plain_error: str = ""  # the plain from_pretrained forward failed too, with this
+
+    @property
+    def outcome(self) -> str:
+        """The row's class in the counts."""
+        if self.exit is None:
+            return "not built"
+        if self.identical is not None:
+            return "bit-identical" if self.identical else "differs"
+        if self.exit == 2:
+            return "refused (exit 2)"
+        if self.plain_error:
+            return f"exit {self.exit}, plain from_pretrained fails too"
+        return f"exit {self.exit}"
 
 
 @dataclass
 class Zoo:
     work: Path
     types: list[str]
-    built: dict[str, str | None]  # type -> None, or why it could not be built
+    built: dict[str, dict[str, str]]  # type -> {repo, revision}, or {error}
     rows: list[Row] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -430,8 +494,13 @@ def run_zoo(
     dtypes: Sequence[str] = DTYPES,
     modes: Sequence[str] = MODES,
     progress: bool = False,
+    resume: bool = False,
 ) -> Zoo:
-    """Build every type, run the CLI per dtype x mode, the plain forwards, and compare."""
+    """Build every type, run the CLI per dtype x mode, the plain forwards, and compare.
+
+    In a *work* folder of an earlier run, what it built and the plain forwards it computed are
+    reused; with *resume*, also its finished CLI runs (e.g. one dtype per invocation, then one
+    invocation for the whole table)."""
     start = time.monotonic()
     types = list(types)
     work.mkdir(parents=True, exist_ok=True)
@@ -444,34 +513,31 @@ def run_zoo(
     say(f"building {len(types)} model types")
     env = refgen_env(hf_home, {"HF_HUB_OFFLINE": "1"})
     build: list[str | Path] = [sys.executable, Path(__file__).resolve(), "--build-child"]
-    build += ["--work-dir", work]
-    build += ["--types", ",".join(types), "--dtypes", ",".join(dtypes)]
+    build += ["--work-dir", work, "--types", ",".join(types)]
     run(build, env, ROOT, timeout=7200)
-    built: dict[str, str | None] = json.loads((work / "built.json").read_text())
-    zoo = Zoo(work, types, built)
-    ok = [t for t in types if built.get(t) is None]
-    say(f"built {len(ok)}; plain forwards")
-    snapshots = {t: _snapshot(hf_home, t) for t in ok}
-    jobs = {spec_name(t, d): (snapshots[t], d) for t in ok for d in dtypes}
-    plain = plain_forwards(jobs, hf_home, work)
+    built = _read_built(work)
+    write_specs(work, built, dtypes)
+    zoo = Zoo(work, types, {t: built[t] for t in types})
+    ok = [t for t in types if "error" not in built[t]]
     for dtype in dtypes:
+        say(f"built {len(ok)}; plain forwards in {dtype}")
+        jobs = {spec_name(t, dtype): (_snapshot(hf_home, t), dtype) for t in ok}
+        plain = plain_forwards(jobs, hf_home, work)
         for mode in modes:
             say(f"refgen generate {dtype} {mode}")
-            outcomes = run_cli(work, dtype, mode)
+            outcomes = run_cli(work, dtype, mode, resume)
             for t in types:
                 if t not in ok:
-                    zoo.rows.append(Row(t, dtype, mode, None, None, f"not built: {built.get(t)}"))
+                    why = f"not built: {built[t]['error']}"
+                    zoo.rows.append(Row(t, dtype, mode, None, None, why))
                     continue
                 name = spec_name(t, dtype)
-                outcome = outcomes[name]
-                want = plain[name]
+                outcome, want = outcomes[name], plain[name]
                 identical: bool | None = None
-                reason = outcome.reason
                 if outcome.exit == 0 and "error" not in want:
                     identical = archzoo.same_as_plain(zoo.reference(t, dtype, mode), want)
-                elif "error" in want:
-                    reason = f"{reason} (plain from_pretrained fails too: {want['error']})".strip()
-                zoo.rows.append(Row(t, dtype, mode, outcome.exit, identical, reason))
+                row = Row(t, dtype, mode, outcome.exit, identical, outcome.reason)
+                zoo.rows.append(dataclasses.replace(row, plain_error=want.get("error", "")))
     zoo.seconds = time.monotonic() - start
     return zoo
 
@@ -501,43 +567,38 @@ def table(zoo: Zoo) -> str:
 
 
 def counts(zoo: Zoo) -> str:
-    built = sum(1 for t in zoo.types if zoo.built.get(t) is None)
+    """Per dtype x mode, how many rows of each outcome; then every difference, refusal, failure
+    and type not built, with its reason."""
+    built = sum(1 for t in zoo.types if "error" not in zoo.built[t])
     lines = [f"model types: {len(zoo.types)}; built: {built}"]
     combos = sorted({(r.dtype, r.mode) for r in zoo.rows}, key=lambda c: (DTYPES.index(c[0]), c[1]))
     for dtype, mode in combos:
         rows = [r for r in zoo.rows if (r.dtype, r.mode) == (dtype, mode) and r.exit is not None]
-        tally = Counter(
-            "bit-identical"
-            if r.identical
-            else "differs"
-            if r.identical is False
-            else "refused (exit 2)"
-            if r.exit == 2
-            else f"exit {r.exit}"
-            for r in rows
-        )
+        tally = Counter(r.outcome for r in rows)
         listed = ", ".join(f"{n} {k}" for k, n in sorted(tally.items()))
         lines.append(f"{dtype} {mode}: {listed}")
         differs = sorted(r.model_type for r in rows if r.identical is False)
         if differs:
             lines.append(f"  differs: {', '.join(differs)}")
-    refusals = sorted({(r.model_type, r.dtype, r.reason) for r in zoo.rows if r.exit == 2})
-    if refusals:
-        lines.append("refused (exit 2):")
-        lines += [f"  {t} {d}: {reason}" for t, d, reason in refusals]
+    refusals = sorted({(r.model_type, r.dtype, r.mode, r.reason) for r in zoo.rows if r.exit == 2})
+    lines.append(f"refused (exit 2): {len(refusals)}")
+    lines += [f"  {t} {d} {m}: {reason}" for t, d, m, reason in refusals]
     failures = sorted(
         {
-            (r.model_type, r.dtype, r.mode, r.exit, r.reason)
+            (r.model_type, r.dtype, r.mode, r.exit, r.reason, r.plain_error)
             for r in zoo.rows
             if r.exit not in (None, 0, 2)
         }
     )
     lines.append(f"failed (exit other than 0 and 2): {len(failures)}")
-    lines += [f"  {t} {d} {m}: exit {c}: {reason}" for t, d, m, c, reason in failures]
-    not_built = sorted((t, why) for t, why in zoo.built.items() if why is not None)
-    if not_built:
-        lines.append("not built (transformers cannot build the shrunk default config):")
-        lines += [f"  {t}: {why}" for t, why in not_built]
+    for t, d, m, c, reason, plain in failures:
+        also = f" [plain from_pretrained fails too: {plain}]" if plain else ""
+        lines.append(f"  {t} {d} {m}: exit {c}: {reason}{also}")
+    not_built = sorted((t, r["error"]) for t, r in zoo.built.items() if "error" in r)
+    lines.append(
+        f"not built (transformers cannot build the shrunk default config): {len(not_built)}"
+    )
+    lines += [f"  {t}: {why}" for t, why in not_built]
     lines.append(f"wall time: {zoo.seconds:.0f} s")
     return "\n".join(lines) + "\n"
 
@@ -549,18 +610,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtypes", default=",".join(DTYPES))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--work-dir", type=Path, help="keep checkpoints and outputs here")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --work-dir: reuse the finished CLI runs of an earlier invocation there",
+    )
     parser.add_argument("--build-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     dtypes = args.dtypes.split(",")
     if args.build_child:
-        _build_child(args.work_dir, args.types.split(","), dtypes)
+        _build_child(args.work_dir, args.types.split(","))
         return 0
     types = list(SAMPLE) if args.sample else args.types.split(",") if args.types else model_types()
     with tempfile.TemporaryDirectory(prefix="refgen-zoo-") as tmp:
         work = args.work_dir or Path(tmp)
-        zoo = run_zoo(work, types, dtypes, args.modes.split(","), progress=True)
+        zoo = run_zoo(work, types, dtypes, args.modes.split(","), True, args.resume)
         sys.stdout.write(table(zoo) + "\n" + counts(zoo))
-    failed = any(r.exit not in (None, 0, 2) or r.identical is False for r in zoo.rows)
+    # a failure refgen alone has (plain transformers runs), or a difference, fails the session
+    failed = any(
+        (r.exit not in (None, 0, 2) and not r.plain_error) or r.identical is False for r in zoo.rows
+    )
     return 1 if failed else 0
 
 
