@@ -114,6 +114,14 @@ def diff(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, default=False)
+def compare(session: nox.Session) -> None:
+    """A port's dump against a reference: `-- X.json port.safetensors [--map M.toml] [--prompt N]
+    [--html F] [--json F]` (exit 0 within tolerance, 13 diverged, 2 bad input)."""
+    install(session)
+    refgen_verdict(session, "compare")
+
+
+@nox.session(python=PYTHON, default=False)
 def crosscheck(session: nox.Session) -> None:
     """Build the tiny and a larger checkpoint's reference natively and under emulated Intel and
     AMD CPUs (qemu-user), with the profile and without it (the control); print the table; exit

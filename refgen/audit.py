@@ -55,7 +55,7 @@ class Finding:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest as a dict; a missing or malformed one is an :class:`ArtifactError`."""
     try:
-        data = jsonio.loads(path.read_bytes())
+        data = jsonio.read_json(path)
     except FileNotFoundError:
         raise ArtifactError(f"no manifest {path.name} next to the reference") from None
     except OSError as exc:
@@ -83,7 +83,7 @@ def check_integrity(artifact: Artifact, manifest: Mapping[str, Any] | None) -> l
             found += _check_file(folder, out.get("path"), out.get("sha256"), out.get("size"))
     if _is_regular(artifact.sums):
         try:
-            text = artifact.sums.read_bytes().decode("utf-8")
+            text = jsonio.read_bytes(artifact.sums).decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             text = ""
             found.append(Finding("integrity", artifact.sums.name, f"unreadable ({exc})"))
@@ -147,7 +147,7 @@ def _check_statement(artifact: Artifact, manifest: Mapping[str, Any]) -> list[Fi
     """The statement must attest the same subject and dependencies the manifest records."""
     name = artifact.statement.name
     try:
-        statement = jsonio.loads(artifact.statement.read_bytes())
+        statement = jsonio.read_json(artifact.statement)
         expected = provenance.build_statement(manifest, environ={})
         subject_ok = statement["subject"] == expected["subject"]
         deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
@@ -216,7 +216,7 @@ def check_inputs(spec: Spec, recorded: Mapping[str, Any], *, model_files: bool) 
 
 def _lock_detail(lock: Path, recorded: Any) -> str:
     try:
-        files = {f["path"]: f["sha256"] for f in jsonio.loads(lock.read_bytes())["files"]}
+        files = {f["path"]: f["sha256"] for f in jsonio.read_json(lock)["files"]}
     except (OSError, ValueError, KeyError, TypeError):
         return "changed and no longer readable"
     before = {f.get("path"): f.get("sha256") for f in recorded or []}

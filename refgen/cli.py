@@ -17,11 +17,15 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from refgen import cleanup, determinism
 from refgen.errors import ExitCode, OutputError, RefgenError
 from refgen.spec import LOAD_MODES
+
+if TYPE_CHECKING:
+    from refgen.artifact import Artifact
+    from refgen.spec import Spec
 
 log = logging.getLogger("refgen")
 
@@ -400,7 +404,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_one(args: argparse.Namespace, spec: Any, outputs: Any) -> None:
+def _generate_one(args: argparse.Namespace, spec: Spec, outputs: Artifact) -> None:
     from refgen.audit import is_up_to_date
     from refgen.generate import generate
 
@@ -434,10 +438,10 @@ def _report_failure(name: str, exc: Exception) -> int:
     return 1
 
 
-def refuse_collisions(specs: Sequence[Any], sets: Sequence[Any]) -> None:
+def refuse_collisions(specs: Sequence[Spec], sets: Sequence[Artifact]) -> None:
     """Two specs of one run may not share a file (any sibling, or the lock): the second would
     overwrite the first's set. Refused before anything runs."""
-    owner: dict[tuple[Path, str], Any] = {}
+    owner: dict[tuple[Path, str], Spec] = {}
     for spec, outputs in zip(specs, sets, strict=True):
         folder = outputs.reference.parent.resolve()
         for name in outputs.names():

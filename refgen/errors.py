@@ -48,6 +48,15 @@ _MEANINGS: dict[ExitCode, str] = {
 }
 
 
+class NotRegularFileError(OSError):
+    """The path is (or a link leads to) a FIFO, a device, a socket or a folder
+    (:mod:`refgen.jsonio`'s bounded reader; an OSError, so its callers name the file)."""
+
+
+class TooLargeError(OSError):
+    """The file is larger than the reader's limit (:mod:`refgen.jsonio`)."""
+
+
 class RefgenError(Exception):
     """Base class: a failure whose message tells the user what went wrong and how to fix it."""
 

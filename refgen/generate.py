@@ -87,13 +87,17 @@ def _build(
     _kept.clear()  # the previous run's model, before this one is loaded
     lock = read_lock(spec)
     folder = hub.cached_snapshot(spec, lock)
+    hub.check_lock_covers(spec, lock, folder)  # the loader reads locked files only, all of them
     # Sizes first (a stat per file): a file of the wrong size is refused before any hashing,
     # and the manifest records the sizes found, not what the lock claims.
     sizes = hub.check_sizes(spec, lock, folder)
     # Only the config, tokenizer and the weights the checkpoint's index (or its single
     # model.safetensors) names are hashed and visible to the loader; pickle weights or a lock
-    # without the weights are refused here, before any compute.
-    used = set(weights.select([f.path for f in lock.files], folder))
+    # without the weights are refused here, before any compute. The index is parsed only once
+    # its bytes matched the lock.
+    index = next((f for f in lock.files if f.path == weights.INDEX), None)
+    index_bytes = hub.read_verified(folder, index) if index is not None else None
+    used = set(weights.select([f.path for f in lock.files], folder, index_bytes))
     lock_used = dataclasses.replace(lock, files=tuple(f for f in lock.files if f.path in used))
     # Hashing runs on a thread from here on, beside the torch import and the load; no file's
     # content is used before it matched the lock (refgen.load).
@@ -168,12 +172,14 @@ def _build(
 
 
 def destination(spec: Spec, output_dir: Path | None = None) -> Artifact:
-    """Where *spec*'s set goes, checked against everything this run reads: the spec, its lock,
-    ``requirements.lock`` and the model cache (refused: OutputError); an explicit
+    """Where *spec*'s set goes, checked against everything this run reads
+    (:func:`refgen.hub.run_inputs`: the spec, its lock, ``requirements.lock``, the model cache,
+    a local checkpoint's folder and locked files; refused: OutputError); an explicit
     ``--output-dir`` is created."""
+    inputs = hub.run_inputs(spec)
     return Artifact.of(spec, output_dir).check_destination(
-        inputs=[spec.path, spec.lock_path, manifest.requirements_lock_path()],
-        protected=[Path(hub.cache_dir())],
+        inputs=inputs.files,
+        protected=inputs.folders,
         key="--output-dir" if output_dir else f"'reference.output' of {spec.path.name}",
         create=output_dir is not None,
     )
@@ -235,6 +241,8 @@ def compute_reference(
                 f"transformers cannot read the checkpoint's tokenizer ({type(exc).__name__}: "
                 f"{str(exc).strip()[:200]}). Restore the tokenizer files and re-lock."
             ) from None
+        # never a fallback: the tokenizer's vocabulary came from a locked file
+        hub.check_tokenizer_files(spec, tokenizer, (p.name for p in model_dir.iterdir()))
         inputs = [tokenizer(prompt, return_tensors="pt")["input_ids"] for prompt in spec.prompts]
         _check_run(spec, checkpoint.facts, inputs)
         # What AutoModelForCausalLM.from_pretrained builds, from bytes hashed as they are read;
@@ -265,8 +273,7 @@ def compute_reference(
                 f"but the config of {checkpoint.model_type} gives no num_hidden_layers. Remove it "
                 "from [probes]."
             )
-        modules = [name for name, _ in model.named_modules()]
-        capture.start(fields.get("num_layers", 0), modules)
+        capture.start(fields.get("num_layers", 0), probes.module_names(model))
     cases = []
     with (
         timings.phase("forward"),
@@ -294,6 +301,9 @@ def compute_reference(
     if capture is not None and floor_plan is not None:
         model = None  # freed before the float64 copy is loaded
         model = floor_run(spec, model_dir, verifier, capture, floor_plan, inputs, timings)
+        # what transformers kept in float32 in the float64 run too: its rounding is not in
+        # the floor (as the rotary angles, computed in float32 in both runs)
+        record["rounding_floor_float32_parameters"] = float32_parameters(model, "float64")
     if KEEP_LAST_MODEL:
         _kept.append(model)
     reference = {
@@ -335,7 +345,7 @@ def floor_run(
             hint=integrity_hint(spec),
         )
         twin = probes.Capture(spec)
-        twin.start(capture.num_layers, [name for name, _ in model.named_modules()])
+        twin.start(capture.num_layers, probes.module_names(model))
         with torch.inference_mode(), twin.recording(model, inputs):
             runs = loading.forwards(model, inputs, output_hidden_states=True, use_cache=False)
             for number, (input_ids, out) in enumerate(zip(inputs, runs, strict=True)):

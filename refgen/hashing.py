@@ -9,11 +9,14 @@ measured on a 3.4 GB file here), so a run that verifies it leaves more of the CP
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from refgen import jsonio
 
 CHUNK = 8 * 1024 * 1024
 ALGORITHMS = ("sha256", "blake3")
@@ -33,24 +36,25 @@ def hasher(algorithm: str) -> Any:
 def file_digests(
     path: Path, algorithms: Sequence[str] = ("sha256",), progress: bool = True
 ) -> tuple[dict[str, str], int]:
-    """Hex digest of each of *algorithms* and the size, reading the file once in large chunks."""
+    """Hex digest of each of *algorithms* and the size, reading the file once in large chunks.
+
+    Only a regular file is read (refgen.jsonio.open_regular): a FIFO or a link to /dev/zero
+    would never end."""
     digests = {name: hasher(name) for name in algorithms}
     size = 0
-    total = path.stat().st_size
-    # disable=None: tqdm shows the bar only on a TTY, so CI logs stay quiet.
-    show = None if progress and total > 64 * CHUNK else True
-    label = "+".join(algorithms)
-    with (
-        path.open("rb") as f,
-        tqdm(
+    with jsonio.open_regular(path) as f:
+        total = os.fstat(f.fileno()).st_size
+        # disable=None: tqdm shows the bar only on a TTY, so CI logs stay quiet.
+        show = None if progress and total > 64 * CHUNK else True
+        label = "+".join(algorithms)
+        with tqdm(
             total=total, unit="B", unit_scale=True, desc=f"{label} {path.name}", disable=show
-        ) as bar,
-    ):
-        while chunk := f.read(CHUNK):
-            for digest in digests.values():
-                digest.update(chunk)
-            size += len(chunk)
-            bar.update(len(chunk))
+        ) as bar:
+            while chunk := f.read(CHUNK):
+                for digest in digests.values():
+                    digest.update(chunk)
+                size += len(chunk)
+                bar.update(len(chunk))
     return {name: digest.hexdigest() for name, digest in digests.items()}, size
 
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from refgen import cleanup, weights
-from refgen.errors import HubError, IntegrityError, LockError, ModelNotFoundError
+from refgen import cleanup, hashing, jsonio, weights
+from refgen.errors import HubError, IntegrityError, LockError, ModelNotFoundError, RefgenError
 from refgen.hashing import file_digests
 from refgen.lock import (
     LockedFile,
     ModelLock,
+    check,
     check_folder,
     content_revision,
     entry_problem,
@@ -103,11 +106,21 @@ def verify_snapshot(spec: Spec, lock: ModelLock, folder: Path) -> None:
 
 def check_sizes(spec: Spec, lock: ModelLock, folder: Path) -> dict[str, int]:
     """The size of every locked file, checked against the lock where it records one, before
-    any byte is hashed; IntegrityError names the file, the size locked and the size found."""
+    any byte is hashed; IntegrityError names the file, the size locked and the size found.
+
+    Every locked file must be (or link to) a regular file: a FIFO would block the read, a
+    device (``/dev/zero``) never end, a folder not be one file (ModelNotFoundError, exit 2)."""
     sizes: dict[str, int] = {}
     problems = []
     for f in lock.files:
-        sizes[f.path] = (folder / f.path).stat().st_size
+        info = (folder / f.path).stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelNotFoundError(
+                f"the model file {f.path} in {folder} is {jsonio.kind(info.st_mode)}, not a "
+                "regular file; refgen reads only regular files. Replace it with the file the "
+                f"lock names: {fetch_hint(spec)}."
+            )
+        sizes[f.path] = info.st_size
         if f.size is not None and f.size != sizes[f.path]:
             problems.append(f"  {f.path}: {f.size} bytes in the lock, {sizes[f.path]} in the cache")
     if problems:
@@ -120,6 +133,117 @@ def check_sizes(spec: Spec, lock: ModelLock, folder: Path) -> dict[str, int]:
             f"`nox -s lock-model -- --spec {spec.display}`)."
         )
     return sizes
+
+
+# The files a loader reads beside the weights (refgen.weights.select keeps exactly these when it
+# locks): transformers' AutoConfig reads config.json; a run without it cannot know the model.
+REQUIRED = ("config.json",)
+
+
+def check_lock_covers(spec: Spec, lock: ModelLock, folder: Path) -> None:
+    """The lock names every file the loader would read (LockError, exit 2, before any compute).
+
+    The loader sees only the locked files (:func:`verified_view`), so a file of the checkpoint
+    that the lock leaves out is not read: a lock without ``tokenizer.json`` made transformers
+    build an empty tokenizer and give a wrong reference. Refused: a lock without
+    ``config.json``, and any file of the checkpoint that ``refgen lock`` would lock (config,
+    tokenizer and generation files: :func:`refgen.weights.select`'s non-weight files) and the
+    lock does not name. A tokenizer with no vocabulary file at all is refused once its class is
+    known (:func:`check_tokenizer_files`)."""
+    locked = {f.path for f in lock.files}
+    present = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    read = sorted(
+        name
+        for name in present
+        if name not in locked
+        and not weights.is_weight_file(name)
+        and name != weights.INDEX
+        and not any(fnmatch.fnmatch(name, pattern) for pattern in IGNORED)
+        and (folder / name).is_file()
+    )
+    lacking = [name for name in REQUIRED if name not in locked]
+    unlocked = sorted({*lacking, *read})
+    if unlocked:
+        raise LockError(
+            f"{spec.lock_path.name} does not name {', '.join(unlocked)}, which the loader reads "
+            f"from {folder}: a run uses only locked files, and without "
+            f"{'it' if len(unlocked) == 1 else 'them'} transformers would fall back to "
+            "defaults (an empty tokenizer, no config) and give a wrong reference. Re-record the "
+            f"lock with `refgen lock --spec {spec.display}` (or `nox -s lock-model`)."
+        )
+
+
+def read_verified(folder: Path, locked: LockedFile, limit: int = jsonio.MAX_BYTES) -> bytes:
+    """The bytes of a small locked file (an index, a config), read once, bounded, and checked
+    against every digest the lock has for it before anyone parses them (IntegrityError)."""
+    try:
+        data = jsonio.read_bytes(folder / locked.path, limit)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"cannot read the model file {locked.path}: {exc.strerror}."
+        ) from None
+    digests = {a: hashing.hasher(a) for a in locked.algorithms}
+    for digest in digests.values():
+        digest.update(data)
+    actual = {a: d.hexdigest() for a, d in digests.items()}
+    result = check([locked], {locked.path: (actual, len(data))})
+    if result.mismatched:
+        raise IntegrityError(
+            f"model file {locked.path} in {folder} does not match the lock: "
+            f"{result.mismatched[0].describe()}. The copy is corrupt or was modified; "
+            "replace it with the locked file."
+        )
+    return data
+
+
+def check_tokenizer_files(spec: Spec, tokenizer: Any, locked: Iterable[str]) -> None:
+    """The tokenizer was built from a vocabulary file the lock names (LockError otherwise).
+
+    transformers builds a tokenizer of the class ``tokenizer_config.json`` names even when none
+    of its vocabulary files is there: an empty one, which tokenizes a prompt to nothing or to
+    special tokens alone. The class says which files it reads (``vocab_files_names``): its
+    ``tokenizer.json``, or else every one of its own files (``vocab.json`` and ``merges.txt``
+    for a byte-level BPE) must be locked."""
+    names = dict(getattr(tokenizer, "vocab_files_names", {}) or {})
+    present = set(locked)
+    fast = names.pop("tokenizer_file", None)
+    if fast is None and not names:  # a class that reads no file (byte-level: ByT5)
+        return
+    if fast in present or (names and all(n in present for n in names.values())):
+        return
+    wanted = (
+        " or ".join(part for part in (fast, " and ".join(names.values())) if part)
+        or "a vocabulary file"
+    )
+    raise LockError(
+        f"{spec.lock_path.name} names no vocabulary file of the tokenizer "
+        f"{type(tokenizer).__name__} ({wanted}): transformers would build an empty tokenizer and "
+        "the reference would be wrong. Lock the checkpoint's tokenizer files (`refgen lock "
+        f"--spec {spec.display}`); a checkpoint that ships none cannot make a reference."
+    )
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run reads, which no output may touch (refgen.paths.check_destinations)."""
+
+    files: tuple[Path, ...]  # compared by path and by identity (a link or hard link to one)
+    folders: tuple[Path, ...]  # nothing may be written inside these
+
+
+def run_inputs(spec: Spec) -> Inputs:
+    """The inputs of a spec's run: the spec, its lock, ``requirements.lock``, the Hugging Face
+    cache, and a local checkpoint's whole folder with every file its lock names (a locked file
+    may be a link out of the folder: its target is protected by identity)."""
+    from refgen import manifest
+
+    files = [spec.path, spec.lock_path, manifest.requirements_lock_path()]
+    folders = [Path(cache_dir())]
+    if spec.local_path is not None:
+        folders.append(spec.local_path)
+        with contextlib.suppress(RefgenError):  # an unreadable lock is refused later, by name
+            files += [spec.local_path / f.path for f in read_lock(spec).files]
+    return Inputs(tuple(files), tuple(folders))
 
 
 def check_cache_dir() -> None:

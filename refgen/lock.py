@@ -33,6 +33,8 @@ from refgen.paths import relative_path_problem
 from refgen.spec import Spec
 
 LOCK_SCHEMA = "refgen.model-lock/1"
+# A lock is about 250 bytes per file: 16 MiB is tens of thousands of shards.
+MAX_LOCK_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def read_lock(spec: Spec) -> ModelLock:
             "snapshot already in the local cache) and commit it."
         )
     try:
-        data = jsonio.loads(path.read_bytes())
+        data = jsonio.loads(jsonio.read_bytes(path, MAX_LOCK_BYTES))
     except ValueError as exc:
         raise LockError(
             f"{path.name} is not valid JSON ({exc}); regenerate it with `nox -s lock-model`."

@@ -8,7 +8,8 @@ Rules (the README's "Where outputs may go"):
   paths, escapes (``../../x.json``) and folders that do not exist are refused; a destination
   elsewhere is chosen explicitly with ``--output-dir``.
 * No output file (the reference and its siblings) may be a symbolic link, a folder or any input
-  of the run (the spec, a model lock, ``requirements.lock``, anything in the Hugging Face cache).
+  of the run (the spec, a model lock, ``requirements.lock``, anything in the Hugging Face cache,
+  anything in a local checkpoint's folder or any file its lock names: refgen.hub.run_inputs).
 * Paths read from a lock or a manifest are relative POSIX paths without ``.``/``..`` or empty
   components; a manifest's outputs are plain file names in the artifact's folder.
 """
@@ -162,6 +163,16 @@ def check_destinations(
     roots = [Path(os.path.abspath(p)).resolve() for p in protected]
     for target in targets:
         folder = target.parent
+        # inputs' folders first, before a missing --output-dir is created: the model cache (its
+        # files are links into blobs) and a local checkpoint's folder
+        real = Path(os.path.abspath(folder)).resolve() / target.name
+        for root in roots:
+            if _inside(real, root):
+                raise OutputError(
+                    f"{target} lies in {root}, which holds inputs of this run (the model cache "
+                    "or the checkpoint's folder); an output never goes there. Choose another "
+                    "destination."
+                )
         if not folder.is_dir():
             if folder.exists() or not create:
                 raise OutputError(
@@ -172,14 +183,6 @@ def check_destinations(
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise OutputError(f"cannot create {folder}: {exc.strerror}") from None
-        # the model cache first: its files are links into blobs, and the cache is the reason
-        real = folder.resolve() / target.name
-        for root in roots:
-            if _inside(real, root):
-                raise OutputError(
-                    f"{target} lies in {root}, which holds inputs (the model cache); choose "
-                    "another destination."
-                )
         try:
             info = os.lstat(target)
         except FileNotFoundError:

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from refgen import jsonio
 from refgen.errors import ProbeFileError as ProbeFileError  # raised here; compare catches it here
 from refgen.errors import SpecError
 from refgen.modelinfo import positions
@@ -85,6 +86,9 @@ LAYER_NUMBERING = (
     "num_layers = final norm output (the last decoder layer's raw output is its module's)"
 )
 MAX_HEADER = 100 * 1024 * 1024
+# A probe file is read whole; the bound only keeps a reader from going on forever (a regular file
+# has the size it has): 1 TiB.
+MAX_PROBE_FILE = 1 << 40
 _NAME = re.compile(
     r"^prompt(\d+)\.(?:hidden_states\.layer(?P<layer>\d+)|logits\.(?P<logits>last|all)"
     r"|(?P<ids>input_ids)|module\.(?P<module>.+))$"
@@ -189,6 +193,18 @@ def module_pattern_matches(pattern: str, path: str) -> bool:
     )
 
 
+def module_names(model: Any) -> list[str]:
+    """The paths of *model*'s modules that can have an output: containers without a forward of
+    their own (a ModuleList, a ModuleDict) are left out, since a hook on them never fires."""
+    import torch
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if type(module).forward is not torch.nn.Module.forward
+    ]
+
+
 def resolve_modules(spec: Spec, names: Sequence[str]) -> tuple[str, ...]:
     """The module paths the spec's patterns match among *names* (``named_modules()`` order);
     a pattern matching none is a SpecError naming the closest paths."""
@@ -202,12 +218,14 @@ def resolve_modules(spec: Spec, names: Sequence[str]) -> tuple[str, ...]:
         if not found:
             # the generic forms too, so that "layers.*.attn" suggests "model.layers.*.self_attn"
             generic = sorted({re.sub(r"(?<=\.)\d+(?=\.|$)", "*", n) for n in names})
-            close = difflib.get_close_matches(pattern, [*generic, *names], n=5, cutoff=0.5)
+            close = difflib.get_close_matches(pattern, generic, n=3, cutoff=0.5)
+            close += difflib.get_close_matches(pattern, names, n=5 - len(close), cutoff=0.5)
             hint = f" Close: {', '.join(close)}." if close else ""
             raise SpecError(
                 f"{spec.path.name}: 'probes.modules' pattern {pattern!r} matches no module of "
                 f"the model.{hint} Patterns name paths of model.named_modules(); * stands for "
-                "one whole part (a layer index)."
+                "one whole part (a layer index); a container without a forward (a ModuleList "
+                "such as model.layers) has no output."
             )
         matched |= found
     return tuple(n for n in names if n in matched)
@@ -476,6 +494,15 @@ def dump(tensors: Mapping[str, Any], metadata: Mapping[str, Any]) -> bytes:
     canonical = json.dumps(
         metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
+    # safetensors readers (ours, the Python and Rust libraries) refuse a header over 100 MB; a
+    # floor of many modules at every position of long prompts could pass it: refused here.
+    if len(canonical.encode()) > MAX_HEADER // 2:
+        raise ProbeFileError(
+            f"the probe file's metadata would be {len(canonical.encode()) / 1e6:.0f} MB (the "
+            f"rounding floor of {len(tensors)} tensors, per position), past what safetensors "
+            "readers accept. Ask for fewer modules or positions, or for rounding_floor in a "
+            "separate spec with shorter prompts."
+        )
     data: bytes = save(ordered, metadata={METADATA_KEY: canonical})
     return data
 
@@ -517,7 +544,8 @@ class ProbeFile:
 def read(path: Path) -> ProbeFile:
     """Parse a probe file; :class:`ProbeFileError` says what is wrong with a damaged one."""
     try:
-        raw = path.read_bytes()
+        # a regular file only, never a FIFO or a device; as large as the file is
+        raw = jsonio.read_bytes(path, limit=MAX_PROBE_FILE)
     except OSError as exc:
         raise ProbeFileError(f"cannot read {path.name}: {exc.strerror}") from None
     if len(raw) < 8:
@@ -526,11 +554,11 @@ def read(path: Path) -> ProbeFile:
     if size > min(MAX_HEADER, len(raw) - 8):
         raise ProbeFileError(f"{path.name}: header size {size} does not fit the file")
     try:
-        header = json.loads(raw[8 : 8 + size])
+        header = jsonio.loads(raw[8 : 8 + size])  # nesting bounded: a ValueError
         if not isinstance(header, dict):
             raise TypeError("header is not an object")
         meta = header.pop("__metadata__", None) or {}
-        metadata = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+        metadata = jsonio.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
         body = raw[8 + size :]
         tensors = {}
         for name, info in header.items():

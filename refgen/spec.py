@@ -39,6 +39,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from refgen import jsonio
 from refgen.errors import SpecError
 from refgen.paths import spec_output
 
@@ -244,17 +245,18 @@ def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec; each problem is a :class:`SpecError` naming the key and the fix."""
     path = Path(path).resolve()
     try:
-        raw = path.read_bytes()
+        # a regular file only, bounded: a FIFO named x.toml in --specs-dir never blocks the run
+        raw = jsonio.read_bytes(path)
     except FileNotFoundError:
         raise SpecError(
             f"spec file not found: {path}. Pass an existing TOML file to --spec."
         ) from None
-    except IsADirectoryError:
-        raise SpecError(
-            f"spec {path} is a folder, not a file. Pass a TOML file to --spec, or the folder "
-            "to --specs-dir."
-        ) from None
-    except OSError as exc:  # unreadable (permissions), a folder, ...
+    except OSError as exc:  # unreadable (permissions), a folder, a FIFO, a device, too large
+        if path.is_dir():
+            raise SpecError(
+                f"spec {path} is a folder, not a file. Pass a TOML file to --spec, or the "
+                "folder to --specs-dir."
+            ) from None
         raise SpecError(
             f"cannot read the spec {path}: {exc.strerror}. Pass a readable TOML file to --spec."
         ) from None
@@ -262,6 +264,8 @@ def load_spec(path: str | Path) -> Spec:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not valid TOML ({exc}). Fix the syntax of the spec.") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise SpecError(f"{path}: not valid TOML (nested too deeply). Fix the spec.") from None
     return _validate(path, hashlib.sha256(raw).hexdigest(), data)
 
 
@@ -379,10 +383,10 @@ def _build(path: Path, sha256: str, v: dict[str, dict[str, Any]]) -> Spec:
     except OverflowError:  # an integer past float's range
         tolerance = math.inf
     if not (math.isfinite(tolerance) and tolerance >= 0):
+        why = " (it would call any rebuild reproduced)" if tolerance == math.inf else ""
         raise SpecError(
             f"{where}: 'verify.tolerance' must be a finite number >= 0, got "
-            f"{_short(v['verify']['tolerance'])} (an infinite tolerance would call any rebuild "
-            "reproduced)."
+            f"{_short(v['verify']['tolerance'])}{why}."
         )
     output = ref["output"]
     if not output.endswith(".json"):

@@ -215,7 +215,7 @@ def rebuild(spec: Spec) -> Iterator[tuple[Path | None, str | None]]:
 
 def _environment_notes(committed: Mapping[str, Any], rebuilt_manifest: Path) -> list[str]:
     try:
-        rebuilt = jsonio.loads(rebuilt_manifest.read_bytes())
+        rebuilt = jsonio.read_json(rebuilt_manifest)
     except (OSError, ValueError):
         return []
     notes = []

@@ -10,10 +10,10 @@ Pickle checkpoints are refused: unpickling an untrusted file can run arbitrary c
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from refgen import jsonio
 from refgen.errors import CheckpointError
 
 INDEX = "model.safetensors.index.json"
@@ -33,17 +33,21 @@ def is_weight_file(name: str) -> bool:
     return any(fnmatch.fnmatch(Path(name).name, p) for p in WEIGHT_PATTERNS)
 
 
-def named_weights(names: Iterable[str], folder: Path) -> list[str]:
+def named_weights(names: Iterable[str], folder: Path, index: bytes | None = None) -> list[str]:
     """The weight files the checkpoint names (index first when sharded), all present in
-    ``names``; CheckpointError otherwise. ``folder`` holds the index, if any."""
+    ``names``; CheckpointError otherwise. ``folder`` holds the index, if any; *index*, when
+    given, is its content already checked against the lock (refgen.hub.read_verified), so no
+    unverified byte is parsed."""
     present = set(names)
     if INDEX in present:
         try:
-            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+            raw = index if index is not None else jsonio.read_bytes(folder / INDEX)
+            weight_map = jsonio.loads(raw)["weight_map"]
             shards = sorted({str(f) for f in weight_map.values()})
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else repr(exc)
             raise CheckpointError(
-                f"{INDEX} is unreadable ({exc!r}). If it is a damaged copy, fetch the model "
+                f"{INDEX} is unreadable ({why}). If it is a damaged copy, fetch the model "
                 "again; if the checkpoint ships it so, it cannot be loaded."
             ) from None
         lacking = [s for s in shards if s not in present]
@@ -68,10 +72,11 @@ def named_weights(names: Iterable[str], folder: Path) -> list[str]:
     )
 
 
-def select(names: Iterable[str], folder: Path) -> list[str]:
+def select(names: Iterable[str], folder: Path, index: bytes | None = None) -> list[str]:
     """What to lock and load: top-level non-weight files (config, tokenizer, generation config)
-    plus the weights the checkpoint names; other weight files are left out."""
+    plus the weights the checkpoint names (*index*: as :func:`named_weights`); other weight
+    files are left out."""
     names = sorted(set(names))
-    weights = named_weights(names, folder)
+    weights = named_weights(names, folder, index)
     others = [n for n in names if "/" not in n and not is_weight_file(n) and n != INDEX]
     return sorted({*others, *weights})

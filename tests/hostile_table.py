@@ -84,7 +84,7 @@ def signal_row(
             break
     time.sleep(1.0)
     proc.send_signal(sig)
-    rest, _ = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
     stderr = "".join(lines) + rest
     after = test_hostile.snapshot(work)
     shutil.rmtree(hooks)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+import filelock
 import pytest
 from conftest import ROOT, TinySetup
 
@@ -80,58 +79,37 @@ sys.exit(main(["generate", "--spec", {str(tiny_setup.spec)!r}, "--output-dir", {
 def test_sigterm_during_a_run_keeps_the_previous_artifact(
     tiny_copy: TinySetup, tmp_path: Path
 ) -> None:
-    """SIGTERM (docker stop, a CI timeout) while the run is stuck reading the weights."""
+    """SIGTERM (docker stop, a CI timeout) while the run is stuck: it waits for the set's lock,
+    which this test holds (another run committing the same set), so the signal's timing does not
+    matter. The waiting run leaves nothing, and the lock it never held stays the holder's."""
     out = tmp_path / "out"
     seed_old_artifact(out)
-    # A FIFO nobody writes to: the run blocks on it at a known point, so the signal's timing
-    # does not matter.
-    weights = tiny_copy.checkpoint.snapshot / "model.safetensors"
-    blob = weights.resolve()
-    blob.unlink()
-    os.mkfifo(blob)
-    # A FIFO has size 0: without a size in the lock the run gets past the size check to open().
-    lock = json.loads(tiny_copy.lock.read_text())
-    for entry in lock["files"]:
-        entry["size"] = None
-    tiny_copy.lock.write_text(json.dumps(lock))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "refgen",
-            "generate",
-            "--spec",
-            str(tiny_copy.spec),
-            "--output-dir",
-            str(out),
-        ],
-        env={"HF_HOME": str(tiny_copy.hf_home), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # Signal once the command's thread waits in open() on the FIFO: the run is then certainly
-    # past startup and stuck in a system call that does not return on its own.
-    deadline = time.monotonic() + 120
-    while not _a_thread_waits_on_a_fifo(proc.pid):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the run never reached the weights"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr
-    assert "no output was changed" in stderr
+    held = filelock.FileLock(out / ".tiny_qwen3_reference.lock")
+    held.acquire()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "refgen", "generate", "--spec", str(tiny_copy.spec),
+             "--output-dir", str(out)],
+            env={"HF_HOME": str(tiny_copy.hf_home), "PYTHONPATH": str(ROOT),
+                 "PATH": "/usr/bin:/bin"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the run is past startup, blocked on the lock
+            if "waiting for another refgen run" in line:
+                break
+        else:
+            pytest.fail(f"the run never waited for the lock (exit {proc.wait()})")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 143, stderr
+        assert "no output was changed" in stderr
+        assert (out / ".tiny_qwen3_reference.lock").exists()  # still this holder's
+    finally:
+        (out / ".tiny_qwen3_reference.lock").unlink(missing_ok=True)
+        held.release()
     assert_untouched(out)
-
-
-def _a_thread_waits_on_a_fifo(pid: int) -> bool:
-    """Whether any thread of ``pid`` sleeps in open() of a FIFO with no writer."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            if (task / "wchan").read_text() == "wait_for_partner":
-                return True
-        except OSError:
-            continue
-    return False
 
 
 # --- the commit, failing at each step -------------------------------------------------------------

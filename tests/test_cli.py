@@ -52,8 +52,10 @@ def test_every_error_class_is_in_errors() -> None:
     assert elsewhere == {}
     for name in _error_classes(ROOT / "refgen" / "errors.py"):
         cls = getattr(errors, name)
-        assert issubclass(cls, RefgenError), name
-        assert isinstance(cls.exit_code, ExitCode), name
+        # the bounded reader's OSErrors are caught by their callers, which name the file
+        assert issubclass(cls, RefgenError | OSError), name
+        if issubclass(cls, RefgenError):
+            assert isinstance(cls.exit_code, ExitCode), name
 
 
 @pytest.mark.parametrize("argv", [["--debug", "lock"], ["lock", "--debug"]])

@@ -248,7 +248,8 @@ def test_deep_json_through_the_cli(tmp_path: Path) -> None:
     good = _write(tmp_path, "a.json", make_reference())
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100000 + "]" * 100000)
-    result = run_refgen("diff", good, deep, hf_home=tmp_path, check=False)
+    own_tmp = {"TMPDIR": str(tmp_path)}  # what other processes leave in /tmp is not ours
+    result = run_refgen("diff", good, deep, hf_home=tmp_path, env=own_tmp, check=False)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("refgen: error:") and "Traceback" not in result.stderr
 
@@ -414,7 +415,7 @@ def test_a_negative_shape_in_a_probe_header_is_a_finding(tmp_path: Path) -> None
     header["prompt0.logits.last"]["shape"] = [-2, -2]  # -2 x -2 = 4 values, the right size
     text = json.dumps(header).encode()
     path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
-    result = run_refgen("diff", a, b, hf_home=tmp_path, check=False)
+    result = run_refgen("diff", a, b, hf_home=tmp_path, env={"TMPDIR": str(tmp_path)}, check=False)
     assert result.returncode == 11, result.stderr
     assert "Traceback" not in result.stderr
     assert "has a negative dimension: shape [-2, -2]" in result.stdout

@@ -252,7 +252,9 @@ def test_a_file_missing_from_the_lock_is_never_read(
     tiny_copy: TinySetup, generated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file added to the snapshot behind the lock's back is not even visible to the loader:
-    the folder the generator loads from holds exactly the locked files, with the locked bytes."""
+    the folder the generator loads from holds exactly the locked files, with the locked bytes.
+    (A top-level file the loader would read, such as a chat_template.jinja, is refused instead:
+    tests/test_hostile_inputs.py.)"""
     from huggingface_hub import constants
 
     from refgen import generate
@@ -260,10 +262,11 @@ def test_a_file_missing_from_the_lock_is_never_read(
     from refgen.spec import load_spec
 
     snapshot = tiny_copy.checkpoint.snapshot
-    (snapshot / "chat_template.jinja").write_text("{{ 'injected' }}")
+    (snapshot / "original").mkdir()  # as Llama repositories ship their original weights
+    (snapshot / "original" / "chat_template.jinja").write_text("{{ 'injected' }}")
     spec = load_spec(tiny_copy.spec)
     locked = {f.path: f.sha256 for f in read_lock(spec).files}
-    assert "chat_template.jinja" not in locked
+    assert "original/chat_template.jinja" not in locked
     seen: dict[str, Any] = {}
 
     class Seen(Exception):
@@ -275,7 +278,7 @@ def test_a_file_missing_from_the_lock_is_never_read(
             p.relative_to(model_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in files
         }
-        seen["injected_readable"] = (model_dir / "chat_template.jinja").exists()
+        seen["injected_readable"] = (model_dir / "original" / "chat_template.jinja").exists()
         verifier.result()
         raise Seen
 

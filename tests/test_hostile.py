@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from conftest import ROOT, TinySetup, run_refgen
@@ -378,10 +378,10 @@ def test_spec_that_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     spec = tmp_path / "x.toml"
     spec.write_text("schema = 1\n")
 
-    def refuse(self: Path) -> bytes:
-        raise PermissionError(13, "Permission denied", str(self))
+    def refuse(path: Path) -> BinaryIO:
+        raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    monkeypatch.setattr(jsonio, "open_regular", refuse)
     with pytest.raises(RefgenError, match=r"cannot read the spec .*Permission denied"):
         load_spec(spec)
 

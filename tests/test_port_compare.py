@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,12 @@ def dump(ref: Reference, folder: Path, bug: str | None = None, dtype: str | None
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, "-m", "refgen", "compare", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    """``refgen compare`` as a porter runs it (a temp folder of its own: what other processes
+    left in the shared one is not this test's)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "TMPDIR": tmp}
+        cmd = [sys.executable, "-m", "refgen", "compare", *map(str, args)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def firsts(result: PortComparison) -> list[str | None]:
@@ -104,6 +108,20 @@ def test_correct_float32_port_passes_every_layer(f32: Reference, tmp_path: Path)
         assert all(logits["top1_agree"]) and all(logits["candle_mi"])
         assert len(logits["top1_agree"]) == len(prompt["tensors"][0]["positions"])
     assert "x the float32 rounding" in proc.stdout
+
+
+def test_last_position_logits_against_every_position(f32: Reference, tmp_path: Path) -> None:
+    """A port that has only the last logits: compared with the reference's last row, judged by
+    that row's own rounding floor."""
+    out = f32.port().forward(list(f32.tokens[2]))
+    path = write_dump(tmp_path / "last.safetensors", {"logits.last": out["logits.last"]})
+    result = compare_port(f32.json, path, prompt=2)
+    (t,) = result.prompts[0].tensors
+    assert t.reference_name == "prompt2.logits.all[-1]"
+    assert t.within and t.allowance is not None and t.allowance.kind == "floor"
+    assert 0 < t.ratio <= FLOOR_FACTOR / 2
+    assert result.summary().endswith("; 1 note(s) below")
+    assert "compared with the reference's last position" in result.notes[0]
 
 
 EXPECTED = {
@@ -151,6 +169,31 @@ def test_bfloat16_reference_and_port(bf16: Reference, tmp_path: Path) -> None:
     bug = compare_port(bf16.json, dump(bf16, tmp_path, "transposed_o_proj"))
     assert firsts(bug) == [EXPECTED["transposed_o_proj"]] * len(PROMPTS)
     assert "x the bfloat16 rounding" in bug.summary()
+
+
+def test_bfloat16_port_against_a_float32_reference(f32: Reference, tmp_path: Path) -> None:
+    """A port computing in bfloat16 is judged against one bfloat16 rounding of each tensor (or
+    the float32 floor, whichever is larger; measured: at most 3.7x); the planted bug is still
+    named."""
+
+    def bf16_dump(bug: str | None) -> Path:
+        port = f32.port(bug, dtype="bfloat16")
+        values = {
+            f"prompt{i}.{name}": value
+            for i, tokens in enumerate(f32.tokens)
+            for name, value in port.forward(list(tokens)).items()
+            if name != "logits.last"
+        }
+        return write_dump(tmp_path / f"{bug}.safetensors", values, "bfloat16")
+
+    correct = compare_port(f32.json, bf16_dump(None))
+    assert not correct.diverged, correct.render()
+    assert "the larger of the reference's own float32 rounding error and one bfloat16" in (
+        correct.rule()
+    )
+    assert max(t.ratio for p in correct.prompts for t in p.tensors) <= FLOOR_FACTOR / 2
+    result = compare_port(f32.json, bf16_dump("transposed_o_proj"))
+    assert firsts(result) == [EXPECTED["transposed_o_proj"]] * len(PROMPTS)
 
 
 # --- dumps as ports write them -------------------------------------------------------------------
@@ -209,6 +252,30 @@ def test_llama_cpp_names_through_the_shipped_map_give_the_same_verdict(
         assert norm.reference_name == f"prompt{prompt}.hidden_states.layer{NUM_LAYERS}"
 
 
+def test_llama_cpp_last_position_only(f32: Reference, tmp_path: Path) -> None:
+    """llama.cpp computes the last layer and the output for the last position only (unless
+    asked for every logit): those rows are compared with the reference's last position, each
+    against that position's own rounding floor."""
+    out = f32.port().forward(list(f32.tokens[2]))
+    last = NUM_LAYERS - 1
+    tensors = {
+        "l_out-0": out["module.model.layers.0"],
+        f"l_out-{last}": out[f"module.model.layers.{last}"][-1:],
+        "result_norm": out[f"hidden_states.layer{NUM_LAYERS}"][-1:],
+        "result_output": out["logits.all"][-1:],
+    }
+    path = tmp_path / "cpp.safetensors"
+    save_file(tensors, str(path))
+    result = compare_port(f32.json, path, names=namemap.load(MAPS / "llama.cpp.toml"), prompt=2)
+    assert not result.diverged, result.render()
+    compared = {t.port_name: t for t in result.prompts[0].tensors}
+    assert compared["l_out-0"].reference_name == "prompt2.module.model.layers.0"
+    for name in (f"l_out-{last}", "result_norm", "result_output"):
+        t = compared[name]
+        assert t.reference_name.endswith("[-1]") and len(t.positions) == 1
+        assert t.allowance is not None and t.allowance.kind == "floor" and t.ratio > 0
+
+
 def test_transformerlens_names_with_a_batch_dimension(f32: Reference, tmp_path: Path) -> None:
     out = f32.port("norm_eps").forward(list(f32.tokens[1]))
     tensors = {"hook_embed": out["hidden_states.layer0"][None]}
@@ -246,6 +313,24 @@ def test_without_a_floor_record_the_dtype_default_applies(f32: Reference, tmp_pa
     for bug in BUGS:
         result = compare_port(plain, dump(f32, tmp_path, bug))
         assert firsts(result) == [EXPECTED[bug]] * len(PROMPTS), bug
+
+
+def test_a_damaged_floor_entry_falls_back_to_the_default(f32: Reference, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(f32.probes, framework="pt") as f:
+        metadata = json.loads(f.metadata()[probes.METADATA_KEY])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    entry = metadata["rounding_floor"]["tensors"]["prompt0.hidden_states.layer2"]
+    entry["err_rms"] = None  # as the generator writes a non-finite value
+    entry["positions_err_rms"][0] = None
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(probes.dump(tensors, metadata))
+    result = compare_port(damaged, dump(f32, tmp_path))
+    assert not result.diverged
+    layer2 = next(t for t in result.prompts[0].tensors if t.name == "hidden_states.layer2")
+    assert layer2.allowance is not None and layer2.allowance.kind == "nmse"
+    assert "prompt0.hidden_states.layer2: no rounding-floor entry" in "\n".join(result.notes)
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -353,6 +438,9 @@ def test_bad_arguments_exit_2(f32: Reference, tmp_path: Path) -> None:
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr
     proc = cli(tmp_path / "missing.json", path)
+    assert proc.returncode == 2 and "missing.json does not exist" in proc.stderr
+    (tmp_path / "alone.json").write_text("{}")
+    proc = cli(tmp_path / "alone.json", path)
     assert proc.returncode == 2 and "has no probe file beside it" in proc.stderr
 
 

@@ -245,6 +245,8 @@ def test_rounding_floor_is_the_error_against_a_float64_forward(
     read = probes.read(built.file(dtype, ".safetensors"))
     floor = read.metadata["rounding_floor"]
     assert (floor["against"], floor["dtype"]) == ("float64", dtype)
+    manifest = json.loads(built.file(dtype, ".manifest.json").read_bytes())
+    assert manifest["model"]["config"]["rounding_floor_float32_parameters"] == []  # all float64
     floats = {n for n, t in read.tensors.items() if t.dtype != "I64"}
     assert set(floor["tensors"]) == floats
     for name in sorted(floats):

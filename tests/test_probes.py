@@ -215,6 +215,83 @@ def test_module_patterns_match_one_part_per_star_and_suggest_close_paths(tmp_pat
     assert "Close: model.layers.*.self_attn" in str(err.value)
 
 
+def test_containers_without_a_forward_are_no_modules_to_probe(tmp_path: Path) -> None:
+    """A hook on a ModuleList never fires: it is refused before the forward, with its items."""
+    import torch
+
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)])
+    model.norm = torch.nn.LayerNorm(2)
+    names = probes.module_names(model)
+    assert names == ["layers.0", "layers.1", "norm"]  # not the model, not the list
+    spec = load_spec(spec_with(tmp_path, '[probes]\nmodules = ["layers"]\n'))
+    with pytest.raises(SpecError) as err:
+        probes.resolve_modules(spec, names)
+    assert "pattern 'layers' matches no module" in str(err.value)
+    assert "Close: layers.*" in str(err.value) and "has no output" in str(err.value)
+
+
+class _Toy:
+    """A model whose ``lin`` runs twice per forward."""
+
+    @staticmethod
+    def build() -> Any:
+        import torch
+
+        class Toy(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.embed = torch.nn.Embedding(10, 4)
+                self.lin = torch.nn.Linear(4, 4)
+                self.head = torch.nn.Linear(4, 3)
+
+            def forward(self, input_ids: Any) -> Any:
+                hidden = self.lin(self.lin(self.embed(input_ids)))
+                return SimpleNamespace(logits=self.head(hidden), hidden_states=None)
+
+        torch.manual_seed(0)
+        return Toy()
+
+
+def test_module_hooks_keep_each_prompt_apart_across_threads(tmp_path: Path) -> None:
+    """Prompts run at once on threads of their own (as a streamed model runs them): each
+    prompt's module outputs are its own; a module that runs twice has no single output."""
+    import threading
+
+    import torch
+
+    model = _Toy.build()
+    inputs = [torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]]), torch.tensor([[6]])]
+    spec = load_spec(spec_with(tmp_path, '[probes]\nmodules = ["embed", "head"]\n'))
+    capture = probes.Capture(spec)
+    capture.start(0, probes.module_names(model))
+    outs: list[Any] = [None] * len(inputs)
+    with torch.inference_mode(), capture.recording(model, inputs):
+        threads = [
+            threading.Thread(target=lambda k=k: outs.__setitem__(k, model(input_ids=inputs[k])))
+            for k in range(len(inputs))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for k, ids in enumerate(inputs):
+            capture.add(k, ids, outs[k])
+    for k, ids in enumerate(inputs):
+        with torch.inference_mode():
+            expected = model.head(model.lin(model.lin(model.embed(ids))))[0, -1:]
+        assert capture.tensors[probes.module_name(k, "head")].equal(expected)
+        assert capture.tensors[probes.module_name(k, "embed")].shape == (1, 4)  # "last"
+
+    spec = load_spec(spec_with(tmp_path, '[probes]\nmodules = ["lin"]\n'))
+    capture = probes.Capture(spec)
+    capture.start(0, probes.module_names(model))
+    with torch.inference_mode(), capture.recording(model, inputs[:1]):
+        out = model(input_ids=inputs[0])
+        with pytest.raises(probes.ProbeFileError, match="module lin ran 2 times"):
+            capture.add(0, inputs[0], out)
+
+
 def test_rounding_floor_statistics_against_numpy(tmp_path: Path) -> None:
     """err = reference widened to float64 - float64 tensor; RMS per tensor and per position."""
     import torch
@@ -240,6 +317,16 @@ def test_rounding_floor_statistics_against_numpy(tmp_path: Path) -> None:
     assert len(floor["tensors"]["prompt0.logits.last"]["positions_err_rms"]) == 1  # one row
     with pytest.raises(probes.ProbeFileError, match="float64 run has no tensor"):
         probes.rounding_floor(reference, {}, "bfloat16")
+
+
+def test_metadata_past_what_readers_accept_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(probes, "MAX_HEADER", 2000)
+    tensors = {"prompt0.input_ids": torch.arange(3)}
+    assert probes.dump(tensors, {"floor": "x" * 900})  # within half the bound
+    with pytest.raises(probes.ProbeFileError, match="metadata would be 0 MB"):
+        probes.dump(tensors, {"floor": "x" * 1100})
 
 
 def test_layers_beyond_the_model_are_refused(tmp_path: Path) -> None:

@@ -134,6 +134,6 @@ def test_numbers_and_keys_are_strict(tmp_path: Path, edit: object, message: str)
 def test_a_size_is_exact() -> None:
     from refgen.spec import parse_size
 
-    assert parse_size("1.1GB") == 1_100_000_000  # float arithmetic gives 1100000000.0000002
+    assert parse_size("1.001GB") == 1_001_000_000  # float arithmetic gives 1,000,999,999
     assert parse_size("1.5GiB") == 3 * 2**29
     assert parse_size(2**63 - 1) == 2**63 - 1

@@ -24,7 +24,13 @@ One module per idea:
 * :mod:`~refgen.compare.documents`: walking two reference JSONs;
 * :mod:`~refgen.compare.probefiles`: walking the probe files beside them;
 * :mod:`~refgen.compare.collect`: what a walk accumulates;
-* :mod:`~refgen.compare.results`, :mod:`~refgen.compare.report`: the result and its text/JSON.
+* :mod:`~refgen.compare.results`, :mod:`~refgen.compare.report`: the result and its text/JSON;
+* :mod:`~refgen.compare.port`: a port's own dump against a reference (``refgen compare``), with
+  :mod:`~refgen.compare.namemap` (the port's names), :mod:`~refgen.compare.metrics` (NMSE,
+  cosine, top-k, per position) and :mod:`~refgen.compare.html` (the page).
+
+``refgen compare`` exits 0 when every tensor of the port is within tolerance, 13 when one is not
+(or the port ran other input ids), 2 on bad input.
 """
 
 from refgen.compare.documents import (

@@ -286,7 +286,7 @@ def load_reference(path: str | Path) -> tuple[dict[str, Any], bytes]:
     """Read a reference JSON; a missing file or a file that is not a reference is a CompareError."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = jsonio.read_bytes(path)  # a regular file only: a FIFO never blocks
     except OSError as exc:
         raise CompareError(
             f"cannot read {path}: {exc.strerror}. Pass an existing reference JSON."

@@ -118,16 +118,17 @@ class PortComparison:
     def summary(self) -> str:
         """The one line printed first: the first divergence of the earliest prompt, or within."""
         if not self.diverged:
+            notes = f"; {len(self.notes)} note(s) below" if self.notes else ""
             return (
                 f"WITHIN TOLERANCE: {self.compared} tensor(s) of {len(self.prompts)} prompt(s) "
-                f"compared, every one within ({self.rule()})"
+                f"compared, every one within ({self.rule()}){notes}"
             )
         for p in self.prompts:
             if p.input_ids not in (None, "identical"):
                 return f"DIVERGED: prompt {p.prompt}: the port's input ids differ ({p.input_ids})"
             if p.first is not None:
-                before = [t for t in p.tensors if _stage(t) < _stage(p.first)]
-                within = f"; the {len(before)} tensor(s) before it within" if before else ""
+                before = p.tensors.index(p.first)  # all within: it is the first that is not
+                within = f"; the {before} tensor(s) before it within" if before else ""
                 return f"DIVERGED: prompt {p.prompt} first at {p.first.headline()}{within}"
         raise AssertionError("diverged without a first divergence")
 
@@ -217,9 +218,8 @@ def _logit_line(lg: m.LogitMetrics) -> str:
 # --- the walk -------------------------------------------------------------------------------------
 
 
-def _stage(t: TensorVerdict | str, num_layers: int = 1 << 30) -> tuple[int, int, str]:
+def _stage(name: str, num_layers: int) -> tuple[int, int, str]:
     """Where a tensor sits in the forward: (residual index, order inside the layer, name)."""
-    name = t if isinstance(t, str) else t.name
     hidden = _HIDDEN.match(name)
     if hidden is not None:
         j = int(hidden.group(1))
@@ -290,6 +290,11 @@ class _Reference:
 
 
 def _load_reference(path: Path) -> tuple[Path, _Reference]:
+    if not path.is_file():
+        raise CompareError(
+            f"the reference {path} does not exist; pass a reference's X.json (with X.safetensors "
+            "beside it) or the X.safetensors itself."
+        )
     if path.suffix == ".json":
         tensors = probes.probe_path(path)
         if not tensors.is_file():
@@ -305,7 +310,8 @@ def _load_reference(path: Path) -> tuple[Path, _Reference]:
     meta = file.metadata
     num_layers = meta.get("num_layers")
     if not isinstance(num_layers, int) or num_layers < 0:
-        found = [int(h.group(1)) for n in file.tensors if (h := _HIDDEN.search(n))]
+        hidden = re.compile(r"\.hidden_states\.layer(\d+)$")
+        found = [int(h.group(1)) for n in file.tensors if (h := hidden.search(n))]
         num_layers = max(found, default=0)
     record = meta.get("rounding_floor")
     floor: dict[str, Any] = {}
@@ -316,6 +322,25 @@ def _load_reference(path: Path) -> tuple[Path, _Reference]:
     prompts = meta.get("prompts")
     texts = [p for p in prompts if isinstance(p, str)] if isinstance(prompts, list) else []
     return path, _Reference(file, num_layers, floor, floor_dtype, texts)
+
+
+def _floor_entry(ref: _Reference, ref_name: str) -> dict[str, Any] | None:
+    """The rounding-floor entry of a reference tensor; for its last row (``NAME[-1]``), the
+    entry's last position."""
+    base = ref_name.removesuffix("[-1]")
+    entry = ref.floor.get(base)
+    if not isinstance(entry, dict) or not _number(entry.get("err_rms")):
+        return None  # no entry, or a damaged one (null where the run was not finite)
+    if base == ref_name:
+        return entry
+    rows = entry.get("positions_err_rms")
+    if not isinstance(rows, list) or not rows or not _number(rows[-1]):
+        return None
+    return {"err_rms": float(rows[-1]), "positions_err_rms": [float(rows[-1])]}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _values(t: probes.ProbeTensor) -> np.ndarray[Any, Any]:
@@ -482,8 +507,18 @@ def _compare_tensor(
         got, note = got[-1:], "the port's last position compared (the reference has only it)"
     if got.shape != want.shape and want.ndim == 1 and got.ndim == 2 and got.shape[1:] == want.shape:
         got, note = got[-1], "the port's last position compared with the reference's last one"
+    last_row = None
     if got.shape != want.shape and want.ndim == 2 and got.ndim == 1 and want.shape[1:] == got.shape:
-        want, note = want[-1], "compared with the reference's last position"
+        last_row = want[-1]  # the port's last-position logits, the reference's at every one
+    if (
+        got.shape != want.shape
+        and got.ndim == want.ndim >= 2
+        and got.shape[0] == 1
+        and got.shape[1:] == want.shape[1:]
+    ):  # the port kept only its last position (llama.cpp's last layer, its output by default)
+        last_row = want[-1:]
+    if last_row is not None:
+        want, note = last_row, "compared with the reference's last position"
         ref_name += "[-1]"
         base = replace(base, reference_name=ref_name)
     if got.shape != want.shape:
@@ -494,7 +529,7 @@ def _compare_tensor(
     if note is not None:
         notes.append(f"{port_name}: {note}")
     whole = m.metrics(want, got)
-    record = ref.floor.get(ref_name) if isinstance(ref.floor.get(ref_name), dict) else None
+    record = _floor_entry(ref, ref_name)
     if record is None and ref.floor_dtype is not None:
         notes.append(f"{ref_name}: no rounding-floor entry; judged by the NMSE default")
     ref_dtype = expected.dtype
@@ -507,7 +542,7 @@ def _compare_tensor(
     for i, pm in enumerate(positions):
         entry = None
         if isinstance(pos_floor, list) and len(pos_floor) == len(positions):
-            entry = {"err_rms": float(pos_floor[i])}
+            entry = {"err_rms": float(pos_floor[i])} if _number(pos_floor[i]) else None
         pa = allowance(entry, pm.ref_rms, ref_dtype, tensor.dtype, ref.floor_dtype, factor)
         r = pa.ratio(pm.err_rms, pm.nmse)
         pos_ratio.append(r)

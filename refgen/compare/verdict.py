@@ -110,6 +110,7 @@ class Allowance:
     dtype: str  # the floor's dtype, or the band's
     floor: float  # err RMS of the reference's own rounding (kind floor), or the NMSE band
     factor: float  # k (kind floor), 1 (kind nmse)
+    record_dtype: str | None = None  # the dtype of the run the floor was recorded for
 
     def ratio(self, err_rms: float, nmse: float) -> float:
         value = err_rms if self.kind == "floor" else nmse
@@ -129,6 +130,12 @@ class Allowance:
 
     def rule(self) -> str:
         name = DTYPE_NAMES.get(self.dtype, self.dtype)
+        if self.kind == "floor" and self.record_dtype not in (None, self.dtype):
+            recorded = DTYPE_NAMES.get(self.record_dtype, self.record_dtype)
+            return (
+                f"error RMS <= {self.factor:g}x the larger of the reference's own {recorded} "
+                f"rounding error and one {name} rounding (the port's dtype) of the tensor"
+            )
         if self.kind == "floor":
             return f"error RMS <= {self.factor:g}x the reference's own {name} rounding error"
         return f"NMSE <= {self.floor:g} (the {name} default; no rounding-floor record)"
@@ -154,6 +161,7 @@ def allowance(
     (``err_rms``), None without one."""
     if record is not None and floor_dtype is not None:
         floor = max(float(record["err_rms"]), UNIT_ROUNDOFF.get(port_dtype, 0.0) * ref_rms)
-        return Allowance("floor", coarser(floor_dtype, port_dtype), floor, factor)
+        dtype = coarser(floor_dtype, port_dtype)
+        return Allowance("floor", dtype, floor, factor, floor_dtype)
     dtype = coarser(ref_dtype, port_dtype)
     return Allowance("nmse", dtype, DEFAULT_NMSE.get(dtype, DEFAULT_NMSE["F32"]), 1.0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import mmap
 import os
 import struct
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refgen import jsonio
 from refgen.errors import IntegrityError
 
 CHUNK_BYTES = 16 * 1024 * 1024  # source bytes up-cast, then unmapped, per step
@@ -78,8 +78,12 @@ def read_header(path: Path) -> list[TensorEntry]:
     def bad(why: str) -> IntegrityError:
         return IntegrityError(f"{path}: not a valid safetensors file: {why}")
 
-    file_size = path.stat().st_size
-    with open(path, "rb") as f:
+    try:
+        f = jsonio.open_regular(path)  # never a FIFO or a device
+    except OSError as exc:
+        raise bad(f"cannot read it: {exc.strerror}") from None
+    with f:
+        file_size = os.fstat(f.fileno()).st_size
         prefix = f.read(8)
         if len(prefix) < 8:
             raise bad(f"{file_size} bytes, too short for the 8-byte header size")
@@ -87,8 +91,8 @@ def read_header(path: Path) -> list[TensorEntry]:
         if size > MAX_HEADER or 8 + size > file_size:
             raise bad(f"a header of {size} bytes is not plausible in a file of {file_size} bytes")
         try:
-            header = json.loads(f.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = jsonio.loads(f.read(size))  # nesting bounded: never a RecursionError
+        except ValueError as exc:
             raise bad(f"the header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise bad("the header is not a JSON object")
@@ -119,6 +123,19 @@ def read_header(path: Path) -> list[TensorEntry]:
     for before, after in itertools.pairwise(entries):
         if before.offset + before.nbytes > after.offset:
             raise bad(f"tensors {before.name} and {after.name} overlap")
+    # The tensors fill the data section exactly, as the format requires: bytes after the last
+    # tensor (or between two) are not part of any tensor and would go unchecked.
+    end = entries[-1].offset + entries[-1].nbytes - 8 - size if entries else 0
+    if end != data_size:
+        raise bad(f"{data_size - end} bytes after the last tensor, which the format forbids")
+    # Then the format's own reader: what safetensors refuses (gaps, ...), refgen refuses too.
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except SafetensorError as exc:
+        raise bad(f"the safetensors library refuses it ({exc})") from None
     return entries
 
 

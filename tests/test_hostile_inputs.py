@@ -1,0 +1,393 @@
+"""Hostile input, second round (issue 19), the input side: a local checkpoint is an input, the
+lock covers everything the loader reads, only regular files are read (bounded, never blocking),
+hashes before any parse, non-finite values and a prompt too large for memory refused before
+anything is written.
+
+The CLI cases run as tests/test_hostile.py's do (a private copy of the tiny setup, the whole
+tree compared before and after, ``refgen: error:`` with the documented exit code, no traceback),
+each under a timeout: a FIFO must never hang a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TinySetup, run_refgen
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_hostile import NAME, OLD, SIBLINGS, Case
+
+from refgen import hub, jsonio, lock, weights
+from refgen.errors import IntegrityError, LockError, RefgenError
+from refgen.spec import load_spec
+
+TIMEOUT = 120  # seconds: far above a tiny run (about 10 s), far below a hang
+
+
+def _generate(case: Case, *extra: str) -> list[str]:
+    return ["generate", "--spec", str(case.setup.spec), *extra]
+
+
+def snapshot(root: Path) -> dict[str, Any]:
+    """Every entry under *root*: a link's target, a file's bytes, a folder's or a special
+    file's presence (a FIFO is never opened: that would block this test)."""
+    tree: dict[str, Any] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                tree[rel] = ("link", os.readlink(path))
+            elif stat.S_ISREG(info.st_mode):
+                tree[rel] = ("file", path.read_bytes())
+            else:
+                tree[rel] = ("special", stat.S_IFMT(info.st_mode))
+    return tree
+
+
+# --- class 1: a local checkpoint is an input ------------------------------------------------------
+
+
+def _local(case: Case) -> Path:
+    """The tiny checkpoint as plain files in ``base/ckpt``, the spec pointing at it, locked."""
+    folder = case.base / "ckpt"
+    folder.mkdir()
+    for path in case.setup.checkpoint.snapshot.iterdir():
+        shutil.copy(path.resolve(), folder / path.name)
+    checkpoint = case.setup.checkpoint
+    case.edit_spec(
+        f'repo = "{checkpoint.repo}"\nrevision = "{checkpoint.revision}"', 'path = "../ckpt"'
+    )
+    hub.lock(load_spec(case.setup.spec), offline=True)
+    return folder
+
+
+def _local_output(output: str, *extra: str) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        _local(case)
+        case.set_output(output)
+        return _generate(case, *extra)
+
+    return apply
+
+
+def _local_output_dir(case: Case) -> list[str]:
+    folder = _local(case)
+    return _generate(case, "--output-dir", str(folder / "refs"))  # would be created
+
+
+def _local_linked_weights(case: Case) -> list[str]:
+    """The checkpoint's weights are a link to a file in the output folder: the probe file of
+    an output named ``model.json`` there would overwrite them."""
+    folder = _local(case)
+    weights_file = case.out / "model.safetensors"
+    shutil.move(folder / "model.safetensors", weights_file)
+    (folder / "model.safetensors").symlink_to(weights_file)
+    case.set_output("../out/model.json")
+    return _generate(case)
+
+
+# --- class 2: the lock covers everything the loader reads -----------------------------------------
+
+
+def _drop_from_lock(name: str, also_from_cache: bool = False) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        case.edit_lock(lambda d: d.update(files=[f for f in d["files"] if f["path"] != name]))
+        if also_from_cache:
+            (case.setup.checkpoint.snapshot / name).unlink()
+        return _generate(case)
+
+    return apply
+
+
+def _add_to_cache(name: str, content: bytes) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        (case.setup.checkpoint.snapshot / name).write_bytes(content)
+        return _generate(case)
+
+    return apply
+
+
+# --- class 4: special files -------------------------------------------------------------------
+
+
+def _fifo_in_cache(name: str) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        link = case.setup.checkpoint.snapshot / name
+        link.unlink()
+        os.mkfifo(link)
+        case.edit_lock(lambda d: case.entry(d, name).update(size=None))  # no size to compare
+        return _generate(case)
+
+    return apply
+
+
+def _fifo_spec_in_specs_dir(case: Case) -> list[str]:
+    os.mkfifo(case.setup.spec.parent / "zz-pipe.toml")
+    return ["generate", "--specs-dir", str(case.setup.spec.parent)]
+
+
+def _spec_links_to_dev_zero(case: Case) -> list[str]:
+    link = case.setup.spec.parent / "zero.toml"
+    link.symlink_to("/dev/zero")
+    return ["generate", "--spec", str(link)]
+
+
+def _lock_links_to_dev_zero(case: Case) -> list[str]:
+    case.setup.lock.unlink()
+    case.setup.lock.symlink_to("/dev/zero")
+    return _generate(case)
+
+
+# --- class 7: hashes before any parse -------------------------------------------------------------
+
+
+def _tampered_index(case: Case) -> list[str]:
+    """A single-file checkpoint with an index naming it; the locked index (no size in the lock,
+    so only its hash can tell) replaced by JSON nested 100,000 deep."""
+    snapshot_dir = case.setup.checkpoint.snapshot
+    from safetensors import safe_open
+
+    with safe_open(str(snapshot_dir / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    index = json.dumps({"weight_map": dict.fromkeys(names, "model.safetensors")}).encode()
+    digest = hashlib.sha256(index).hexdigest()
+    entry = {"path": weights.INDEX, "sha256": digest, "size": None}
+    case.edit_lock(lambda d: d["files"].append(entry))
+    (snapshot_dir / weights.INDEX).write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    return _generate(case)
+
+
+# (id, prepare -> CLI arguments, exit code, what the message must name, extra environment)
+CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[str, str]]] = [
+    # class 1: a local checkpoint's folder and every file its lock names are inputs
+    ("local checkpoint: output = its config.json", _local_output("../ckpt/config.json"), 2,
+     ("config.json", "checkpoint's folder"), {}),
+    ("local checkpoint: output = its tokenizer.json", _local_output("../ckpt/tokenizer.json"),
+     2, ("tokenizer.json", "checkpoint's folder"), {}),
+    ("local checkpoint: probe file = its model.safetensors", _local_output("../ckpt/model.json"),
+     2, ("ckpt", "model.json", "checkpoint's folder"), {}),
+    ("local checkpoint: --output-dir inside it", _local_output_dir, 2,
+     ("refs", "checkpoint's folder"), {}),
+    ("local checkpoint: weights linked from the output folder", _local_linked_weights, 2,
+     ("model.safetensors", "an input of this run"), {}),
+    # class 2: a run reads locked files only, and every file the loader needs is locked
+    ("lock omits tokenizer.json", _drop_from_lock("tokenizer.json"), 2,
+     ("tokenizer.json", "does not name", "refgen lock"), {}),
+    ("lock omits config.json", _drop_from_lock("config.json"), 2,
+     ("config.json", "does not name"), {}),
+    ("a loader file added to the cache behind the lock's back",
+     _add_to_cache("chat_template.jinja", b"{{ 'injected' }}"), 2,
+     ("chat_template.jinja", "does not name"), {}),
+    ("lock and cache both lack tokenizer.json", _drop_from_lock("tokenizer.json", True), 2,
+     ("tokenizer.json", "no vocabulary file", "Qwen2Tokenizer"), {}),
+    # class 4: special files are refused, never read, never waited on
+    ("FIFO as a cached model file", _fifo_in_cache("tokenizer.json"), 2,
+     ("tokenizer.json", "FIFO", "not a regular file"), {}),
+    ("FIFO as a spec in --specs-dir", _fifo_spec_in_specs_dir, 2,
+     ("zz-pipe.toml", "FIFO"), {}),
+    ("spec is a link to /dev/zero", _spec_links_to_dev_zero, 2,
+     ("/dev/zero", "character device"), {}),
+    ("lock is a link to /dev/zero", _lock_links_to_dev_zero, 2,
+     ("tiny-qwen3.lock.json", "character device"), {}),
+    # class 7: an index is checked against the lock before it is parsed
+    ("index tampered (nested 100,000 deep)", _tampered_index, 3,
+     (weights.INDEX, "does not match the lock"), {}),
+]  # fmt: skip
+
+
+@pytest.fixture
+def case(tiny_copy: TinySetup, tmp_path: Path) -> Case:
+    """The tiny copy with a previous artifact in its output folder."""
+    result = Case(tiny_copy, tmp_path)
+    for suffix in SIBLINGS:
+        (result.out / f"{NAME}{suffix}").write_bytes(OLD)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("prepare", "code", "names", "env"), [pytest.param(*c[1:], id=c[0]) for c in CASES]
+)
+def test_hostile_input_is_refused_cleanly(
+    case: Case,
+    prepare: Callable[[Case], list[str]],
+    code: int,
+    names: tuple[str, ...],
+    env: dict[str, str],
+) -> None:
+    args = prepare(case)
+    before = snapshot(case.tmp)
+
+    result = run_refgen(*args, hf_home=case.setup.hf_home, env=env, check=False, timeout=TIMEOUT)
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == code, result.stderr
+    first = next(line for line in result.stderr.splitlines() if "error:" in line)
+    assert first.startswith("refgen: error: "), result.stderr
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
+    assert snapshot(case.tmp) == before  # nothing written, moved or removed anywhere
+
+
+# --- in-process: the bounded reader and the verified read -----------------------------------------
+
+
+def test_bounded_reader_refuses_special_files_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # no writer: a blocking open would never return
+    link = tmp_path / "zero"
+    link.symlink_to("/dev/zero")
+    for path, what in ((fifo, "FIFO"), (link, "character device"), (tmp_path, "folder")):
+        with pytest.raises(jsonio.NotRegularFileError, match=what):
+            jsonio.read_bytes(path)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(jsonio.TooLargeError, match="101 bytes, over the 100-byte limit"):
+        jsonio.read_bytes(big, limit=100)
+    assert jsonio.read_bytes(big, limit=101) == b"x" * 101
+
+
+def test_verified_read_checks_the_hash_before_anyone_parses(tmp_path: Path) -> None:
+    good = b'{"weight_map": {"a": "model.safetensors"}}'
+    entry = lock.LockedFile(weights.INDEX, hashlib.sha256(good).hexdigest(), len(good))
+    (tmp_path / weights.INDEX).write_bytes(good)
+    assert hub.read_verified(tmp_path, entry) == good
+    (tmp_path / weights.INDEX).write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(IntegrityError, match="does not match the lock"):
+        hub.read_verified(tmp_path, entry)
+
+
+def test_deep_index_is_a_checkpoint_error_not_a_recursion_error(tmp_path: Path) -> None:
+    (tmp_path / weights.INDEX).write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(RefgenError, match="nested"):
+        weights.named_weights([weights.INDEX], tmp_path)
+
+
+# --- property: any lock text gives a lock and a check result, or a LockError ---------------------
+
+
+VALID_LOCK_TEXT = json.dumps(
+    {
+        "schema": lock.LOCK_SCHEMA,
+        "repo": "org/name",
+        "revision": "0" * 40,
+        "files": [
+            {"path": "config.json", "sha256": "a" * 64, "size": 2, "blake3": "b" * 64},
+            {"path": "model.safetensors", "sha256": "c" * 64, "size": None},
+        ],
+    },
+    indent=2,
+)
+
+
+@st.composite
+def lock_texts(draw: st.DrawFn) -> bytes:
+    """Random bytes, or a valid lock's text with a random stretch replaced by random text."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=300))
+    start = draw(st.integers(0, len(VALID_LOCK_TEXT)))
+    end = draw(st.integers(start, min(len(VALID_LOCK_TEXT), start + 40)))
+    middle = draw(st.text(max_size=20))
+    text = VALID_LOCK_TEXT[:start] + middle + VALID_LOCK_TEXT[end:]
+    return text.encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=lock_texts())
+def test_property_any_lock_text(raw: bytes, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Any bytes as a lock file: read_lock returns a lock whose check against a folder gives a
+    LockCheck accounting for every locked file, or it raises LockError (never another
+    exception); what it accepts keeps every path inside the snapshot."""
+    folder = tmp_path_factory.mktemp("lock-text")
+    spec_path = folder / "spec.toml"
+    spec_path.write_text(
+        'schema = 1\n[reference]\nname = "x"\noutput = "x.json"\n'
+        f'[model]\nrepo = "org/name"\nrevision = "{"0" * 40}"\n[run]\nprompts = ["a"]\n'
+    )
+    spec = load_spec(spec_path)
+    spec.lock_path.write_bytes(raw)
+    try:
+        result = lock.read_lock(spec)
+    except LockError:
+        return
+    for f in result.files:
+        assert lock.entry_problem(vars(f)) is None
+    (folder / "config.json").write_text("{}")
+    checked = lock.check_folder(result.files, folder, progress=False)
+    assert isinstance(checked, lock.LockCheck)
+    assert set(checked.missing) | set(checked.matched) | {m.path for m in checked.mismatched} == {
+        f.path for f in result.files
+    }
+
+
+# --- class 7: safetensors headers and probe files through the bounded readers -------------------
+
+
+def _safetensors(header: dict[str, Any] | str, data: bytes) -> bytes:
+    raw = header if isinstance(header, str) else json.dumps(header)
+    return struct.pack("<Q", len(raw.encode())) + raw.encode() + data
+
+
+ONE = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+TWO = {
+    "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+    "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]},  # 4 bytes between: a gap
+}
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (_safetensors(ONE, b"\0" * 8), None),
+        (_safetensors('{"w": ' + "[" * 100_000 + "]" * 100_000 + "}", b""), "nested"),
+        (_safetensors(ONE, b"\0" * 8 + b"trailing"), "8 bytes after the last tensor"),
+        (_safetensors(TWO, b"\0" * 12), "safetensors library refuses it"),
+    ],
+    ids=["valid", "header nested 100,000 deep", "trailing bytes", "a gap between tensors"],
+)
+def test_safetensors_header(tmp_path: Path, content: bytes, needle: str | None) -> None:
+    from refgen.load.files import read_header
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    if needle is None:
+        assert [e.name for e in read_header(path)] == ["w"]
+        return
+    with pytest.raises(IntegrityError, match=needle):
+        read_header(path)
+
+
+def test_safetensors_header_of_a_fifo_never_blocks(tmp_path: Path) -> None:
+    from refgen.load.files import read_header
+
+    os.mkfifo(tmp_path / "model.safetensors")
+    with pytest.raises(IntegrityError, match="FIFO"):
+        read_header(tmp_path / "model.safetensors")
+
+
+@pytest.mark.parametrize("where", ["header", "metadata"])
+def test_probe_file_nested_deep_is_a_probe_file_error(tmp_path: Path, where: str) -> None:
+    """What verify and diff read: a tampered probe file is a finding (ProbeFileError), never a
+    RecursionError."""
+    from refgen import probes
+
+    deep = "[" * 100_000 + "]" * 100_000
+    if where == "header":
+        content = _safetensors('{"x": ' + deep + "}", b"")
+    else:
+        metadata = {"__metadata__": {probes.METADATA_KEY: deep}}
+        content = _safetensors(metadata, b"")
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(probes.ProbeFileError, match="nested"):
+        probes.read(path)
