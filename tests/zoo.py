@@ -420,8 +420,7 @@ def _outcomes(
             and line.strip()
             and not line.startswith((" ", "Traceback"))
         ):  # a traceback's last line: the exception and its message
-            reasons[current] = reasons[current].split(" (a bug")[0].split(": ")[0]
-            reasons[current] += f": {line.strip()[:200]}"
+            reasons[current] = f"unexpected: {line.strip()[:200]}"
     outcomes = {}
     for spec in sorted((work / "specs" / dtype).glob("*.toml")):
         if spec.stem in codes:
