@@ -90,17 +90,19 @@ def temporary_directory(prefix: str, dir: str | Path | None = None) -> Iterator[
         owner()
 
 
-def _hold(path: Path) -> Callable[[], None]:
-    """Take the inter-process lock *path* now (it must be free) and register its removal;
-    returns the release. Called with the registry's lock held."""
+def _hold(path: Path, *, wait: bool = False) -> Callable[[], None]:
+    """Take the inter-process lock *path* (filelock: flock; free, or waited for) and register
+    its file's removal; returns the release. Called with the registry's lock held when not
+    waiting, so no interrupt falls between taking the lock and registering it."""
     lock = filelock.FileLock(path)
-    lock.acquire(timeout=0)
-    key = _register(lambda: path.unlink(missing_ok=True))
+    lock.acquire(timeout=-1 if wait else 0)
+    with _lock:
+        key = _register(lambda: path.unlink(missing_ok=True))
 
     def release() -> None:
         with _lock:
             _entries.pop(key, None)
-            path.unlink(missing_ok=True)  # while still held: a waiter on it retries
+            path.unlink(missing_ok=True)  # while still held: a waiter on it takes the next one
             lock.release()
 
     return release
@@ -121,17 +123,7 @@ def held_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator
     if release is None:
         if waiting is not None:
             waiting()
-        lock = filelock.FileLock(path)
-        lock.acquire()  # blocks until the other run ends (its flock dies with it)
-        with _lock:
-            key = _register(lambda: path.unlink(missing_ok=True))
-
-        def release() -> None:
-            with _lock:
-                _entries.pop(key, None)
-                path.unlink(missing_ok=True)
-                lock.release()
-
+        release = _hold(path, wait=True)  # until the other run ends (its flock dies with it)
     try:
         yield
     finally:

@@ -204,8 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--load",
         choices=LOAD_MODES,
-        help="weights in memory, or streamed layer by layer (models bigger than RAM); "
-        "default: the spec's [run] load, else auto (stream when the weights exceed the budget)",
+        help="weights in memory, or streamed layer by layer (faster here, and for models bigger "
+        "than RAM); default: the spec's [run] load, else auto (stream; in memory a checkpoint "
+        "that cannot be streamed as laid out)",
     )
     gen.add_argument(
         "--stream",
@@ -317,6 +318,17 @@ def _parser() -> argparse.ArgumentParser:
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
     return parser
+
+
+def _counts(text: str) -> list[int]:
+    """A comma-separated list of positive integers (empty: none)."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError(f"each number must be at least 1: {text!r}")
+    return counts
 
 
 def _size(text: str) -> int:
@@ -636,6 +648,16 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
     parser.add_argument(
+        "--cost-prompts",
+        type=_counts,
+        default=",".join(map(str, run.COST_PROMPTS)),
+        help="the cost model's numbers of prompts, comma-separated, each in memory and streamed "
+        "(default 1,3,100,1000; empty: no cost model)",
+    )
+    parser.add_argument(
+        "--cost-runs", type=int, default=2, help="alternating runs of each cost-model row (2)"
+    )
+    parser.add_argument(
         "--rss-cap",
         type=_size,
         default="12GB",
@@ -644,5 +666,11 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     return run.main(
-        args.cache, args.runs, args.shape, scaling=not args.no_scaling, rss_cap=args.rss_cap
+        args.cache,
+        args.runs,
+        args.shape,
+        scaling=not args.no_scaling,
+        rss_cap=args.rss_cap,
+        cost_prompts=args.cost_prompts,
+        cost_runs=args.cost_runs,
     )

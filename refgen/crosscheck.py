@@ -121,6 +121,31 @@ def qemu() -> str:
     return found
 
 
+def cpu_models() -> set[str]:
+    """The CPU models this qemu knows (``qemu-x86_64 -cpu help``: ``x86 NAME  description``)."""
+    proc = subprocess.run([qemu(), "-cpu", "help"], capture_output=True, text=True, timeout=60)
+    return {
+        parts[1]
+        for line in proc.stdout.splitlines()
+        if len(parts := line.split()) >= 2 and parts[0] == "x86"
+    }
+
+
+def check_cpus(cpus: Sequence[str]) -> None:
+    """Every emulated CPU model named is one qemu knows: an unknown one is an error now, not a
+    run that 'differs from native' later."""
+    emulated = [c for c in cpus if c != NATIVE]
+    if not emulated:
+        return
+    known = cpu_models()
+    unknown = [c for c in emulated if c not in known]
+    if unknown:
+        raise RefgenError(
+            f"--cpus: unknown CPU model(s) {', '.join(unknown)} for {QEMU}; see "
+            f"`{QEMU} -cpu help` for the models it knows (e.g. {', '.join(DEFAULT_CPUS)})."
+        )
+
+
 def prepare(subject: Subject, folder: Path) -> Path:
     """Build the subject's checkpoint into ``folder/hf-home``, write and lock its spec."""
     hf_home = folder / "hf-home"
@@ -240,7 +265,14 @@ def table(rows: Sequence[Row]) -> str:
 @contextmanager
 def _workdir(path: Path | None) -> Iterator[Path]:
     if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise RefgenError(f"--work-dir {path} exists and is not a folder; name a folder.")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RefgenError(
+                f"--work-dir: cannot create {path}: {exc.strerror}; name a folder you can write."
+            ) from None
         yield path.resolve()
     else:
         with tempfile.TemporaryDirectory(prefix="refgen-crosscheck-") as tmp:
@@ -256,8 +288,7 @@ def crosscheck(
     workdir: Path | None = None,
 ) -> list[Row]:
     """Every subject x variant x (native + cpus); at most ``jobs`` runs at a time."""
-    if any(c != NATIVE for c in cpus):
-        qemu()  # fail before building anything
+    check_cpus(cpus)  # qemu there, every model known: fail before building anything
     with _workdir(workdir) as root:
         specs = {name: prepare(SUBJECTS[name], root / name) for name in subjects}
         plan = [
@@ -343,6 +374,12 @@ def run(
     subjects: str, cpus: str, variants: str, *, jobs: int, workdir: Path | None, bench_rounds: int
 ) -> int:
     """``refgen crosscheck``: print the table; exit 11 if a profiled run differs from native."""
+    if bench_rounds < 0:
+        raise RefgenError(
+            f"--bench must be a number of rounds >= 1 (0: no bench), got {bench_rounds}."
+        )
+    if jobs < 1:
+        raise RefgenError(f"--jobs must be at least 1, got {jobs}.")
     names = _split(subjects, SUBJECTS)
     kinds = _split(variants, [PROFILE, *determinism.VARIANTS])
     if bench_rounds:

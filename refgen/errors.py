@@ -122,6 +122,12 @@ class ProbeFileError(RefgenError):
     """A probe file is not a readable safetensors file."""
 
 
+class NonFiniteError(RefgenError):
+    """A weight, or a layer's output, holds NaN or an infinity: no reference can be made of it."""
+
+    exit_code = ExitCode.NON_FINITE
+
+
 class StreamingError(RefgenError):
     """The model cannot be streamed as its files are laid out (a parameter has no tensor)."""
 

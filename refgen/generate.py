@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from refgen import (
+    activations,
     determinism,
     hub,
     manifest,
@@ -30,10 +31,11 @@ from refgen import (
     weights,
 )
 from refgen.artifact import Artifact
-from refgen.errors import CheckpointError, IntegrityError, SpecError
+from refgen.errors import CheckpointError, IntegrityError, NonFiniteError, SpecError
 from refgen.hashing import sha256_bytes
 from refgen.load import plan as loading
 from refgen.load.model import float32_parameters
+from refgen.load.stream import RUNTIME_BYTES
 from refgen.load.verify import Verifier
 from refgen.lock import ModelLock, read_lock
 from refgen.spec import Spec
@@ -117,7 +119,7 @@ def _build(
         except IntegrityError:
             verifier.result(integrity_hint(spec))  # a damaged file: its hash is the real cause
             raise
-        reference, model_record = compute_reference(
+        reference, model_record, load_plan = compute_reference(
             spec, view, timings, verifier, capture, load_plan, lock.revision, floor_plan
         )
     # Every locked file matched before anything is written (a streamed run checks each shard
@@ -194,14 +196,15 @@ def compute_reference(
     load_plan: loading.LoadPlan | None = None,
     revision: str | None = None,
     floor_plan: loading.LoadPlan | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], loading.LoadPlan]:
     """Load in the spec's dtype and run each prompt alone, as the consumer will; ``capture``
     keeps the spec's probe tensors of each forward, and with *floor_plan* records their
     rounding floor against a float64 run of the same checkpoint (:func:`floor_run`).
 
-    Returns the reference (the JSON) and the manifest's record of the model
-    (refgen.modelinfo.describe). Everything about the model and the prompts is derived and
-    checked before the first forward.
+    Returns the reference (the JSON), the manifest's record of the model
+    (refgen.modelinfo.describe) and the load plan as carried out (``auto`` may have loaded in
+    memory a checkpoint the streamed strategy cannot read as it is laid out). Everything about
+    the model and the prompts is derived and checked before the first forward.
     """
     load_plan = load_plan or loading.LoadPlan("memory", "memory", 0, 0, False)
     with timings.phase("import"):
@@ -256,6 +259,7 @@ def compute_reference(
             hint=hint,
             reading=reading,
         )
+        load_plan = loading.as_loaded(load_plan, model)
     config = model.config
     fields = checkpoint.facts | {"use_qk_norm": modelinfo.uses_qk_norm(model)}
     # the config as transformers resolved it from the verified file, before from_pretrained's
@@ -263,6 +267,8 @@ def compute_reference(
     record = modelinfo.describe(config, model, checkpoint.config_sha256) | {"dtype": spec.dtype}
     # The parameters transformers keeps in float32 whatever the run dtype (refgen.load.model).
     record["float32_parameters"] = float32_parameters(model, spec.dtype)
+    if load_plan.budget > 0:  # the run's plan (a bare call plans nothing: no budget to keep)
+        check_memory(spec, config, inputs, load_plan)
     log.info(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )
@@ -292,6 +298,7 @@ def compute_reference(
             for number, (prompt, input_ids, out) in enumerate(
                 zip(spec.prompts, inputs, runs, strict=True)
             ):
+                check_finite_outputs(spec, number, out, model)
                 if capture is not None:
                     capture.add(number, input_ids, out)
                 cases.append(_case(spec, prompt, input_ids, out, fields.get("vocab_size")))
@@ -316,7 +323,7 @@ def compute_reference(
         **fields,
         "test_cases": cases,
     }
-    return reference, record
+    return reference, record, load_plan
 
 
 def floor_run(
@@ -416,6 +423,70 @@ def _check_run(spec: Spec, fields: dict[str, Any], inputs: list[Any]) -> None:
                 f"{spec.path.name}: prompt {prompt[:40]!r}... is {length} tokens, longer than "
                 f"the model's context ({context} positions). Shorten it."
             )
+
+
+def check_finite_outputs(spec: Spec, number: int, out: Any, model: Any) -> None:
+    """NonFiniteError naming the first layer whose output holds NaN or an infinity (finite
+    weights can still overflow, in float16 say), and the parameters of that layer that are
+    not finite when they are in memory. Cheap: the hidden states are a few MB per prompt."""
+    import torch
+
+    outputs = [*enumerate(out.hidden_states), (None, out.logits)]
+    for j, values in outputs:
+        if bool(torch.isfinite(values).all()):
+            continue
+        if j is None:
+            where, module = "the logits (the LM head's output)", model.get_output_embeddings()
+        elif j == 0:
+            where, module = "the embeddings (hidden_states[0])", model.get_input_embeddings()
+        else:
+            last = " and the final norm" if j == len(out.hidden_states) - 1 else ""
+            where, module = f"decoder layer {j - 1}{last} (hidden_states[{j}])", None
+            layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+            if layers and j - 1 < len(max(layers, key=len)):
+                module = max(layers, key=len)[j - 1]
+        culprits = [
+            name
+            for name, p in (module.named_parameters() if module is not None else ())
+            if p.device.type != "meta" and not bool(torch.isfinite(p).all())
+        ]
+        named = f"; its parameters with NaN or Inf: {', '.join(culprits)}" if culprits else ""
+        raise NonFiniteError(
+            f"prompt {number} ({shorten(spec.prompts[number])!r}): the output of {where} holds "
+            f"NaN or an infinity{named}. No reference can be made of it: check the checkpoint's "
+            "weights, or run in a wider dtype (float32) if float16 overflows."
+        )
+
+
+def check_memory(spec: Spec, config: Any, inputs: list[Any], plan: loading.LoadPlan) -> None:
+    """SpecError, with the numbers, when a prompt's forward would not fit the memory budget
+    beside the weights the run holds (refgen.activations; a streamed run holds a few layers,
+    counted as none): refused before the first forward, not a failed allocation in it.
+
+    A budget the weights fill (``--load memory`` asked over it) or one below what any run
+    needs (a streamed run told ``--memory-budget 1B`` to keep nothing resident) still leaves
+    the forward the allowance the load plan reserves beside in-memory weights."""
+    attention = str(config._attn_implementation)
+    resident = plan.weights_bytes if plan.mode == "memory" else 0
+    room = max(plan.budget - resident, RUNTIME_BYTES // 2)
+    for number, input_ids in enumerate(inputs):
+        need = activations.forward_memory(config, int(input_ids.shape[-1]), spec.dtype, attention)
+        if need.total <= room:
+            continue
+        hint = (
+            'use attn_implementation = "sdpa" in [model] (no length-squared matrix), '
+            if need.attention
+            else ""
+        )
+        weights = f" beside the weights' {resident / 1e9:.2f} GB" if resident else ""
+        raise SpecError(
+            f"{spec.path.name}: prompt {number} ({shorten(spec.prompts[number])!r}) is "
+            f"{need.length} tokens; its forward with {attention} attention in {spec.dtype} needs "
+            f"about {need.total / 1e9:.2f} GB ({need.describe()}), over the {room / 1e9:.2f} GB "
+            f"the memory budget of {plan.budget / 1e9:.2f} GB leaves{weights}. Shorten the "
+            f"prompt, {hint}or raise the "
+            "budget (--memory-budget, [run] memory_budget) on a machine that has the memory."
+        )
 
 
 def _case(

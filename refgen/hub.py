@@ -28,6 +28,7 @@ from refgen.lock import (
     read_lock,
     write_lock,
 )
+from refgen.paths import relative_path_problem
 from refgen.spec import Spec
 
 # Files of a model repo that no loader reads; everything else in the revision is locked.
@@ -331,6 +332,13 @@ def hub_errors(spec: Spec, action: str) -> Iterator[None]:
             f"{what}: the Hub refused ({first}). Check the spec's repo and revision, and "
             "HF_TOKEN for a gated or private repo."
         ) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # huggingface_hub parses the Hub's JSON (the file listing, the model info) without
+        # checking its shape: a malformed answer surfaces as one of these
+        raise HubError(
+            f"{what}: the Hub's answer is malformed ({_root_cause(exc)}). Check HF_ENDPOINT "
+            "(and any proxy): it must be a Hugging Face Hub."
+        ) from None
 
 
 def log_retries_once() -> None:
@@ -392,16 +400,29 @@ def _download_for_lock(spec: Spec) -> tuple[Path, list[str]]:
     with hub_errors(spec, "download"):
         folder = Path(snapshot_download(spec.repo, revision=spec.revision, ignore_patterns=skip))
         info = HfApi().model_info(spec.repo, revision=spec.revision)
-    listing = [
-        s.rfilename
-        for s in info.siblings or []
-        if not any(fnmatch.fnmatch(Path(s.rfilename).name, pattern) for pattern in IGNORED)
-    ]
+        listing = [
+            name
+            for name in _listed_names(spec, info.siblings)
+            if not any(fnmatch.fnmatch(Path(name).name, pattern) for pattern in IGNORED)
+        ]
     present = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
     named = weights.named_weights([*present, *listing], folder)
     with hub_errors(spec, "download"):
         snapshot_download(spec.repo, revision=spec.revision, allow_patterns=named)
     return folder, listing
+
+
+def _listed_names(spec: Spec, siblings: Any) -> list[str]:
+    """The file names of the Hub's listing, each a relative POSIX path (HubError otherwise)."""
+    names = [getattr(s, "rfilename", None) for s in siblings or []]
+    for name in names:
+        problem = relative_path_problem(name) if isinstance(name, str) else "is not a string"
+        if problem is not None:
+            raise HubError(
+                f"the Hub's file listing of {spec.repo}@{spec.revision} is malformed: the name "
+                f"{name!r} {problem}. Check HF_ENDPOINT: it must be a Hugging Face Hub."
+            )
+    return [str(n) for n in names]
 
 
 def _check_against_hub(spec: Spec, files: list[LockedFile]) -> None:
@@ -410,7 +431,8 @@ def _check_against_hub(spec: Spec, files: list[LockedFile]) -> None:
 
     with hub_errors(spec, "read the published hashes of"):
         info = HfApi().model_info(spec.repo, revision=spec.revision, files_metadata=True)
-    published = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs is not None}
+        _listed_names(spec, info.siblings)
+        published = {s.rfilename: s.lfs.sha256 for s in info.siblings or [] if s.lfs is not None}
     for f in files:
         expected = published.get(f.path)
         if expected is not None and expected != f.sha256:

@@ -280,13 +280,13 @@ class _Recorder:
             tensor = _first_tensor(output)
             length = self.lengths[prompt]
             if tensor is None or tensor.dim() < 2 or tensor.shape[0] != 1:
-                raise ProbeFileError(
+                raise SpecError(
                     f"module {path} returned {type(output).__name__}, not a tensor of shape "
                     "[1, positions, ...]: its output cannot be a probe. Name another module "
                     "in 'probes.modules'."
                 )
             if tensor.shape[1] != length:
-                raise ProbeFileError(
+                raise SpecError(
                     f"module {path}'s output has shape {list(tensor.shape)}, not "
                     f"[1, {length} positions, ...]: it is not per position. Name another "
                     "module in 'probes.modules'."
@@ -316,7 +316,7 @@ class _Recorder:
         for path in self.paths:
             calls = recorded.get(path, [])
             if len(calls) != 1:
-                raise ProbeFileError(
+                raise SpecError(
                     f"module {path} ran {len(calls)} times in the forward of prompt {prompt}, "
                     "so it has no single output to keep. Name a module that runs once per "
                     "forward in 'probes.modules'."

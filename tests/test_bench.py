@@ -199,6 +199,7 @@ def test_fast_loader_refuses_a_changed_byte(
 def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     args = ["--shape", "tiny", "--runs", "2", "--no-scaling", "--cache", str(tmp_path)]
+    args += ["--cost-prompts", "1,40", "--cost-runs", "1"]
     subprocess.run(
         [sys.executable, "-m", "refgen.bench", *args],
         cwd=ROOT,
@@ -206,7 +207,7 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,
     )
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["ours_outputs_identical_across_runs"] is True
@@ -228,6 +229,27 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     assert "split of our run" in table
     assert "| ours streamed (`--stream --memory-budget" in table
     assert "accelerate disk offload" in table and "Scaling (this run)" in table
+    # The cost model: each number of prompts, then all-layer all-position probes, both modes,
+    # alternating, with the same bytes out of either mode.
+    cost = results["cost_model"]["rows"]
+    assert [(r["case"], r["prompts"], r["probes"]) for r in cost] == [
+        ("cost-1", 1, False),
+        ("cost-40", 40, False),
+        ("cost-probes-all", 3, True),
+    ]
+    for row in cost:
+        assert row["outputs_identical"] is True, row["case"]
+        for mode in ("memory", "stream"):
+            assert len(row[mode]["walls_s"]) == 1 and row[mode]["forward"] > 0
+        assert row["stream_over_memory_wall"] == row["stream"]["wall_s"] / row["memory"]["wall_s"]
+    assert "| cost-40 | 40 | stream |" in table and "| cost-probes-all | 3 | memory |" in table
+
+
+def test_the_cost_model_prompts_are_distinct() -> None:
+    from refgen.bench.run import many_prompts
+
+    prompts = many_prompts(1000)
+    assert len(set(prompts)) == 1000 and many_prompts(3) == prompts[:3]
 
 
 def test_the_up_cast_threads_yield_to_the_import(

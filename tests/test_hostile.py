@@ -217,6 +217,14 @@ def _diff_with(*extra: str) -> Callable[[Case], list[str]]:
     return apply
 
 
+def _compare_with(*extra: str) -> Callable[[Case], list[str]]:
+    def apply(case: Case) -> list[str]:
+        a = case.out / f"{NAME}.json"
+        return ["compare", str(a), str(a), *extra]
+
+    return apply
+
+
 LONG_NAME = "n" * 230  # + ".manifest.json" and a backup's 18 characters: past 255
 
 
@@ -331,6 +339,8 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
      ("--atol", "finite number >= 0"), {}),
     ("diff --rtol -1", _diff_with("--rtol=-1"), 2, ("--rtol", "finite number >= 0"), {}),
     ("diff --atol inf", _diff_with("--atol", "inf"), 2, ("--atol", "finite number >= 0"), {}),
+    ("compare --factor nan", _compare_with("--factor", "nan"), 2,
+     ("--factor must be a positive number",), {}),
 ]  # fmt: skip
 
 

@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TinySetup, run_refgen
+from conftest import MINIMAL_SPEC, TinySetup, run_refgen, write_spec_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_hostile import NAME, OLD, SIBLINGS, Case
 
 from refgen import hub, jsonio, lock, weights
 from refgen.errors import IntegrityError, LockError, RefgenError
+from refgen.hashing import file_digests
 from refgen.spec import load_spec
 
 TIMEOUT = 120  # seconds: far above a tiny run (about 10 s), far below a hang
@@ -168,6 +170,59 @@ def _tampered_index(case: Case) -> list[str]:
     return _generate(case)
 
 
+# --- class 6: NaN or Inf in the weights -----------------------------------------------------------
+
+VICTIM = "model.layers.1.mlp.down_proj.weight"
+
+
+def _poisoned(value: float, *extra: str, probes: bool = False) -> Callable[[Case], list[str]]:
+    """One element of a weight set to *value* in the cached model.safetensors, the lock
+    re-recorded (the checkpoint is what its lock says: only the values are wrong)."""
+
+    def apply(case: Case) -> list[str]:
+        from safetensors.torch import load_file, save_file
+
+        blob = (case.setup.checkpoint.snapshot / "model.safetensors").resolve()
+        tensors = load_file(blob)
+        tensors[VICTIM].view(-1)[7] = value
+        save_file(tensors, blob, metadata={"format": "pt"})
+        if probes:
+            text = case.setup.spec.read_text()
+            case.setup.spec.write_text(text + '\n[probes]\nhidden_states = "all"\n')
+        digests, size = file_digests(blob, ("sha256", "blake3"))
+        entry = {"path": "model.safetensors", "size": size, **digests}
+        case.edit_lock(lambda d: case.entry(d, "model.safetensors").update(entry))
+        return _generate(case, *extra)
+
+    return apply
+
+
+# --- class 10: the memory of a forward, before it runs -------------------------------------------
+
+
+def _long_prompt(case: Case) -> list[str]:
+    """6,000 tokens ('q' is one token each) with eager attention under a 1 GB budget: the
+    attention matrices alone are 4 heads x 6000^2 x 4 bytes x 2 = 1.15 GB. The tiny checkpoint
+    (as a local folder) is given a context long enough for the prompt."""
+    folder = case.base / "ckpt"
+    folder.mkdir()
+    for path in case.setup.checkpoint.snapshot.iterdir():
+        shutil.copy(path.resolve(), folder / path.name)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 40960}))
+    checkpoint = case.setup.checkpoint
+    case.edit_spec(
+        f'repo = "{checkpoint.repo}"\nrevision = "{checkpoint.revision}"', 'path = "../ckpt"'
+    )
+    case.edit_spec('attn_implementation = "sdpa"', 'attn_implementation = "eager"')
+    text = case.setup.spec.read_text()
+    start = text.index("prompts = [")
+    end = text.index("]", start)
+    case.setup.spec.write_text(text[:start] + f'prompts = ["{"q" * 6000}"' + text[end:])
+    hub.lock(load_spec(case.setup.spec), offline=True)
+    return _generate(case, "--load", "memory", "--memory-budget", "1GB")
+
+
 # (id, prepare -> CLI arguments, exit code, what the message must name, extra environment)
 CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[str, str]]] = [
     # class 1: a local checkpoint's folder and every file its lock names are inputs
@@ -200,6 +255,26 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
      ("/dev/zero", "character device"), {}),
     ("lock is a link to /dev/zero", _lock_links_to_dev_zero, 2,
      ("tiny-qwen3.lock.json", "character device"), {}),
+    # class 6: a weight that is NaN or infinite, named as it is loaded; nothing written
+    ("NaN in a weight, in memory", _poisoned(math.nan, "--load", "memory"), 5,
+     (VICTIM, "nan", "element 7", "model.safetensors"), {}),
+    ("Inf in a weight, streamed", _poisoned(math.inf, "--load", "stream"), 5,
+     (VICTIM, "inf", "element 7"), {}),
+    ("NaN in a weight, with probes", _poisoned(-math.nan, probes=True), 5, (VICTIM, "nan"), {}),
+    # class 10: a prompt whose forward cannot fit the memory budget, refused before it runs
+    ("a 6,000-token prompt, eager attention, 1 GB budget", _long_prompt, 2,
+     ("6000 tokens", "eager attention", "attention matrices 1.", "memory budget of 1.00 GB",
+      "sdpa"), {}),
+    # classes 9 and 13: crosscheck's arguments
+    ("crosscheck --bench -1", lambda c: ["crosscheck", "--bench", "-1"], 2,
+     ("--bench", "-1"), {}),
+    ("crosscheck --jobs 0", lambda c: ["crosscheck", "--jobs", "0"], 2, ("--jobs", "0"), {}),
+    ("crosscheck --work-dir naming a file",
+     lambda c: ["crosscheck", "--cpus", "native", "--work-dir", str(c.setup.spec)], 2,
+     ("--work-dir", "tiny-qwen3.toml", "not a folder"), {}),
+    ("crosscheck --cpus with an unknown CPU model",
+     lambda c: ["crosscheck", "--cpus", "Haswell-v4,Pentium-9000"], 2,
+     ("unknown CPU model", "Pentium-9000", "-cpu help"), {}),
     # class 7: an index is checked against the lock before it is parsed
     ("index tampered (nested 100,000 deep)", _tampered_index, 3,
      (weights.INDEX, "does not match the lock"), {}),
@@ -391,3 +466,123 @@ def test_probe_file_nested_deep_is_a_probe_file_error(tmp_path: Path, where: str
     path.write_bytes(content)
     with pytest.raises(probes.ProbeFileError, match="nested"):
         probes.read(path)
+
+
+def test_first_layer_whose_output_is_not_finite_is_named(tmp_path: Path) -> None:
+    """Finite weights can overflow (float16): the first non-finite hidden state names its layer
+    and, in memory, the parameters of that layer that are not finite."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from refgen.errors import NonFiniteError
+    from refgen.generate import check_finite_outputs
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(4, 2)
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(3))
+            self.head = torch.nn.Linear(2, 4)
+
+        def get_input_embeddings(self) -> torch.nn.Module:
+            return self.embed
+
+        def get_output_embeddings(self) -> torch.nn.Module:
+            return self.head
+
+    model = Model()
+    layer: Any = model.layers[1]
+    with torch.no_grad():
+        layer.weight[0, 0] = math.inf
+    spec = load_spec(write_spec_text(tmp_path, MINIMAL_SPEC))
+    ok = torch.zeros(1, 3, 2)
+    bad = torch.full((1, 3, 2), math.nan)
+    out = SimpleNamespace(hidden_states=(ok, ok, bad, bad), logits=torch.zeros(1, 3, 4))
+    with pytest.raises(NonFiniteError, match=r"decoder layer 1 \(hidden_states\[2\]\).*weight"):
+        check_finite_outputs(spec, 0, out, model)
+    out = SimpleNamespace(hidden_states=(ok, ok, ok, ok), logits=torch.full((1, 3, 4), math.inf))
+    with pytest.raises(NonFiniteError, match="the logits"):
+        check_finite_outputs(spec, 0, out, model)
+    check_finite_outputs(spec, 0, SimpleNamespace(hidden_states=(ok,), logits=ok), model)
+
+
+def test_forward_memory_of_a_32000_token_prompt() -> None:
+    """The issue's case: 32,000 positions, the tiny Qwen3's 4 heads in float32: 16.4 GB per copy
+    of the attention matrix (two copies and the mask counted); blocked (SDPA) attention has no
+    length-squared term; a half dtype's softmax in float32 is counted."""
+    from types import SimpleNamespace
+
+    from refgen import activations, tiny
+
+    config = SimpleNamespace(**tiny.CONFIG)
+    eager = activations.forward_memory(config, 32_000, "float32", "eager")
+    assert eager.attention == 4 * 32_000**2 * 4 * 2 + 32_000**2 * 4
+    assert eager.attention > 2 * 16.4e9
+    assert eager.hidden_states == 3 * 32_000 * 64 * 4
+    assert eager.logits == 32_000 * 512 * 4
+    sdpa = activations.forward_memory(config, 32_000, "float32", "sdpa")
+    assert sdpa.attention == 0 and sdpa.total < 1e9
+    half = activations.forward_memory(config, 1000, "bfloat16", "eager")
+    assert half.attention == 4 * 1000**2 * (2 * 2 + 4) + 1000**2 * 2
+
+
+# --- class 13: fetch given a malformed Hub answer ---------------------------------------------
+
+
+@pytest.fixture
+def fake_hub() -> Iterator[Callable[[bytes], str]]:
+    """A local HTTP server answering every request with the body given: the endpoint's URL."""
+    import http.server
+    import threading
+
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def serve(body: bytes) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1]", b'{"sha": 5, "siblings": "x"}', b'[{"type": "file", "path": 7}]'],
+    ids=["not JSON", "a list of numbers", "an object", "a file with a number for a path"],
+)
+def test_fetch_with_a_malformed_hub_answer_is_one_error_line(
+    tiny_copy: TinySetup, tmp_path: Path, fake_hub: Callable[[bytes], str], body: bytes
+) -> None:
+    endpoint = fake_hub(body)
+    result = run_refgen(
+        "fetch",
+        "--spec",
+        tiny_copy.spec,
+        hf_home=tmp_path / "empty-hf-home",
+        env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"},
+        check=False,
+        timeout=TIMEOUT,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("refgen: error: cannot download"), errors
+    assert "malformed" in errors[0] and "HF_ENDPOINT" in errors[0], errors

@@ -163,3 +163,36 @@ def test_cli_records_the_float32_parameters_and_matches_a_plain_forward(tmp_path
         assert archzoo.same_as_plain(json.loads(reference), plain)
         outputs[mode] = reference
     assert outputs["memory"] == outputs["stream"]
+
+
+def test_auto_loads_in_memory_what_the_streamer_cannot_read_as_laid_out(tmp_path: Path) -> None:
+    """``save_pretrained`` stores the experts one tensor each, which transformers fuses as it
+    loads: only the in-memory strategy applies that. A stream that ``auto`` chose falls back to
+    memory (when the weights fit) and equals a plain forward; a stream asked for is refused."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from refgen.errors import CheckpointError
+
+    config = AutoConfig.for_model("deepseek_v2", **CONFIG)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    lock = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    ids = torch.tensor([PROMPTS[2]])
+    with torch.inference_mode():
+        want = plain(input_ids=ids, use_cache=False).logits
+    chosen = plan.LoadPlan("stream", "auto", 10**6, 10**12, True)
+    model, _ = plan.load_model(
+        tmp_path, Verifier(tmp_path, locked(lock), progress=False), chosen, "bfloat16"
+    )
+    assert plan.as_loaded(chosen, model).mode == "memory"
+    assert float32_parameters(model, "bfloat16") == KEPT
+    with torch.inference_mode():
+        (out,) = plan.forwards(model, [ids], progress=False, use_cache=False)
+    assert torch.equal(out.logits, want)
+    asked = plan.LoadPlan("stream", "stream", 10**6, 10**12, True)
+    with pytest.raises(CheckpointError, match="randomly initialised"):
+        plan.load_model(
+            tmp_path, Verifier(tmp_path, locked(lock), progress=False), asked, "bfloat16"
+        )

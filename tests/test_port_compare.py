@@ -25,7 +25,7 @@ from llama_port import BUGS, Reference, build_reference, write_dump
 from safetensors.numpy import save_file
 
 from refgen import probes
-from refgen.compare import CompareError, metrics, namemap
+from refgen.compare import CompareError, html, metrics, namemap
 from refgen.compare.port import PortComparison, compare_port
 from refgen.compare.verdict import DEFAULT_NMSE, FLOOR_FACTOR
 from refgen.tiny import PROMPTS
@@ -313,6 +313,9 @@ def test_without_a_floor_record_the_dtype_default_applies(f32: Reference, tmp_pa
     for bug in BUGS:
         result = compare_port(plain, dump(f32, tmp_path, bug))
         assert firsts(result) == [EXPECTED[bug]] * len(PROMPTS), bug
+    page = html.render(result)  # the page draws NMSE over its band here
+    assert page.count("data:image/png;base64,") == len(PROMPTS)
+    assert "NMSE &lt;= 1e-09 (the float32 default" in page
 
 
 def test_a_damaged_floor_entry_falls_back_to_the_default(f32: Reference, tmp_path: Path) -> None:

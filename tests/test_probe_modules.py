@@ -68,7 +68,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
             specs, checkpoint.revision, "../out/llama31.json", dtype, MODULES
         )
         run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home)
-        run_refgen("generate", "--spec", spec, hf_home=hf_home)
+        run_refgen("generate", "--spec", spec, "--load", "memory", hf_home=hf_home)
     stream = result.file("float32", ".json", streamed=True).parent
     run_refgen(
         "generate",

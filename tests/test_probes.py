@@ -288,7 +288,7 @@ def test_module_hooks_keep_each_prompt_apart_across_threads(tmp_path: Path) -> N
     capture.start(0, probes.module_names(model))
     with torch.inference_mode(), capture.recording(model, inputs[:1]):
         out = model(input_ids=inputs[0])
-        with pytest.raises(probes.ProbeFileError, match="module lin ran 2 times"):
+        with pytest.raises(SpecError, match="module lin ran 2 times"):
             capture.add(0, inputs[0], out)
 
 

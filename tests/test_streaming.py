@@ -344,11 +344,13 @@ def _outputs(folder: Path) -> tuple[bytes, dict[str, Any]]:
 
 
 def test_cli_stream_and_memory_write_identical_json(tiny_setup: TinySetup, tmp_path: Path) -> None:
+    """The JSON bytes do not change with the mode; the default (auto) streams."""
     memory, _ = _generate(tiny_setup, tmp_path / "memory", "--load", "memory")
     stream, _ = _generate(tiny_setup, tmp_path / "stream", "--stream")
     auto, _ = _generate(tiny_setup, tmp_path / "auto", "--memory-budget", "1MB")
+    default, _ = _generate(tiny_setup, tmp_path / "default")
     json_memory, manifest_memory = _outputs(memory)
-    for folder, requested in ((stream, "stream"), (auto, "auto")):
+    for folder, requested in ((stream, "stream"), (auto, "auto"), (default, "auto")):
         json_stream, manifest_stream = _outputs(folder)
         assert json_stream == json_memory
         assert manifest_stream["loading"]["mode"] == "stream"
@@ -557,3 +559,14 @@ def test_streaming_threads_do_not_grow_with_prompts(
     # The sampler, the wave's pool (4), its loader and the two reading threads, at most.
     assert grown[50][0] <= 1 + 4 + 1 + 2, grown
     assert grown[50] <= grown[8], grown
+
+
+def test_waves_bound_prompts_and_tokens() -> None:
+    """At most WAVE prompts and WAVE_TOKENS tokens in flight, but never less than one prompt,
+    in order, every prompt once."""
+    assert stream.WAVE == 32 and stream.WAVE_TOKENS == 2048
+    assert stream.waves([5] * 70) == [range(0, 32), range(32, 64), range(64, 70)]
+    assert stream.waves([3000, 10, 10]) == [range(0, 1), range(1, 3)]
+    assert stream.waves([10, 3000, 10]) == [range(0, 1), range(1, 2), range(2, 3)]
+    assert stream.waves([1000, 1000, 100]) == [range(0, 2), range(2, 3)]
+    assert stream.waves([]) == []

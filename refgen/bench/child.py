@@ -1,8 +1,9 @@
 """``refgen generate`` for one spec with its phase timings written out (a benchmark child).
 
-``python -m refgen.bench.child SPEC OUTPUT_DIR TIMINGS_JSON [--no-verify] [--stream [BUDGET]]``
-does what ``python -m refgen generate --spec SPEC --output-dir OUTPUT_DIR --force`` (with
-``--stream --memory-budget BUDGET``) does and also writes the generator's own phase timings.
+``python -m refgen.bench.child SPEC OUTPUT_DIR TIMINGS_JSON [--no-verify] [--stream [BUDGET] |
+--memory]`` does what ``python -m refgen generate --spec SPEC --output-dir OUTPUT_DIR --force``
+(with ``--stream --memory-budget BUDGET``, or ``--load memory``) does and also writes the
+generator's own phase timings.
 ``--no-verify`` trusts the lock without hashing, only to measure what verification costs; it
 never runs outside the benchmark.
 """
@@ -48,6 +49,8 @@ def main(argv: list[str]) -> None:
     if "--stream" in flags:  # --stream [BUDGET]: layer-streamed, within BUDGET if given
         budget = flags[flags.index("--stream") + 1 :]
         load = LoadOptions("stream", parse_size(budget[0]) if budget else None)
+    elif "--memory" in flags:
+        load = LoadOptions("memory")
     timings = generate.Timings()
     generate.KEEP_LAST_MODEL = True  # as `python -m refgen` (refgen.__main__)
     generate.generate(load_spec(spec_path), Path(output_dir), timings, load=load)

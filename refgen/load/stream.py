@@ -50,8 +50,27 @@ RUNTIME_BYTES = 1_000_000_000
 
 
 # Prompts in flight at once (a wave): each holds its activations, hidden states and logits until
-# its wave is done, and each wave reads every streamed layer once. See Streamer.
+# its wave is done, and each wave reads every streamed layer once. See Streamer. A wave also ends
+# before its prompts pass WAVE_TOKENS tokens together (one prompt at least), so that long prompts
+# do not hold many times one forward's memory at once (at the Qwen3-1.7B shape about 1 MB per
+# token: every layer's hidden state and the logits, in float32).
 WAVE = 32
+WAVE_TOKENS = 2048
+
+
+def waves(lengths: Sequence[int]) -> list[range]:
+    """The prompts (by their token counts, in order) cut into waves: consecutive runs of at most
+    WAVE prompts and, but for a single longer prompt, WAVE_TOKENS tokens."""
+    cut: list[range] = []
+    first, tokens = 0, 0
+    for k, length in enumerate(lengths):
+        if k > first and (k - first == WAVE or tokens + length > WAVE_TOKENS):
+            cut.append(range(first, k))
+            first, tokens = k, 0
+        tokens += length
+    if first < len(lengths):
+        cut.append(range(first, len(lengths)))
+    return cut
 
 
 # --------------------------------------------------------------------------- the model
@@ -220,7 +239,7 @@ def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
 class Streamer:
     """Materialises units around their forward, one prompt at a time per unit, in prompt order.
 
-    The prompts run in waves of at most :data:`WAVE`, each wave layer by layer: a fixed pool of
+    The prompts run in waves of at most :data:`WAVE` (:func:`waves`), each layer by layer: a pool of
     forward threads (one per prompt of a wave, reused by the next wave), one loader thread per
     wave and the two reading threads, whatever the number of prompts. Within a wave, a unit is
     entered by prompt k on its v-th hooked call at global step ``v * prompts + k``; the step
@@ -423,7 +442,8 @@ class Streamer:
         from tqdm.auto import tqdm
 
         threads_count = torch.get_num_threads()
-        slots = max(1, min(WAVE, len(inputs)))
+        planned = waves([int(x.shape[-1]) for x in inputs])
+        slots = max((len(w) for w in planned), default=1)
 
         def start_slot() -> None:
             # Grad mode and torch's intra-op thread count are per thread: set both as the caller
@@ -437,8 +457,8 @@ class Streamer:
             ) as self.bar,
             ThreadPoolExecutor(slots, "refgen-prompt", initializer=start_slot) as pool,
         ):
-            for first in range(0, len(inputs), slots):
-                yield from self._wave(pool, inputs[first : first + slots], kwargs)
+            for wave in planned:
+                yield from self._wave(pool, inputs[wave.start : wave.stop], kwargs)
         self.bar = None
 
     def _wave(
