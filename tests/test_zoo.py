@@ -31,10 +31,12 @@ STREAM_DEFECTS = {
     # (model.language_model.*) as from_pretrained's key mapping does: refused as incomplete
     ("gemma3", "float32"): "streamed: transformers' checkpoint key mapping not applied",
     ("gemma3", "bfloat16"): "streamed: transformers' checkpoint key mapping not applied",
-    # from_pretrained fails in bfloat16 ("mixed dtype (CPU)"); the streamed model fails with
-    # "Tensor on device meta is not on the expected device cpu"
-    ("reformer", "bfloat16"): "streamed: a meta tensor reaches the forward",
 }
+
+# Streamed, reformer's outcome changes from run to run (refgen/load/stream.py): sometimes "Tensor
+# on device meta is not on the expected device cpu!" (exit 1) in float32 or bfloat16, sometimes
+# the in-memory outcome. Not strict until the streamed loader is deterministic for it.
+STREAM_UNSTABLE = {"reformer": "streamed reformer: a meta tensor sometimes reaches the forward"}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,8 @@ def test_bit_identical_to_plain_from_pretrained_or_refused(
         request.applymarker(
             pytest.mark.xfail(reason=STREAM_DEFECTS[model_type, dtype], strict=True)
         )
+    if mode == "stream" and model_type in STREAM_UNSTABLE:
+        request.applymarker(pytest.mark.xfail(reason=STREAM_UNSTABLE[model_type], strict=False))
     row = sample.row(model_type, dtype, mode)
     refused_dtypes, message = REFUSED.get(model_type, ((), ""))
     if dtype in refused_dtypes:
