@@ -82,6 +82,13 @@ def test_bit_identical_to_plain_from_pretrained_or_refused(
         assert (row.exit, row.identical) == (0, True), row
 
 
+def test_keep_going_builds_the_others_and_exits_with_the_worst(sample: zoo.Zoo) -> None:
+    """emu3 sorts first and is refused; the seven specs after it in the same process still ran."""
+    log = (sample.work / "log-float32-memory.txt").read_text()
+    assert "refgen: 1 of 8 specs failed: emu3-float32.toml (exit 2)" in log
+    assert (sample.work / "done-float32-memory").read_text() == "2"  # the process's exit code
+
+
 def test_facts_come_from_the_text_tower(sample: zoo.Zoo) -> None:
     ref = sample.reference("gemma3", "float32", "memory")
     assert (ref["hidden_size"], ref["num_layers"], ref["vocab_size"]) == (64, 2, 512)
