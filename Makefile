@@ -12,7 +12,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup reference reference-container reference-native image fetch verify \
-	verify-native test lint demo bench crosscheck
+	verify-native test lint demo bench crosscheck zoo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -59,3 +59,6 @@ bench: $(STAMP) ## baseline vs generate at the real shape (random 3.4 GB checkpo
 
 crosscheck: $(STAMP) ## same bytes under emulated Intel/AMD CPUs (qemu-user), profile on and off
 	$(NOX) -s crosscheck
+
+zoo: $(STAMP) ## every causal LM of transformers' mapping, tiny, through generate vs from_pretrained (ZOO_ARGS="--types a,b")
+	$(NOX) -s zoo -- $(ZOO_ARGS)

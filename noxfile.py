@@ -133,6 +133,17 @@ def crosscheck(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, default=False)
+def zoo(session: nox.Session) -> None:
+    """Every causal LM of the installed transformers (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES), shrunk,
+    built and run through `refgen generate` in float32, bfloat16 and float16, in memory and
+    streamed, against a plain from_pretrained forward: prints the table and the counts
+    (tests/zoo.py; `-- --types a,b --dtypes float32 --modes memory --work-dir DIR [--resume]`).
+    Exits 1 on a difference or a failure refgen alone has."""
+    install(session)
+    session.run("python", "tests/zoo.py", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Baseline (the original script's from_pretrained) vs `refgen generate` at the real
     Qwen3-1.7B-Base shape, alternating runs; prints wall time, peak RSS, ratios, hashing speed,

@@ -52,12 +52,18 @@ class ForwardMemory:
 def forward_memory(config: Any, length: int, dtype: str, attention: str) -> ForwardMemory:
     """The estimate (module doc) for a model of this resolved *config*, run in *dtype* with the
     attention implementation *attention* (``config._attn_implementation``)."""
+    from refgen import modelinfo
+
     size = ITEMSIZES[dtype]
-    hidden = int(config.hidden_size)
-    layers = int(config.num_hidden_layers)
-    heads = int(config.num_attention_heads)
-    vocab = int(config.vocab_size)
-    intermediate = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    # the text tower's facts, each optional (refgen.modelinfo): a part the config does not give
+    # counts as 0 (a Mamba has no attention heads, so no attention matrix), still a lower bound
+    facts = modelinfo.facts(config)
+    hidden = int(facts.get("hidden_size", 0))
+    layers = int(facts.get("num_layers", 0))
+    heads = int(facts.get("num_attention_heads", 0))
+    vocab = int(facts.get("vocab_size", 0))
+    given = modelinfo.attribute(modelinfo.text_config(config), "intermediate_size")
+    intermediate = given if isinstance(given, int) and given > 0 else 4 * hidden
     matrix = heads * length * length
     if attention == "sdpa":
         eager = 0

@@ -196,6 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--output-dir", type=Path, help="write here instead of the spec's output path")
     gen.add_argument("--force", action="store_true", help="rebuild even if up to date")
     gen.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="build the other specs when one fails (each failure is reported with its spec's "
+        "name; the exit code is the highest of theirs)",
+    )
+    gen.add_argument(
         "--load",
         choices=LOAD_MODES,
         help="weights in memory, or streamed layer by layer (faster here, and for models bigger "
@@ -384,8 +390,7 @@ def _specs(args: argparse.Namespace) -> list[Path]:
 def cmd_generate(args: argparse.Namespace) -> int:
     determinism.apply_environment(args.profile_variant)
     from refgen import manifest
-    from refgen.audit import is_up_to_date
-    from refgen.generate import destination, generate
+    from refgen.generate import destination
     from refgen.spec import load_spec
 
     specs = [load_spec(p) for p in _specs(args)]  # validate all before building any
@@ -396,21 +401,53 @@ def cmd_generate(args: argparse.Namespace) -> int:
     refuse_collisions(specs, destinations)
     for outputs in destinations:
         check_writable(outputs.reference.parent)
+    failed: dict[str, int] = {}
     for spec, outputs in zip(specs, destinations, strict=True):
-        # one run per set at a time, from the up-to-date check to the commit (refgen.artifact)
-        name = printable(spec.name)
-        with outputs.locked():
-            if not args.force:
-                status = is_up_to_date(spec, outputs.manifest)
-                if status:
-                    log.info("%s is up to date, nothing to do (--force rebuilds)", name)
-                    continue
-                log.info("%s needs a build: %s", name, "; ".join(status.reasons))
-            log.info("generating %s (%s@%s)", name, spec.repo, spec.revision)
-            built = generate(spec, args.output_dir, load=_load_options(args, spec))
-        written = [p.name for k, p in built.paths().items() if k != "reference" and p.is_file()]
-        log.info("wrote %s (+ %s)", built.reference, ", ".join(written))
+        try:
+            _generate_one(args, spec, outputs)
+        except Exception as exc:
+            if not args.keep_going:
+                raise
+            failed[spec.path.name] = _report_failure(spec.path.name, exc)
+    if failed:
+        listed = ", ".join(f"{name} (exit {code})" for name, code in failed.items())
+        log.info("%d of %d specs failed: %s", len(failed), len(specs), listed)
+        return max(failed.values())
     return 0
+
+
+def _generate_one(args: argparse.Namespace, spec: Spec, outputs: Artifact) -> None:
+    from refgen.audit import is_up_to_date
+    from refgen.generate import generate
+
+    # one run per set at a time, from the up-to-date check to the commit (refgen.artifact)
+    name = printable(spec.name)
+    with outputs.locked():
+        if not args.force:
+            status = is_up_to_date(spec, outputs.manifest)
+            if status:
+                log.info("%s is up to date, nothing to do (--force rebuilds)", name)
+                return
+            log.info("%s needs a build: %s", name, "; ".join(status.reasons))
+        log.info("generating %s (%s@%s)", name, spec.repo, spec.revision)
+        built = generate(spec, args.output_dir, load=_load_options(args, spec))
+    written = [p.name for k, p in built.paths().items() if k != "reference" and p.is_file()]
+    log.info("wrote %s (+ %s)", built.reference, ", ".join(written))
+
+
+def _report_failure(name: str, exc: Exception) -> int:
+    """--keep-going: one spec's failure as its error line (an unexpected exception, a bug, with
+    its traceback); returns its exit code."""
+    if isinstance(exc, RefgenError):
+        print(f"refgen: error: {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(
+        f"refgen: error: {name}: unexpected {type(exc).__name__} (a bug in refgen or the "
+        "model's code; the traceback follows)",
+        file=sys.stderr,
+    )
+    traceback.print_exception(exc, file=sys.stderr)
+    return 1
 
 
 def refuse_collisions(specs: Sequence[Spec], sets: Sequence[Artifact]) -> None:

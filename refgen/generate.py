@@ -215,10 +215,39 @@ def compute_reference(
         # alone, Qwen3-1.7B shape).
         reading = loading.start_reading(model_dir, verifier, load_plan, spec.dtype)
         import transformers
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
         determinism.configure_torch()
     with timings.phase("load"):
+        # config.json and the tokenizer are small and hashed first: the checkpoint is checked
+        # (refgen.modelinfo.read_checkpoint) and the prompts tokenized before any weight is used.
+        hint = integrity_hint(spec)
+        if "config.json" not in verifier.expected:
+            raise CheckpointError(
+                "the model lock names no config.json, so the model cannot be built from locked "
+                "files only. Re-lock the checkpoint."
+            )
+        verifier.verified([n for n in verifier.expected if not n.endswith(".safetensors")], hint)
+
+        def confirm(file: Path) -> None:
+            verifier.verified([file.name], hint)
+
+        checkpoint = modelinfo.read_checkpoint(
+            model_dir,
+            [model_dir / n for n in verifier.expected if n.endswith(".safetensors")],
+            confirm,
+        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        except Exception as exc:  # a damaged tokenizer.json fails in many ways inside tokenizers
+            raise CheckpointError(
+                f"transformers cannot read the checkpoint's tokenizer ({type(exc).__name__}: "
+                f"{str(exc).strip()[:200]}). Restore the tokenizer files and re-lock."
+            ) from None
+        # never a fallback: the tokenizer's vocabulary came from a locked file
+        hub.check_tokenizer_files(spec, tokenizer, (p.name for p in model_dir.iterdir()))
+        inputs = [tokenizer(prompt, return_tensors="pt")["input_ids"] for prompt in spec.prompts]
+        _check_run(spec, checkpoint.facts, inputs)
         # What AutoModelForCausalLM.from_pretrained builds, from bytes hashed as they are read;
         # raises IntegrityError before any file content is used if a hash differs.
         model, _ = loading.load_model(
@@ -227,30 +256,30 @@ def compute_reference(
             load_plan,
             spec.dtype,
             spec.attn_implementation,
-            hint=integrity_hint(spec),
+            hint=hint,
             reading=reading,
         )
         load_plan = loading.as_loaded(load_plan, model)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        # never a fallback: the tokenizer's vocabulary came from a locked file
-        hub.check_tokenizer_files(spec, tokenizer, (p.name for p in model_dir.iterdir()))
-        # The config as transformers resolves it from the (verified) file, before
-        # from_pretrained's run-time settings; the model's own copy carries those.
-        digest = modelinfo.config_sha256(AutoConfig.from_pretrained(model_dir))
     config = model.config
-    fields = modelinfo.contract_fields(config, model)
-    record = modelinfo.describe(config, model, digest) | {"dtype": spec.dtype}
+    fields = checkpoint.facts | {"use_qk_norm": modelinfo.uses_qk_norm(model)}
+    # the config as transformers resolved it from the verified file, before from_pretrained's
+    # run-time settings (the model's own copy carries those)
+    record = modelinfo.describe(config, model, checkpoint.config_sha256) | {"dtype": spec.dtype}
     # The parameters transformers keeps in float32 whatever the run dtype (refgen.load.model).
     record["float32_parameters"] = float32_parameters(model, spec.dtype)
-    inputs = [tokenizer(prompt, return_tensors="pt")["input_ids"] for prompt in spec.prompts]
-    _check_run(spec, fields, inputs)
     if load_plan.budget > 0:  # the run's plan (a bare call plans nothing: no budget to keep)
         check_memory(spec, config, inputs, load_plan)
     log.info(
         "model: %s, attention %s, %s", record["class"], record["attn_implementation"], spec.dtype
     )
     if capture is not None:  # layers and modules checked against the model before any forward
-        capture.start(int(config.num_hidden_layers), probes.module_names(model))
+        if "num_layers" not in fields and spec.probes and spec.probes.hidden_states is not None:
+            raise SpecError(
+                f"{spec.path.name}: 'probes.hidden_states' numbers hidden states by decoder layer, "
+                f"but the config of {checkpoint.model_type} gives no num_hidden_layers. Remove it "
+                "from [probes]."
+            )
+        capture.start(fields.get("num_layers", 0), probes.module_names(model))
     cases = []
     with (
         timings.phase("forward"),
@@ -265,14 +294,17 @@ def compute_reference(
         runs = loading.forwards(
             model, inputs, starting=starting, output_hidden_states=True, use_cache=False
         )
-        for number, (prompt, input_ids, out) in enumerate(
-            zip(spec.prompts, inputs, runs, strict=True)
-        ):
-            check_finite_outputs(spec, number, out, model)
-            if capture is not None:
-                capture.add(number, input_ids, out)
-            cases.append(_case(spec, prompt, input_ids, out, fields["vocab_size"]))
-            bar.update(1)
+        with _refusing_unsupported_dtype(checkpoint.model_type, spec.dtype):
+            for number, (prompt, input_ids, out) in enumerate(
+                zip(spec.prompts, inputs, runs, strict=True)
+            ):
+                check_finite_outputs(spec, number, out, model)
+                if capture is not None:
+                    capture.add(number, input_ids, out)
+                cases.append(_case(spec, prompt, input_ids, out, fields.get("vocab_size")))
+                # what last_residual_f32 took of the model's own hidden-state layout
+                record["hidden_states"] = modelinfo.layout(out.hidden_states[-1])
+                bar.update(1)
     if capture is not None and floor_plan is not None:
         model = None  # freed before the float64 copy is loaded
         model = floor_run(spec, model_dir, verifier, capture, floor_plan, inputs, timings)
@@ -337,19 +369,55 @@ _kept: list[Any] = []
 KEEP_LAST_MODEL = False
 
 
+@contextmanager
+def _refusing_unsupported_dtype(model_type: str, dtype: str) -> Iterator[None]:
+    """A model whose CPU kernels do not exist in the run dtype (reformer in bfloat16: "mixed dtype
+    (CPU)") is refused at its first forward, before anything is written, as plain transformers
+    fails there too; other errors pass unchanged."""
+    try:
+        yield
+    except (RuntimeError, NotImplementedError) as exc:
+        text = str(exc)
+        if not any(marker in text for marker in _UNSUPPORTED_DTYPE):
+            raise
+        raise CheckpointError(
+            f"{model_type} cannot run in {dtype} on CPU (torch: {text.splitlines()[0][:200]}). "
+            'Use a dtype the model supports, e.g. model.dtype = "float32".'
+        ) from None
+
+
+# torch's messages when a model cannot compute in the run dtype on CPU: a kernel missing in it
+# (aten: "not implemented for 'BFloat16'"; the layer-norm kernels: "mixed dtype (CPU): expect
+# parameter to have scalar type of Float"), or the model's code mixing float32 tensors of its own
+# with the run dtype's (xlnet in bfloat16: "expected scalar type Float but found BFloat16").
+_UNSUPPORTED_DTYPE = (
+    "mixed dtype (CPU)",
+    "not implemented for 'BFloat16'",
+    "not implemented for 'Half'",
+    "expected scalar type Float but found BFloat16",
+    "expected scalar type Float but found Half",
+)
+
+
 def _check_run(spec: Spec, fields: dict[str, Any], inputs: list[Any]) -> None:
-    """What the spec asks of the model fits it: refused before the first forward."""
-    vocab = fields["vocab_size"]
-    if spec.top_k > vocab:
+    """What the spec asks of the model fits it: refused before the model loads."""
+    vocab = fields.get("vocab_size")
+    if vocab is not None and spec.top_k > vocab:
         raise SpecError(
             f"{spec.path.name}: 'run.top_k' = {spec.top_k} exceeds the model's vocabulary "
             f"({vocab} tokens). Lower run.top_k."
         )
-    context = fields.get("max_position_embeddings")
+    context = fields.get("max_position_embeddings")  # absent: no limit (e.g. xlnet's -1)
     for prompt, input_ids in zip(spec.prompts, inputs, strict=True):
         length = int(input_ids.shape[-1])
         if length == 0:
             raise SpecError(f"{spec.path.name}: prompt {prompt!r} tokenizes to no tokens.")
+        largest = int(input_ids.max())
+        if vocab is not None and largest >= vocab:
+            raise CheckpointError(
+                f"the tokenizer gives prompt {shorten(prompt)} token id {largest}, outside the "
+                f"model's vocabulary ({vocab} tokens): the tokenizer does not belong to the model."
+            )
         if context is not None and length > context:
             raise SpecError(
                 f"{spec.path.name}: prompt {prompt[:40]!r}... is {length} tokens, longer than "
@@ -421,21 +489,31 @@ def check_memory(spec: Spec, config: Any, inputs: list[Any], plan: loading.LoadP
         )
 
 
-def _case(spec: Spec, prompt: str, input_ids: Any, out: Any, vocab_size: int) -> dict[str, Any]:
-    """One test case: tokens, top-k of the last-position logits, final-norm residual.
+def _case(
+    spec: Spec, prompt: str, input_ids: Any, out: Any, vocab_size: int | None
+) -> dict[str, Any]:
+    """One test case: tokens, top-k of the last-position logits, final hidden state.
 
     Floats are the exact values of the run dtype's elements (bf16/f16 widen to float32 exactly).
+    ``last_residual_f32`` is ``hidden_states[-1]`` at the last position in the model's own layout
+    (refgen.modelinfo.last_position): a list of ``hidden_size`` floats, or one per stream.
     """
     import torch
 
     logits = out.logits[0, -1]
-    if int(logits.shape[-1]) != vocab_size:
+    size = int(logits.shape[-1])
+    if vocab_size is not None and size != vocab_size:
         raise CheckpointError(
-            f"the model's logits have {logits.shape[-1]} entries but its config says "
+            f"the model's logits have {size} entries but its config says "
             f"vocab_size {vocab_size}; the checkpoint is inconsistent."
         )
+    if spec.top_k > size:
+        raise SpecError(
+            f"{spec.path.name}: 'run.top_k' = {spec.top_k} exceeds the model's {size} logits. "
+            "Lower run.top_k."
+        )
     values, indices = torch.topk(logits, spec.top_k)
-    residual = out.hidden_states[-1][0, -1].to(torch.float32)
+    residual = modelinfo.last_position(out.hidden_states[-1]).to(torch.float32)
     return {
         "prompt": prompt,
         "tokens": [int(t) for t in input_ids[0].tolist()],
@@ -443,7 +521,7 @@ def _case(spec: Spec, prompt: str, input_ids: Any, out: Any, vocab_size: int) ->
             {"index": int(i), "logit": float(v)}
             for i, v in zip(indices.tolist(), values.tolist(), strict=True)
         ],
-        "last_residual_f32": [float(x) for x in residual.tolist()],
+        "last_residual_f32": residual.tolist(),
     }
 
 

@@ -136,8 +136,8 @@ def check_sizes(spec: Spec, lock: ModelLock, folder: Path) -> dict[str, int]:
     return sizes
 
 
-# The files a loader reads beside the weights (refgen.weights.select keeps exactly these when it
-# locks): transformers' AutoConfig reads config.json; a run without it cannot know the model.
+# What every lock must name, present or not: without config.json transformers cannot know the
+# model (it would fail, or fall back to a remote or default config).
 REQUIRED = ("config.json",)
 
 

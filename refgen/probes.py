@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 from refgen import jsonio
 from refgen.errors import ProbeFileError as ProbeFileError  # raised here; compare catches it here
 from refgen.errors import SpecError
+from refgen.modelinfo import positions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -379,7 +380,8 @@ class Capture:
             rows = slice(-1, None) if self.probes.positions == "last" else slice(None)
             for layer in self.layers:
                 # clone: keep only these rows, in the run's dtype (no conversion)
-                self.tensors[hidden_name(prompt, layer)] = hidden[layer][0, rows].clone()
+                # in the model's own layout (several AltUp streams for Gemma 3n: [4, rows, hidden])
+                self.tensors[hidden_name(prompt, layer)] = positions(hidden[layer], rows).clone()
         if self.probes.logits == "last":
             self.tensors[logits_name(prompt)] = out.logits[0, -1].clone()
         elif self.probes.logits == "all":

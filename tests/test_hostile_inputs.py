@@ -10,6 +10,8 @@ each under a timeout: a FIFO must never hang a run.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import hashlib
 import json
 import math
@@ -139,6 +141,14 @@ def _fifo_spec_in_specs_dir(case: Case) -> list[str]:
     return ["generate", "--specs-dir", str(case.setup.spec.parent)]
 
 
+def _fifo_manifest(case: Case) -> list[str]:
+    """generate reads the manifest for its up-to-date check (then refuses to write over it)."""
+    manifest = case.out / f"{NAME}.manifest.json"
+    manifest.unlink()
+    os.mkfifo(manifest)
+    return _generate(case)
+
+
 def _spec_links_to_dev_zero(case: Case) -> list[str]:
     link = case.setup.spec.parent / "zero.toml"
     link.symlink_to("/dev/zero")
@@ -251,6 +261,8 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
      ("tokenizer.json", "FIFO", "not a regular file"), {}),
     ("FIFO as a spec in --specs-dir", _fifo_spec_in_specs_dir, 2,
      ("zz-pipe.toml", "FIFO"), {}),
+    ("FIFO as the manifest: generate", _fifo_manifest, 2,
+     (f"{NAME}.manifest.json", "not a regular file"), {}),
     ("spec is a link to /dev/zero", _spec_links_to_dev_zero, 2,
      ("/dev/zero", "character device"), {}),
     ("lock is a link to /dev/zero", _lock_links_to_dev_zero, 2,
@@ -317,19 +329,51 @@ def test_hostile_input_is_refused_cleanly(
 # --- in-process: the bounded reader and the verified read -----------------------------------------
 
 
+def _unblocked(fifo: Path, call: Callable[[], Any]) -> BaseException | None:
+    """What *call* raised, run on a thread of its own: a reader that blocks on *fifo* fails the
+    test after 10 s (a writer then opens and closes the FIFO, which ends the blocked read)
+    instead of hanging it."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(call)
+        try:
+            return running.exception(timeout=10)
+        except TimeoutError:
+            with open(fifo, "wb"):
+                pass
+            pytest.fail(f"reading {fifo} blocked")
+
+
 def test_bounded_reader_refuses_special_files_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)  # no writer: a blocking open would never return
     link = tmp_path / "zero"
     link.symlink_to("/dev/zero")
     for path, what in ((fifo, "FIFO"), (link, "character device"), (tmp_path, "folder")):
-        with pytest.raises(jsonio.NotRegularFileError, match=what):
-            jsonio.read_bytes(path)
+        error = _unblocked(fifo, functools.partial(jsonio.read_bytes, path))
+        assert isinstance(error, jsonio.NotRegularFileError), error
+        assert what in str(error)
     big = tmp_path / "big"
     big.write_bytes(b"x" * 101)
     with pytest.raises(jsonio.TooLargeError, match="101 bytes, over the 100-byte limit"):
         jsonio.read_bytes(big, limit=100)
     assert jsonio.read_bytes(big, limit=101) == b"x" * 101
+
+
+def test_fifo_manifest_is_a_finding_for_the_auditor(tmp_path: Path) -> None:
+    """What verify and the up-to-date check read first: a FIFO is named, never waited on."""
+    from refgen import audit
+
+    manifest = tmp_path / f"{NAME}.manifest.json"
+    os.mkfifo(manifest)
+    error = _unblocked(manifest, lambda: audit.read_manifest(manifest))
+    assert isinstance(error, RefgenError) and "FIFO" in str(error), error
+    spec = load_spec(write_spec_text(tmp_path, MINIMAL_SPEC))
+    statuses: list[audit.UpToDate] = []
+    assert (
+        _unblocked(manifest, lambda: statuses.append(audit.is_up_to_date(spec, manifest))) is None
+    )
+    (status,) = statuses
+    assert not status.current and any("FIFO" in r for r in status.reasons), status.reasons
 
 
 def test_verified_read_checks_the_hash_before_anyone_parses(tmp_path: Path) -> None:
