@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,12 +163,24 @@ def prepare(subject: Subject, folder: Path) -> Path:
     return spec
 
 
-def _child_env(hf_home: Path) -> dict[str, str]:
+# Variables that pin a library's kernels to the host's CPU. Under emulation they would name a
+# CPU the process does not have: OPENBLAS_CORETYPE=Haswell (set on some hosts for their
+# OpenBLAS) makes numpy's OpenBLAS run AVX2 code on an emulated Westmere, which dies of SIGILL
+# at `import numpy`. Without it, OpenBLAS picks its kernels from the emulated CPUID, as on that CPU.
+HOST_CPU_VARIABLES = ("OPENBLAS_CORETYPE",)
+
+
+def emulated_env(env: Mapping[str, str]) -> dict[str, str]:
+    """*env* for a process under ``qemu-x86_64 -cpu MODEL``: without :data:`HOST_CPU_VARIABLES`."""
+    return {k: v for k, v in env.items() if k not in HOST_CPU_VARIABLES}
+
+
+def _child_env(hf_home: Path, cpu: str = NATIVE) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "REFGEN_"))}
     # the same interpreter (a virtualenv's included: qemu-user keeps argv[0], so python finds
     # its pyvenv.cfg) with this checkout first on the path
     env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(PROJECT_ROOT)})
-    return env
+    return env if cpu == NATIVE else emulated_env(env)
 
 
 def generate(spec: Path, variant: str, cpu: str, out: Path, subject: str) -> Run:
@@ -182,7 +194,7 @@ def generate(spec: Path, variant: str, cpu: str, out: Path, subject: str) -> Run
     start = time.monotonic()
     proc = subprocess.run(
         cmd,
-        env=_child_env(spec.parent.parent / "hf-home"),
+        env=_child_env(spec.parent.parent / "hf-home", cpu),
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

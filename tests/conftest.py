@@ -3,6 +3,7 @@ and a way to run the CLI as its own process (the determinism profile must preced
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -56,16 +57,22 @@ class TinySetup:
         return self.spec.with_suffix(".lock.json")
 
 
+# The CLI's temporaries go to a folder of the test session's own: a refgen command names the
+# leftovers of other processes it finds in its TMPDIR on stderr, and tests read stderr.
+_TMPDIR = Path(tempfile.mkdtemp(prefix="refgen-tests-"))
+atexit.register(shutil.rmtree, _TMPDIR, True)
+
+
 def refgen_env(hf_home: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """A clean environment (no HF_* or REFGEN_* of the caller, and not the torch cache folder
-    this process's torch exported) with HF_HOME set and this checkout first on the path; *env*
-    on top."""
+    this process's torch exported) with HF_HOME set, this checkout first on the path and a
+    TMPDIR of the test session's own; *env* on top."""
     full_env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("HF_", "REFGEN_")) and k != cleanup.TORCH_CACHE_VARIABLE
     }
-    full_env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT)})
+    full_env.update({"HF_HOME": str(hf_home), "PYTHONPATH": str(ROOT), "TMPDIR": str(_TMPDIR)})
     full_env.update(env or {})
     return full_env
 

@@ -44,7 +44,7 @@ def emulated(
     qemu: str, model: str, *args: str, hf_home: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python ARGS`` under ``qemu-x86_64 -cpu MODEL``, this checkout first on the path."""
-    env = refgen_env(hf_home or ROOT / "no-hf-home")
+    env = crosscheck.emulated_env(refgen_env(hf_home or ROOT / "no-hf-home"))
     return subprocess.run(
         [qemu, "-cpu", model, sys.executable, *args],
         env=env,

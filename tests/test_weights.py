@@ -153,7 +153,9 @@ def test_a_local_folder_is_locked_and_generated(tiny_copy: TinySetup, tmp_path: 
     run_refgen("lock", "--spec", spec, hf_home=tmp_path / "none")
     lock = json.loads(spec.with_suffix(".lock.json").read_text())
     assert lock["repo"] == "local/my-checkpoint" and re.fullmatch("[0-9a-f]{64}", lock["revision"])
-    cmd: list[str | Path] = [
+    # both specs name the same output: one command refuses them together (they would overwrite
+    # each other's set), so each is built alone
+    together = run_refgen(
         "generate",
         "--spec",
         spec,
@@ -161,16 +163,18 @@ def test_a_local_folder_is_locked_and_generated(tiny_copy: TinySetup, tmp_path: 
         tiny_copy.spec,
         "--output-dir",
         out,
-    ]
-    run_refgen(*cmd, hf_home=tiny_copy.hf_home)
-    local = json.loads((out / f"{NAME}.json").read_text())  # both specs name the same output
-    assert local["model_repo"] == tiny_copy.checkpoint.repo  # the second spec wrote last
-    manifest = json.loads((out / f"{NAME}.manifest.json").read_text())
-    assert manifest["spec"]["file"] == tiny_copy.spec.name
+        hf_home=tiny_copy.hf_home,
+        check=False,
+    )
+    assert together.returncode == 2 and "both write" in together.stderr
+    assert not out.exists() or not any(out.iterdir())
+    run_refgen("generate", "--spec", tiny_copy.spec, "--output-dir", out, hf_home=tiny_copy.hf_home)
+    hub = json.loads((out / f"{NAME}.json").read_text())
+    assert hub["model_repo"] == tiny_copy.checkpoint.repo
     run_refgen("generate", "--spec", spec, "--output-dir", tmp_path / "local-out", hf_home=tmp_path)
     mine = json.loads((tmp_path / "local-out" / f"{NAME}.json").read_text())
     assert (mine["model_repo"], mine["model_revision"]) == (lock["repo"], lock["revision"])
-    assert mine["test_cases"] == local["test_cases"]
+    assert mine["test_cases"] == hub["test_cases"]
     # pinning the content revision in the spec works; a changed file is an integrity error
     spec.write_text(
         spec.read_text().replace('path = "', f'revision = "{lock["revision"]}"\npath = "')
