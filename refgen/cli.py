@@ -205,8 +205,8 @@ def _parser() -> argparse.ArgumentParser:
         "--load",
         choices=LOAD_MODES,
         help="weights in memory, or streamed layer by layer (faster here, and for models bigger "
-        "than RAM); default: the spec's [run] load, else auto (stream; in memory a checkpoint "
-        "that cannot be streamed as laid out)",
+        "than RAM); default: the spec's [run] load, else auto (stream weights of 1 GB or more, "
+        "or that exceed the budget, unless the checkpoint cannot be streamed as laid out)",
     )
     gen.add_argument(
         "--stream",

@@ -96,8 +96,9 @@ def weights_bytes(paths: Sequence[Path], dtype: str = "float32") -> int:
     return total
 
 
-# ``auto`` streams: streaming was at least as fast as the in-memory load in every case measured
-# on the 2-core machine, and always smaller. The generator's load + forward phases (medians of 3
+# ``auto`` streams weights of AUTO_STREAM_BYTES or more (in the run dtype), and any that would not
+# fit the budget: streaming was at least as fast as the in-memory load in every case measured on
+# the 2-core machine, and always smaller. The generator's load + forward phases (medians of 3
 # alternating runs of `python -m refgen.bench.child SPEC OUT TIMINGS [--stream]` per mode, the
 # machine shared with other test runs, 1-minute load average 7 to 10; the JSON byte-identical):
 #   tiny Qwen3 (2 layers, hidden 64),  3 prompts: streamed 2.12 s vs in memory 4.04 s (0.52x)
@@ -110,18 +111,26 @@ def weights_bytes(paths: Sequence[Path], dtype: str = "float32") -> int:
 # busy machine (50 tiny forwards: 7.1 s there, 0.12 s on another thread with the same thread
 # count); the streamed forwards run on a pool's threads. ``--load memory`` keeps the in-memory
 # load for whoever asks for it, and ``auto`` loads in memory a checkpoint the streamed strategy
-# cannot read as laid out (:func:`load_model`).
-AUTO = "stream"
+# cannot read as laid out (:func:`load_model`). Smaller weights load in memory: there the gain
+# is seconds, and the whole-mapping zoo (README, tests/zoo.py, on tiny configs) found streamed
+# runs that differ from from_pretrained (falcon_mamba, prophetnet in float32) or fail (apertus in
+# bfloat16, reformer at times) where the in-memory load is bit-identical.
+AUTO_STREAM_BYTES = 1_000_000_000
 
 
 def choose(paths: Sequence[Path], dtype: str, options: LoadOptions) -> LoadPlan:
-    """The strategy asked for, or (auto) :data:`AUTO`, whatever the budget: a streamed run keeps
+    """The strategy asked for, or (auto) streamed when the weights in *dtype* are at least
+    :data:`AUTO_STREAM_BYTES` or would not fit the budget, else in memory. A streamed run keeps
     the embeddings and head resident when they fit the budget beside two layers, and streams
     them too otherwise (:func:`refgen.load.stream.load_streamed_model`)."""
     need = weights_bytes(paths, dtype)
     explicit = options.memory_budget is not None
     budget = options.memory_budget if options.memory_budget is not None else default_budget()
-    mode = AUTO if options.mode == "auto" else options.mode
+    if options.mode == "auto":
+        fits = need + stream.RUNTIME_BYTES // 2 <= budget  # the in-memory peak (AVAILABLE_SHARE)
+        mode = "stream" if need >= AUTO_STREAM_BYTES or not fits else "memory"
+    else:
+        mode = options.mode
     log.info(
         "load: %s (%s; weights %.2f GB in %s, memory budget %.2f GB%s)",
         mode,
