@@ -565,7 +565,10 @@ def test_streaming_threads_do_not_grow_with_prompts(
         del model, outs
     # The sampler, the wave's pool (4), its loader and the two reading threads, at most.
     assert grown[50][0] <= 1 + 4 + 1 + 2, grown
-    assert grown[50] <= grown[8], grown
+    # OS threads: a pool thread's first parallel region starts torch's OpenMP team on it, and
+    # how many of those a run makes varies with scheduling ({8: (7, 10), 50: (8, 12)} in one CI
+    # run); a thread per prompt would add one per prompt ({8: (12, 20), 50: (54, 104)}).
+    assert grown[50][1] <= grown[8][1] + 4, grown
 
 
 def test_waves_bound_prompts_and_tokens() -> None:
