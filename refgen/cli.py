@@ -600,12 +600,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise CompareError(f"--factor must be a positive number, not {args.factor}")
     inputs = {p.resolve() for p in (args.reference, args.port, args.map) if p is not None}
     inputs |= {p.with_suffix(".safetensors") for p in inputs if p.suffix == ".json"}
-    for target in (args.json, args.html):
+    for option, target in (("--json", args.json), ("--html", args.html)):
         if target is not None:
             if target.resolve() in inputs:
                 raise OutputError(
                     f"{target} is an input of this comparison, and refgen never overwrites an "
                     "input. Write the report elsewhere."
+                )
+            # as generate treats a spec's output: a missing folder is refused, not created
+            if not target.parent.is_dir():
+                raise OutputError(
+                    f"the folder of {option} does not exist or is not a folder: "
+                    f"{target.parent}. Create it first, or write the report into a folder "
+                    "that exists."
                 )
             check_writable(target.parent)
     names = namemap.load(args.map) if args.map is not None else namemap.IDENTITY

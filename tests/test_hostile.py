@@ -253,6 +253,17 @@ def _compare_with(*extra: str) -> Callable[[Case], list[str]]:
     return apply
 
 
+def _compare_report_in_missing_folder(option: str) -> Callable[[Case], list[str]]:
+    """A report whose folder does not exist: refused as generate refuses a spec's output
+    there, not created."""
+
+    def apply(case: Case) -> list[str]:
+        a = case.out / f"{NAME}.json"
+        return ["compare", str(a), str(a), option, str(case.tmp / "missing" / "report")]
+
+    return apply
+
+
 LONG_NAME = "n" * 230  # + ".manifest.json" and a backup's 18 characters: past 255
 
 
@@ -369,6 +380,10 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
     ("diff --atol inf", _diff_with("--atol", "inf"), 2, ("--atol", "finite number >= 0"), {}),
     ("compare --factor nan", _compare_with("--factor", "nan"), 2,
      ("--factor must be a positive number",), {}),
+    ("compare --json in a missing folder", _compare_report_in_missing_folder("--json"), 2,
+     ("the folder of --json does not exist", "missing", "Create it first"), {}),
+    ("compare --html in a missing folder", _compare_report_in_missing_folder("--html"), 2,
+     ("the folder of --html does not exist", "missing", "Create it first"), {}),
 ]  # fmt: skip
 
 
