@@ -272,7 +272,9 @@ def _parser() -> argparse.ArgumentParser:
 
     # `verify` and `diff` exit with the verdict: 0 bit for bit, 10 within tolerance, 11 not
     # reproduced (see refgen.compare).
-    ver = sub.add_parser("verify", help="rebuild committed references and compare (auditors)")
+    ver = sub.add_parser(
+        "verify", help="rebuild references and compare them with the files on disk (auditors)"
+    )
     add_spec_arguments(ver, "verify the artifact of")
     ver.add_argument(
         "--reference", type=Path, help="the JSON to verify (default: the spec's output path)"
