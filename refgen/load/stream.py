@@ -143,6 +143,13 @@ def _build_meta_model(
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     if attn_implementation:
         config._attn_implementation = attn_implementation
+    # The run dtype on the config and its sub-configs, as from_pretrained sets it before it
+    # builds the model (modeling_utils._get_dtype): some modules build their parameters in
+    # config.dtype (apertus's xIELU activation), which would else be the checkpoint's dtype.
+    config.dtype = getattr(torch, dtype)
+    for sub_config in (getattr(config, key, None) for key in config.sub_configs):
+        if sub_config is not None:
+            sub_config.dtype = config.dtype
     model_class = model_check.causal_lm_class(config)
     contexts = model_class.get_init_context(getattr(torch, dtype), False, False, None)
     with ContextManagers(contexts):
