@@ -300,46 +300,7 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:240] if lines else ""
 
 
-# --- the plain forwards (one child process, determinism profile first) ----------------------------
-
-_PLAIN = """
-import json, sys
-from refgen import determinism
-determinism.apply_environment()
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
-determinism.configure_torch()
-hf_logging.set_verbosity_error()
-jobs, out = json.loads(sys.argv[1]), sys.argv[2]
-results = {}
-for key, (snapshot, dtype, prompts, top_k) in jobs.items():
-    model = None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(snapshot, dtype=getattr(torch, dtype))
-        model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(snapshot)
-        cases = []
-        with torch.inference_mode():
-            for prompt in prompts:
-                ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-                out_ = model(input_ids=ids, output_hidden_states=True, use_cache=False)
-                values, indices = torch.topk(out_.logits[0, -1], top_k)
-                cases.append({
-                    "tokens": ids[0].tolist(),
-                    "index": indices.tolist(),
-                    "logit": [float(v) for v in values.tolist()],
-                    # batch 0, last position, in the model's own layout (streams first)
-                    "residual": out_.hidden_states[-1][..., 0, -1, :].float().tolist(),
-                })
-        results[key] = {"attn": model.config._attn_implementation, "cases": cases}
-    except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        results[key] = {"error": type(exc).__name__ + ": " + (lines[0][:240] if lines else "")}
-    del model
-with open(out, "w") as f:
-    json.dump(results, f)
-"""
+# --- the plain forwards (archzoo.run_plain: one child process, determinism profile first) --------
 
 
 def plain_forwards(
@@ -349,13 +310,9 @@ def plain_forwards(
     ones already in ``plain.json`` are not recomputed."""
     target = work / "plain.json"
     done: dict[str, Any] = json.loads(target.read_text()) if target.exists() else {}
-    todo = {k: (str(s), d, list(archzoo.PROMPTS), archzoo.TOP_K) for k, (s, d) in jobs.items()}
-    todo = {k: v for k, v in todo.items() if k not in done}
+    todo = {k: job for k, job in jobs.items() if k not in done}
     if todo:
-        batch = work / "plain-batch.json"
-        env = refgen_env(hf_home, {"HF_HUB_OFFLINE": "1"})
-        run([sys.executable, "-c", _PLAIN, json.dumps(todo), str(batch)], env, ROOT, timeout=7200)
-        done |= json.loads(batch.read_text())
+        done |= archzoo.run_plain(todo, hf_home, work / "plain-batch.json", timeout=7200)
         target.write_text(json.dumps(done, sort_keys=True))
     return {k: done[k] for k in jobs}
 
