@@ -389,13 +389,20 @@ def _refusing_unsupported_dtype(model_type: str, dtype: str) -> Iterator[None]:
 # torch's messages when a model cannot compute in the run dtype on CPU: a kernel missing in it
 # (aten: "not implemented for 'BFloat16'"; the layer-norm kernels: "mixed dtype (CPU): expect
 # parameter to have scalar type of Float"), or the model's code mixing float32 tensors of its own
-# with the run dtype's (xlnet in bfloat16: "expected scalar type Float but found BFloat16").
+# with the run dtype's (xlnet in bfloat16: "expected scalar type Float but found BFloat16";
+# deepseek_v4 in float16, a float32 input to a float16 linear: "expected m1 and m2 to have the
+# same dtype, but got: c10::Half != float").
 _UNSUPPORTED_DTYPE = (
     "mixed dtype (CPU)",
     "not implemented for 'BFloat16'",
     "not implemented for 'Half'",
     "expected scalar type Float but found BFloat16",
     "expected scalar type Float but found Half",
+    *(
+        f"expected m1 and m2 to have the same dtype, but got: {a} != {b}"
+        for run in ("c10::Half", "c10::BFloat16")
+        for a, b in ((run, "float"), ("float", run))
+    ),
 )
 
 
