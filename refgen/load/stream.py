@@ -204,6 +204,7 @@ def _units(model: Any, keymap: keys.KeyPlan, dtype: str) -> list[_Unit]:
     A module above the layers that owns a parameter directly (a scale, say) cannot be hooked
     without wrapping the layers: its own parameters form a resident unit without hooks.
     """
+    import torch
 
     layers_name, layers = decoder_layers(model)
     # Every name a parameter goes by (tied parameters have several), so a tied LM head finds the
@@ -231,10 +232,16 @@ def _units(model: Any, keymap: keys.KeyPlan, dtype: str) -> list[_Unit]:
     for module_name, module in model.named_modules():  # parents before children
         if not list(module.parameters(recurse=False)):
             continue
-        if inside(layers_name, module_name):
+        # A module without a forward of its own (a ParameterList: reformer's axial position
+        # embeddings) is never called, so no hook of its own would fire: its parameters are
+        # put in place by the nearest ancestor that runs.
+        called = module_name
+        while called and type(model.get_submodule(called)).forward is torch.nn.Module.forward:
+            called = called.rpartition(".")[0]
+        if inside(layers_name, called):
             containers.append((module_name, module))
             continue
-        unit = next((u for u in [*layer_names, *owners] if inside(module_name, u)), module_name)
+        unit = next((u for u in [*layer_names, *owners] if inside(called, u)), called)
         owners.setdefault(unit, []).append((module_name, module))
 
     def unit_of(name: str, members: list[tuple[str, Any]], layer: bool, hooked: bool) -> _Unit:
