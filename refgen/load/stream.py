@@ -311,7 +311,6 @@ class Streamer:
 
     # ---- loading
     def _read(self, t: _Tensor) -> Any:
-        import torch
 
         data, entry, path = self.sources[t.key]
         if tuple(entry.shape) != tuple(t.meta.shape):
@@ -327,13 +326,11 @@ class Streamer:
         if param is not None:
             files.read_tensor(data, entry, t.meta.dtype, path, out=param.data)
             return param
-        tensor = files.read_tensor(data, entry, t.meta.dtype, path)
-        return torch.nn.Parameter(tensor, requires_grad=False)
+        return _parameter(files.read_tensor(data, entry, t.meta.dtype, path))
 
     def _convert(self, todo: Sequence[_Tensor]) -> dict[str, Any]:
         """The tensors transformers' checkpoint conversions make (refgen.load.keys), each
         conversion run once, on its sources read in the dtype transformers casts them to."""
-        import torch
 
         def read(key: str, dtype: Any) -> Any:
             data, entry, path = self.sources[key]
@@ -343,10 +340,7 @@ class Streamer:
         for t in todo:
             if t.conversion is not None and t.key not in made:
                 out = t.conversion.run(read, self.model)
-                made |= {
-                    CONVERTED + name: torch.nn.Parameter(value, requires_grad=False)
-                    for name, value in out.items()
-                }
+                made |= {CONVERTED + name: _parameter(value) for name, value in out.items()}
         return made
 
     def _materialise(self, unit: _Unit, timed: bool) -> None:
@@ -558,6 +552,17 @@ class Streamer:
         if error is not None and not isinstance(error, StopIteration):
             raise error  # the first failure, from whichever thread had it
         return results
+
+
+def _parameter(tensor: Any) -> Any:
+    """*tensor* as the parameter from_pretrained makes of it (``set_param_for_module``):
+    requiring grad when floating. It matters even under inference mode: torch's matmul folds
+    a 3-D input into one matrix product only when the weight does not require grad, and the two
+    ways round differently (falcon_mamba's dt_proj and prophetnet's differed from a plain
+    from_pretrained forward while their weights were streamed without it)."""
+    import torch
+
+    return torch.nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
 
 
 def _check_checkpoint_fits(
