@@ -48,8 +48,23 @@ REPO_ORG = "refgen-zoo"
 # tower; mamba: attention-free (no heads, no rope); gemma3n_text: hidden states with 4 AltUp
 # streams; xlnet: max_position_embeddings -1 (no limit); gpt_oss: parameters transformers keeps
 # in float32 (attention sinks, router); emu3: a folder AutoModelForCausalLM cannot build (refused);
-# reformer: no bfloat16 kernels on CPU (refused in bfloat16).
-SAMPLE = ("qwen3", "gemma3", "mamba", "gemma3n_text", "xlnet", "gpt_oss", "emu3", "reformer")
+# reformer: no bfloat16 kernels on CPU (refused in bfloat16), and a never-called ParameterList
+# (streamed); qwen3_moe: experts saved one tensor each, fused by transformers' checkpoint
+# conversion (streamed: refgen.load.keys); gemma3 too: its keys renamed; falcon_mamba: a weight
+# whose requires_grad changes torch's matmul; apertus: parameters built in config.dtype.
+SAMPLE = (
+    "qwen3",
+    "gemma3",
+    "mamba",
+    "gemma3n_text",
+    "xlnet",
+    "gpt_oss",
+    "emu3",
+    "reformer",
+    "qwen3_moe",
+    "falcon_mamba",
+    "apertus",
+)
 
 # --- shrinking a config generically ---------------------------------------------------------------
 
@@ -414,8 +429,8 @@ class Row:
             return "not built"
         if self.identical is not None:
             return "bit-identical" if self.identical else "differs"
-        if self.exit == 2:
-            return "refused (exit 2)"
+        if self.exit == 2:  # plain from_pretrained runs: refgen alone refuses (e.g. streamed)
+            return "refused (exit 2)" + ("" if self.plain_error else ", plain from_pretrained runs")
         if self.plain_error:
             return f"exit {self.exit}, plain from_pretrained fails too"
         return f"exit {self.exit}"
