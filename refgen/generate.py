@@ -376,6 +376,16 @@ def _refusing_unsupported_dtype(model_type: str, dtype: str) -> Iterator[None]:
     fails there too; other errors pass unchanged."""
     try:
         yield
+    except ValueError as exc:
+        if not _raised_in_model_code(exc):
+            raise
+        # The model's own code refuses to run on input_ids alone (xmod without a language,
+        # gemma4_unified_assistant without its main model's states), in plain transformers too.
+        raise CheckpointError(
+            f"{model_type} cannot run on a prompt's input_ids alone: its forward raised "
+            f"ValueError: {str(exc).strip().splitlines()[0][:200]} (transformers "
+            f"{_transformers_version()}). refgen makes references of causal LMs that do."
+        ) from None
     except (RuntimeError, NotImplementedError) as exc:
         text = str(exc)
         if not any(marker in text for marker in _UNSUPPORTED_DTYPE):
@@ -384,6 +394,20 @@ def _refusing_unsupported_dtype(model_type: str, dtype: str) -> Iterator[None]:
             f"{model_type} cannot run in {dtype} on CPU (torch: {text.splitlines()[0][:200]}). "
             'Use a dtype the model supports, e.g. model.dtype = "float32".'
         ) from None
+
+
+def _raised_in_model_code(exc: BaseException) -> bool:
+    """Whether *exc* was raised by a model's code in transformers (``transformers/models/``)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "/transformers/models/" in frames[-1].filename.replace("\\", "/")
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
 
 
 # torch's messages when a model cannot compute in the run dtype on CPU: a kernel missing in it
