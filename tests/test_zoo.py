@@ -24,6 +24,7 @@ REFUSED = {
     "emu3": (DTYPES, "AutoModelForCausalLM has no class for it"),
     "reformer": (("bfloat16",), "cannot run in bfloat16 on CPU"),
     "xlnet": (("bfloat16",), "cannot run in bfloat16 on CPU"),
+    "xmod": (DTYPES, "xmod cannot run on a prompt's input_ids alone"),
 }
 
 
@@ -77,10 +78,10 @@ def test_a_dtype_the_model_cannot_run_is_refused_naming_type_and_dtype(tmp_path:
 
 
 def test_keep_going_builds_the_others_and_exits_with_the_worst(sample: zoo.Zoo) -> None:
-    """emu3 is refused; the specs after it in the same process still ran."""
+    """emu3 and xmod are refused; the specs after each in the same process still ran."""
     log = (sample.work / "log-float32-memory.txt").read_text()
-    count = len(zoo.SAMPLE)
-    assert f"refgen: 1 of {count} specs failed: emu3-float32.toml (exit 2)" in log
+    failed = "emu3-float32.toml (exit 2), xmod-float32.toml (exit 2)"
+    assert f"refgen: 2 of {len(zoo.SAMPLE)} specs failed: {failed}" in log
     assert (sample.work / "done-float32-memory").read_text() == "2"  # the process's exit code
 
 

@@ -51,7 +51,8 @@ REPO_ORG = "refgen-zoo"
 # reformer: no bfloat16 kernels on CPU (refused in bfloat16), and a never-called ParameterList
 # (streamed); qwen3_moe: experts saved one tensor each, fused by transformers' checkpoint
 # conversion (streamed: refgen.load.keys); gemma3 too: its keys renamed; falcon_mamba: a weight
-# whose requires_grad changes torch's matmul; apertus: parameters built in config.dtype.
+# whose requires_grad changes torch's matmul; apertus: parameters built in config.dtype; xmod: a
+# forward that refuses input_ids alone (no language set; refused).
 SAMPLE = (
     "qwen3",
     "gemma3",
@@ -64,6 +65,7 @@ SAMPLE = (
     "qwen3_moe",
     "falcon_mamba",
     "apertus",
+    "xmod",
 )
 
 # --- shrinking a config generically ---------------------------------------------------------------
@@ -72,6 +74,7 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decode
 # Integer settings capped at these values wherever a config (or a sub-config) has them.
 _CAPS: dict[str, int] = {
     **dict.fromkeys(("hidden_size", "n_embd", "d_model", "n_embed", "dim"), 64),
+    "hidden_size_global": 64,  # a sub-model's view of another's width (blt: the global model)
     **dict.fromkeys(("intermediate_size", "ffn_dim", "n_inner", "decoder_ffn_dim", "d_ff"), 128),
     **dict.fromkeys(("encoder_ffn_dim", "ffn_hidden_size", "dim_ff"), 128),
     **dict.fromkeys(("encoder_layers",), 2),
@@ -86,7 +89,7 @@ _CAPS: dict[str, int] = {
     **dict.fromkeys(("moe_intermediate_size", "expert_intermediate_size"), 32),
     "expert_ffn_hidden_size": 32,
     "n_shared_experts": 1,
-    "n_group": 1,
+    **dict.fromkeys(("n_group", "num_expert_group"), 1),
     "topk_group": 1,
     "zero_expert_num": 2,
     "kv_lora_rank": 16,
@@ -184,6 +187,10 @@ def shrink(config: Any) -> dict[str, Any]:
         out["head_dim"] = out["qk_rope_head_dim"]  # multi-head latent attention: rope width
     if _is_int(data.get("expand")) and {"num_heads", "head_dim", "hidden_size"} <= out.keys():
         out["head_dim"] = out["hidden_size"] * data["expand"] // out["num_heads"]  # Mamba-2
+    if _is_int(data.get("num_key_value_heads")) and data.get("num_attention_heads") == data.get(
+        "num_key_value_heads"
+    ):  # multi-head attention stays so (multi-head latent attention assumes it: deepseek_v32)
+        out["num_key_value_heads"] = out.get("num_attention_heads", data["num_attention_heads"])
     if "is_decoder" in data and not data.get("is_encoder_decoder"):
         out["is_decoder"] = True  # the causal-LM head of an encoder architecture
     return out
@@ -266,8 +273,25 @@ def _build_child(work: Path, types: Sequence[str]) -> None:
             hub.lock(load_spec(spec), offline=True)
             built[model_type] = {"repo": ck.repo, "revision": ck.revision}
         except Exception as exc:  # recorded: a type transformers cannot build this way
-            built[model_type] = {"error": f"{type(exc).__name__}: {_first_line(exc)}"}
+            why = f"{type(exc).__name__}: {_first_line(exc)}"
+            if not _default_builds(model_type):
+                why = f"transformers' default config does not build either: {why}"
+            built[model_type] = {"error": why}
         (work / "built.json").write_text(json.dumps(built, indent=1, sort_keys=True))
+
+
+def _default_builds(model_type: str) -> bool:
+    """Whether transformers builds *model_type*'s default config (on the meta device: no
+    memory for its full size), i.e. whether the shrinking is to blame."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type))
+    except Exception:
+        return False
+    return True
 
 
 def _read_built(work: Path) -> dict[str, dict[str, str]]:
