@@ -36,6 +36,9 @@ OPTIONAL = frozenset({"probes"})
 """Kinds a reference may lack; every other kind is written by every commit."""
 LOCK_SUFFIX = ".lock"
 """``.X.lock``, beside the set while a run holds it (see :meth:`Artifact.locked`)."""
+JOURNAL_SUFFIX = ".commit.json"
+"""``.X.commit.json``, beside the set while its commit swaps files (see
+:func:`refgen.atomic.recover`)."""
 DEFAULT_NAME_MAX = 255  # when the file system does not say (pathconf): ext4, xfs, btrfs, tmpfs
 
 # The sets this process holds (a run locks its set once; generate inside it does not wait on it)
@@ -85,9 +88,13 @@ class Artifact:
     def lock_file(self) -> Path:
         return self.reference.with_name(f".{self.stem}{LOCK_SUFFIX}")
 
+    @property
+    def journal(self) -> Path:
+        return self.reference.with_name(f".{self.stem}{JOURNAL_SUFFIX}")
+
     def names(self) -> list[str]:
-        """Every name this set puts in its folder: its files and its lock."""
-        return [p.name for p in self.paths().values()] + [self.lock_file.name]
+        """Every name this set puts in its folder: its files, its lock and its journal."""
+        return [p.name for p in self.paths().values()] + [self.lock_file.name, self.journal.name]
 
     def check_destination(
         self,
@@ -126,8 +133,10 @@ class Artifact:
     def locked(self) -> Iterator[None]:
         """Hold this set's inter-process lock (``.X.lock`` beside it, through filelock) for the
         block: a second run writing the same set waits (logged) until the first has committed
-        or failed, so the set is never mixed from two runs. Once held, the staged temporaries
-        and backups a killed run left (no live run can own them now) are removed, or named."""
+        or failed, so the set is never mixed from two runs. Once held (no live run can own
+        what a killed run left now), a commit killed half-way is repaired from its journal
+        (the previous set restored, or the new one finished when it is whole) and the staged
+        temporaries and backups left are removed, or named."""
         key = self.lock_file.resolve()
         if key in _held:  # this process already holds it (generate under the CLI's lock)
             yield
@@ -143,13 +152,44 @@ class Artifact:
         with cleanup.held_lock(self.lock_file, waiting):
             _held.add(key)
             try:
-                self._remove_leftovers()
+                if self._recover():
+                    self._remove_leftovers()
                 yield
             finally:
                 _held.discard(key)
 
+    def _recover(self) -> bool:
+        """Repair a commit killed half-way (its journal is there); False when that could not
+        be proved safe, so nothing it left may be removed."""
+        found = atomic.recover(self.journal, [p.name for p in self.paths().values()])
+        if found is None:
+            return True
+        if found.action == "restored":
+            log.warning(
+                "a run was killed while committing %s: the previous set is restored from its "
+                "backups (%s)",
+                self.reference.name,
+                ", ".join(found.targets),
+            )
+        elif found.action == "finished":
+            log.warning(
+                "a run was killed while committing %s after its new files were written: they "
+                "match the SHA-256 its journal recorded, so that commit is finished (%s)",
+                self.reference.name,
+                ", ".join(found.targets),
+            )
+        else:
+            log.warning(
+                "a run was killed while committing %s and %s: %s and the temporaries and "
+                "backups beside it are kept, nothing is removed; a new commit replaces the set",
+                self.reference.name,
+                found.reason,
+                self.journal.name,
+            )
+        return found.action != "kept"
+
     def _remove_leftovers(self) -> None:
-        for target in self.paths().values():
+        for target in [*self.paths().values(), self.journal]:
             temporaries, backups = atomic.leftovers(target)
             for path in temporaries:
                 path.unlink(missing_ok=True)
@@ -187,10 +227,10 @@ class Artifact:
             if self.sibling(kind).name in self._listed_outputs()
         ]
         atomic.write_files(
-            {self.sibling(kind): contents[kind] for kind in SIBLINGS if kind in contents}
+            {self.sibling(kind): contents[kind] for kind in SIBLINGS if kind in contents},
+            journal=self.journal,
+            remove=stale,
         )
-        for path in stale:
-            path.unlink(missing_ok=True)
         if self.lock_file.resolve() in _held:  # a whole new set is in place: old backups go
             for target in self.paths().values():
                 for backup in atomic.leftovers(target)[1]:

@@ -8,8 +8,12 @@ TMPDIR, are removed once no live run can own them (their lock is free), or named
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +24,7 @@ import filelock
 import pytest
 from conftest import ROOT, TinySetup, refgen_env, run_refgen
 
-from refgen import audit, cleanup
+from refgen import atomic, audit, cleanup
 from refgen.artifact import Artifact
 from refgen.hashing import sha256_file
 
@@ -35,11 +39,11 @@ import refgen.atomic as atomic
 _swap = atomic._swap
 
 
-def slowed(targets, temps):
+def slowed(*args):
     sys.stderr.write("test: in the commit\\n")
     sys.stderr.flush()
     time.sleep(8)
-    return _swap(targets, temps)
+    return _swap(*args)
 
 
 atomic._swap = slowed
@@ -181,3 +185,123 @@ def test_remove_stale_only_takes_free_folders(tmp_path: Path, held: bool) -> Non
     assert folder.exists() == held
     assert found.removed == (() if held else (folder,))
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_commit_killed_at_any_step_leaves_a_whole_set(tiny_copy: TinySetup) -> None:
+    """A real ``refgen generate`` is SIGKILLed right after each step of its commit in turn
+    (refgen.atomic's test-only KILL_AT_VARIABLE), over an old set. The next run takes the set's
+    lock, repairs what the kill left and then fails (its model lock is missing): the folder
+    holds a whole set, byte for byte the old one until the last rename and the killed run's new
+    one after it, with every SHA-256 sum right and no leftover; the next run said what it
+    repaired. Without the journal's repair, a kill between two renames leaves a mixed set."""
+    spec, lock = tiny_copy.spec, tiny_copy.lock
+    out = spec.parent.parent / "out"
+    run_refgen("generate", "--spec", spec, hf_home=tiny_copy.hf_home)
+    old = _files(out)
+    spec.write_text(spec.read_text().replace("Two plus two equals", "Three plus three equals"))
+    new_spec_sha256 = sha256_file(spec, progress=False)[0]
+    artifact = Artifact(out / f"{NAME}.json")
+    outcomes: list[str] = []
+    for step in itertools.count(1):
+        killed = run_refgen(
+            "generate", "--spec", spec, hf_home=tiny_copy.hf_home, check=False,
+            env={atomic.KILL_AT_VARIABLE: str(step)},
+        )  # fmt: skip
+        if killed.returncode == 0:  # past the commit's last step
+            break
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert f"SIGKILL after commit step {step}: " in killed.stderr, killed.stderr
+        journaled = artifact.journal.exists()
+        left = sorted(set(os.listdir(out)) - set(old) - {artifact.lock_file.name})
+        hidden = lock.rename(lock.with_name("hidden"))
+        failed = run_refgen("generate", "--spec", spec, hf_home=tiny_copy.hf_home, check=False)
+        hidden.rename(lock)
+        assert failed.returncode == 2 and "no model lock" in failed.stderr, failed.stderr
+        now = _files(out)
+        assert sorted(now) == sorted(old), (step, killed.stderr, failed.stderr)  # no leftover
+        sums = subprocess.run(["sha256sum", "-c", artifact.sums.name], cwd=out,
+                              capture_output=True, text=True)  # fmt: skip
+        assert sums.returncode == 0, (step, sums.stdout, killed.stderr, failed.stderr)
+        manifest = audit.read_manifest(artifact.manifest)
+        assert audit.check_integrity(artifact, manifest) == []
+        outcome = "restored" if now == old else "finished"
+        if outcome == "finished":
+            assert manifest["spec"]["sha256"] == new_spec_sha256  # the killed run's whole set
+        if journaled:
+            said = {
+                "restored": "the previous set is restored from its backups",
+                "finished": "so that commit is finished",
+            }[outcome]
+            assert f"a run was killed while committing {NAME}.json" in failed.stderr
+            assert said in failed.stderr, failed.stderr
+        for name in left:
+            assert f"removed {name}" in failed.stderr or journaled, (name, failed.stderr)
+        outcomes.append(outcome)
+        for path in out.iterdir():  # the old set again, for the next step
+            path.unlink()
+        for name, data in old.items():
+            (out / name).write_bytes(data)
+    # staged x4, backups x4, journal, renames x4, fsync, backups removed x4, journal removed
+    assert len(outcomes) == 19, outcomes
+    # the old set until the last rename, then the new one: never anything between
+    assert outcomes == ["restored"] * 12 + ["finished"] * 7, outcomes
+
+
+def _journaled_commit(folder: Path) -> tuple[Artifact, dict[str, bytes]]:
+    """An old set, then what a commit killed right after its first rename leaves: every
+    backup linked, the journal written, the first new file in place, the others staged."""
+    art = Artifact(folder / "x.json")
+    kinds = ["reference", "manifest", "statement", "sums"]
+    art.commit({kind: b"old " + kind.encode() for kind in kinds})
+    old = _files(folder)
+    entries: list[dict[str, str | int]] = []
+    first_staged = folder / "unset"
+    for i, kind in enumerate(kinds):
+        target, new = art.sibling(kind), b"new " + kind.encode()
+        staged = target.with_name(f".{target.name}.abc{i}{atomic.TEMPORARY_SUFFIX}")
+        backup = target.with_name(f".{target.name}.0123456789ab{atomic.BACKUP_SUFFIX}")
+        os.link(target, backup)
+        staged.write_bytes(new)
+        first_staged = staged if i == 0 else first_staged
+        entries.append({"target": target.name, "staged": staged.name, "backup": backup.name,
+                        "inode": backup.stat().st_ino,
+                        "sha256": hashlib.sha256(new).hexdigest()})  # fmt: skip
+    record = {"refgen_commit": atomic.JOURNAL_FORMAT, "files": entries, "remove": []}
+    art.journal.write_text(json.dumps(record))
+    os.replace(first_staged, art.reference)
+    return art, old
+
+
+@pytest.mark.parametrize("repair_killed", [False, True])
+def test_a_journal_restores_the_previous_set(tmp_path: Path, repair_killed: bool) -> None:
+    """After the first rename, the previous set is put back (and every temporary, backup and
+    the journal go); also when a repair was killed after moving the first file back."""
+    art, old = _journaled_commit(tmp_path)
+    if repair_killed:
+        os.replace(next(tmp_path.glob(".x.json.*.bak")), art.reference)
+    with art.locked():
+        pass
+    assert _files(tmp_path) == old
+
+
+@pytest.mark.parametrize("damage", ["outside", "backup gone"])
+def test_a_journal_that_proves_nothing_touches_nothing(tmp_path: Path, damage: str) -> None:
+    """A journal naming a file outside the set, or a commit whose previous and new files are
+    not all there: nothing is removed or renamed, and the lock is the only name that comes
+    and goes."""
+    art, _ = _journaled_commit(tmp_path)
+    if damage == "outside":
+        record = json.loads(art.journal.read_text())
+        record["files"][1]["backup"] = "../elsewhere.bak"
+        art.journal.write_text(json.dumps(record))
+    else:
+        next(tmp_path.glob(".x.json.*.bak")).unlink()
+        next(tmp_path.glob(".x.manifest.json.*.tmp")).unlink()
+    before = _files(tmp_path)
+    with art.locked():
+        pass
+    assert _files(tmp_path) == before
