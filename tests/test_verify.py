@@ -509,6 +509,8 @@ def _conditions() -> dict[str, dict[str, Any]]:
         "taskset-one-core": {"prefix": ["taskset", "-c", one]},
         "taskset-all-cores": {"prefix": ["taskset", "-c", every]},
         "caller-threads": {"env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}},
+        # the generator makes idle OpenMP threads sleep (refgen.determinism.WAIT_POLICY)
+        "caller-omp-spinning": {"env": {"OMP_WAIT_POLICY": "ACTIVE"}},
         "aten-default": {"env": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "ALL"}},
         "aten-avx512": {"env": {"ATEN_CPU_CAPABILITY": "avx512"}},
         "mkl-cbwr-auto": {"env": {"MKL_CBWR": "AUTO"}},
@@ -553,6 +555,23 @@ def test_generator_bytes_do_not_depend_on_the_caller(
     run(cmd, env, cwd=cwd)
     for name in (REF, MANIFEST, SUMS):
         assert (out / name).read_bytes() == (workspace.root / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_idle_openmp_threads_sleep_unless_the_caller_chose(
+    tmp_path: Path, given: str | None, expected: str
+) -> None:
+    """The profile makes idle OpenMP threads sleep (spinning ones stall the forwards on a busy
+    machine), and keeps a caller's own policy: it changes no byte (the caller-omp-spinning
+    condition above)."""
+    code = (
+        "import os; from refgen import determinism; determinism.apply_environment(); "
+        "print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    env = {k: v for k, v in refgen_env(tmp_path).items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    assert run([sys.executable, "-c", code], env, cwd=ROOT).stdout.strip() == expected
 
 
 @pytest.fixture(autouse=True)

@@ -107,9 +107,9 @@ def weights_bytes(paths: Sequence[Path], dtype: str = "float32") -> int:
 #   Llama, 8 layers, hidden 512 (134 MB F32), 3 prompts (2 runs): 2.59 s vs 7.72 s (0.34x)
 #   the same Llama,                         100 prompts (2 runs): 12.41 s vs 133.61 s (0.09x)
 # and at the Qwen3-1.7B shape 0.56x to 0.89x the in-memory wall (README, "Performance"). The
-# in-memory forwards run on the calling thread, whose two-thread parallel regions stalled on the
-# busy machine (50 tiny forwards: 7.1 s there, 0.12 s on another thread with the same thread
-# count); the streamed forwards run on a pool's threads. ``--load memory`` keeps the in-memory
+# in-memory figures above were taken while idle OpenMP threads still spun on the busy machine,
+# which slowed the in-memory forwards most (refgen.determinism.WAIT_POLICY, now passive).
+# ``--load memory`` keeps the in-memory
 # load for whoever asks for it, and ``auto`` loads in memory a checkpoint the streamed strategy
 # cannot read as laid out (:func:`load_model`). Smaller weights load in memory: there the gain
 # is seconds, and the whole-mapping zoo (README, tests/zoo.py, on tiny configs) found streamed
