@@ -311,7 +311,6 @@ class Streamer:
 
     # ---- loading
     def _read(self, t: _Tensor) -> Any:
-
         data, entry, path = self.sources[t.key]
         if tuple(entry.shape) != tuple(t.meta.shape):
             raise StreamingError(
@@ -637,6 +636,7 @@ def load_streamed_model(
     streamer = Streamer(model, units, sources, verifier, hint)
     streamer.load_unhooked()
     model._refgen_streamer = streamer
+    model._refgen_keys = keymap  # where each tensor came from (refgen.load.keys)
     model._refgen_files = stack  # the mappings live as long as the model
     log.info(
         "streaming %d decoder layers (%.2f GB each in %s); embeddings, norm and head %s (%.2f GB)",
