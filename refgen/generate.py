@@ -376,6 +376,16 @@ def _refusing_unsupported_dtype(model_type: str, dtype: str) -> Iterator[None]:
     fails there too; other errors pass unchanged."""
     try:
         yield
+    except ValueError as exc:
+        if not _raised_in_model_code(exc):
+            raise
+        # The model's own code refuses to run on input_ids alone (xmod without a language,
+        # gemma4_unified_assistant without its main model's states), in plain transformers too.
+        raise CheckpointError(
+            f"{model_type} cannot run on a prompt's input_ids alone: its forward raised "
+            f"ValueError: {str(exc).strip().splitlines()[0][:200]} (transformers "
+            f"{_transformers_version()}). refgen makes references of causal LMs that do."
+        ) from None
     except (RuntimeError, NotImplementedError) as exc:
         text = str(exc)
         if not any(marker in text for marker in _UNSUPPORTED_DTYPE):
@@ -386,16 +396,37 @@ def _refusing_unsupported_dtype(model_type: str, dtype: str) -> Iterator[None]:
         ) from None
 
 
+def _raised_in_model_code(exc: BaseException) -> bool:
+    """Whether *exc* was raised by a model's code in transformers (``transformers/models/``)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "/transformers/models/" in frames[-1].filename.replace("\\", "/")
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
 # torch's messages when a model cannot compute in the run dtype on CPU: a kernel missing in it
 # (aten: "not implemented for 'BFloat16'"; the layer-norm kernels: "mixed dtype (CPU): expect
 # parameter to have scalar type of Float"), or the model's code mixing float32 tensors of its own
-# with the run dtype's (xlnet in bfloat16: "expected scalar type Float but found BFloat16").
+# with the run dtype's (xlnet in bfloat16: "expected scalar type Float but found BFloat16";
+# deepseek_v4 in float16, a float32 input to a float16 linear: "expected m1 and m2 to have the
+# same dtype, but got: c10::Half != float").
 _UNSUPPORTED_DTYPE = (
     "mixed dtype (CPU)",
     "not implemented for 'BFloat16'",
     "not implemented for 'Half'",
     "expected scalar type Float but found BFloat16",
     "expected scalar type Float but found Half",
+    *(
+        f"expected m1 and m2 to have the same dtype, but got: {a} != {b}"
+        for run in ("c10::Half", "c10::BFloat16")
+        for a, b in ((run, "float"), ("float", run))
+    ),
 )
 
 

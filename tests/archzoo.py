@@ -210,43 +210,66 @@ top_k = {TOP_K}
 
 
 # A plain from_pretrained forward in a child process that applies the determinism profile before
-# torch is imported, as refgen does: the generator must match it bit for bit.
+# torch is imported, as refgen does: the generator must match it bit for bit. A job that fails
+# is recorded with its reason (the zoo counts models plain transformers cannot run either).
 _PLAIN = """
 import json, sys
 from refgen import determinism
 determinism.apply_environment()
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 determinism.configure_torch()
-jobs = json.loads(sys.argv[1])
+hf_logging.set_verbosity_error()
+jobs, out = json.loads(sys.argv[1]), sys.argv[2]
 results = {}
 for key, (snapshot, dtype, prompts, top_k) in jobs.items():
-    model = AutoModelForCausalLM.from_pretrained(snapshot, dtype=getattr(torch, dtype))
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(snapshot)
-    cases = []
-    with torch.inference_mode():
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-            out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
-            values, indices = torch.topk(out.logits[0, -1], top_k)
-            cases.append({
-                "tokens": ids[0].tolist(),
-                "index": indices.tolist(),
-                "logit": [float(v) for v in values.tolist()],
-                "residual": [float(x) for x in out.hidden_states[-1][0, -1].float().tolist()],
-            })
-    results[key] = {"attn": model.config._attn_implementation, "cases": cases}
-print(json.dumps(results))
+    model = None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(snapshot, dtype=getattr(torch, dtype))
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(snapshot)
+        cases = []
+        with torch.inference_mode():
+            for prompt in prompts:
+                ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+                out_ = model(input_ids=ids, output_hidden_states=True, use_cache=False)
+                values, indices = torch.topk(out_.logits[0, -1], top_k)
+                cases.append({
+                    "tokens": ids[0].tolist(),
+                    "index": indices.tolist(),
+                    "logit": [float(v) for v in values.tolist()],
+                    # batch 0, last position, in the model's own layout (streams first)
+                    "residual": out_.hidden_states[-1][..., 0, -1, :].float().tolist(),
+                })
+        results[key] = {"attn": model.config._attn_implementation, "cases": cases}
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        results[key] = {"error": type(exc).__name__ + ": " + (lines[0][:240] if lines else "")}
+    del model
+with open(out, "w") as f:
+    json.dump(results, f)
 """
 
 
-def plain_forwards(jobs: Mapping[str, tuple[Path, str]], hf_home: Path) -> dict[str, Any]:
-    """key -> plain from_pretrained results, for (snapshot, dtype) jobs, in one child process."""
+def run_plain(
+    jobs: Mapping[str, tuple[Path, str]], hf_home: Path, out: Path, timeout: int = 900
+) -> dict[str, Any]:
+    """key -> plain from_pretrained results, or {"error": why} where it fails, for (snapshot,
+    dtype) jobs, in one child process that writes them to *out*."""
     payload = {k: (str(s), d, list(PROMPTS), TOP_K) for k, (s, d) in jobs.items()}
     env = refgen_env(hf_home, {"HF_HUB_OFFLINE": "1"})
-    result = run([sys.executable, "-c", _PLAIN, json.dumps(payload)], env, ROOT, timeout=900)
-    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    run([sys.executable, "-c", _PLAIN, json.dumps(payload), str(out)], env, ROOT, timeout=timeout)
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def plain_forwards(jobs: Mapping[str, tuple[Path, str]], hf_home: Path) -> dict[str, Any]:
+    """key -> plain from_pretrained results, for (snapshot, dtype) jobs that must all run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = run_plain(jobs, hf_home, Path(tmp) / "plain.json")
+    failed = {k: v["error"] for k, v in data.items() if "error" in v}
+    assert not failed, f"plain from_pretrained failed: {failed}"
     return data
 
 

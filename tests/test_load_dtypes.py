@@ -8,7 +8,8 @@ value, the logits and every hidden state must be equal bit for bit. Through the 
 write the same JSON, equal to a plain forward, and the manifest names the float32 parameters.
 
 The checkpoint is written in the model's own tensor layout (``state_dict`` keys: the experts
-fused, as transformers holds them), which both strategies read as is.
+fused, as transformers holds them), which both strategies read as is; and as ``save_pretrained``
+writes it (one tensor per expert), which both convert as transformers does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import archzoo
 import pytest
 from conftest import locked, run_refgen
+from safetensors import safe_open
 
 from refgen import tiny
 from refgen.load import memory as load_memory
@@ -165,34 +167,70 @@ def test_cli_records_the_float32_parameters_and_matches_a_plain_forward(tmp_path
     assert outputs["memory"] == outputs["stream"]
 
 
-def test_auto_loads_in_memory_what_the_streamer_cannot_read_as_laid_out(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_the_layout_save_pretrained_writes_loads_as_from_pretrained(
+    tmp_path: Path, mode: str
+) -> None:
     """``save_pretrained`` stores the experts one tensor each, which transformers fuses as it
-    loads: only the in-memory strategy applies that. A stream that ``auto`` chose falls back to
-    memory (when the weights fit) and equals a plain forward; a stream asked for is refused."""
+    loads (its checkpoint conversion, refgen.load.keys): both strategies apply it, in the dtype
+    transformers casts each tensor to, and equal a plain forward bit for bit."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from refgen.errors import CheckpointError
 
     config = AutoConfig.for_model("deepseek_v2", **CONFIG)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as stored:
+        names = set(stored.keys())
+    assert "model.layers.1.mlp.experts.0.gate_proj.weight" in names  # one tensor per expert
     lock = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
     plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
     ids = torch.tensor([PROMPTS[2]])
     with torch.inference_mode():
         want = plain(input_ids=ids, use_cache=False).logits
+    asked = plan.LoadPlan(mode, mode, 10**6, 10**12, True)
+    model, _ = plan.load_model(
+        tmp_path, Verifier(tmp_path, locked(lock), progress=False), asked, "bfloat16"
+    )
+    assert plan.as_loaded(asked, model).mode == mode
+    assert float32_parameters(model, "bfloat16") == KEPT
+    with torch.inference_mode():
+        (out,) = plan.forwards(model, [ids], progress=False, use_cache=False)
+    assert torch.equal(out.logits, want)
+
+
+def test_auto_loads_in_memory_what_the_streamer_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint the streamed strategy refuses (a conversion it cannot apply, here made to
+    fail) loads in memory when ``auto`` chose to stream and the weights fit, and equals a plain
+    forward; a stream asked for is refused."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from refgen.errors import StreamingError
+    from refgen.load import keys
+
+    lock = _write(tmp_path, checkpoint_files("float32"))
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    ids = torch.tensor([PROMPTS[2]])
+    with torch.inference_mode():
+        want = plain(input_ids=ids, use_cache=False).logits
+
+    def refuse(model: Any, shapes: Any) -> keys.KeyPlan:
+        raise StreamingError("transformers' checkpoint conversion X cannot be applied")
+
+    monkeypatch.setattr(keys, "plan", refuse)
     chosen = plan.LoadPlan("stream", "auto", 10**6, 10**12, True)
     model, _ = plan.load_model(
         tmp_path, Verifier(tmp_path, locked(lock), progress=False), chosen, "bfloat16"
     )
     assert plan.as_loaded(chosen, model).mode == "memory"
-    assert float32_parameters(model, "bfloat16") == KEPT
     with torch.inference_mode():
         (out,) = plan.forwards(model, [ids], progress=False, use_cache=False)
     assert torch.equal(out.logits, want)
     asked = plan.LoadPlan("stream", "stream", 10**6, 10**12, True)
-    with pytest.raises(CheckpointError, match="randomly initialised"):
+    with pytest.raises(StreamingError, match="conversion X"):
         plan.load_model(
             tmp_path, Verifier(tmp_path, locked(lock), progress=False), asked, "bfloat16"
         )

@@ -24,19 +24,8 @@ REFUSED = {
     "emu3": (DTYPES, "AutoModelForCausalLM has no class for it"),
     "reformer": (("bfloat16",), "cannot run in bfloat16 on CPU"),
     "xlnet": (("bfloat16",), "cannot run in bfloat16 on CPU"),
+    "xmod": (DTYPES, "xmod cannot run on a prompt's input_ids alone"),
 }
-# Known defects of the streamed loader (refgen/load/stream.py), strict: a fix makes them fail.
-STREAM_DEFECTS = {
-    # the checkpoint's keys (language_model.model.*) are not mapped to the module's names
-    # (model.language_model.*) as from_pretrained's key mapping does: refused as incomplete
-    ("gemma3", "float32"): "streamed: transformers' checkpoint key mapping not applied",
-    ("gemma3", "bfloat16"): "streamed: transformers' checkpoint key mapping not applied",
-}
-
-# Streamed, reformer's outcome changes from run to run (refgen/load/stream.py): sometimes "Tensor
-# on device meta is not on the expected device cpu!" (exit 1) in float32 or bfloat16, sometimes
-# the in-memory outcome. Not strict until the streamed loader is deterministic for it.
-STREAM_UNSTABLE = {"reformer": "streamed reformer: a meta tensor sometimes reaches the forward"}
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +53,8 @@ def test_the_sample_is_built_small(sample: zoo.Zoo) -> None:
 @pytest.mark.parametrize("mode", zoo.MODES)
 @pytest.mark.parametrize("model_type", zoo.SAMPLE)
 def test_bit_identical_to_plain_from_pretrained_or_refused(
-    request: pytest.FixtureRequest, sample: zoo.Zoo, model_type: str, dtype: str, mode: str
+    sample: zoo.Zoo, model_type: str, dtype: str, mode: str
 ) -> None:
-    if mode == "stream" and (model_type, dtype) in STREAM_DEFECTS:
-        request.applymarker(
-            pytest.mark.xfail(reason=STREAM_DEFECTS[model_type, dtype], strict=True)
-        )
-    if mode == "stream" and model_type in STREAM_UNSTABLE:
-        request.applymarker(pytest.mark.xfail(reason=STREAM_UNSTABLE[model_type], strict=False))
     row = sample.row(model_type, dtype, mode)
     refused_dtypes, message = REFUSED.get(model_type, ((), ""))
     if dtype in refused_dtypes:
@@ -82,10 +65,23 @@ def test_bit_identical_to_plain_from_pretrained_or_refused(
         assert (row.exit, row.identical) == (0, True), row
 
 
+def test_a_dtype_the_model_cannot_run_is_refused_naming_type_and_dtype(tmp_path: Path) -> None:
+    """deepseek_v4 in float16 feeds a float32 tensor to a float16 linear, in plain
+    from_pretrained too: exit 2 naming the type and the dtype, in memory and streamed."""
+    run = zoo.run_zoo(tmp_path, ["deepseek_v4"], ["float16"], zoo.MODES)
+    for mode in zoo.MODES:
+        row = run.row("deepseek_v4", "float16", mode)
+        assert row.exit == 2 and "deepseek_v4 cannot run in float16 on CPU" in row.reason, row
+        assert row.plain_error, row
+    log = (tmp_path / "log-float16-stream.txt").read_text()
+    assert "Traceback" not in log
+
+
 def test_keep_going_builds_the_others_and_exits_with_the_worst(sample: zoo.Zoo) -> None:
-    """emu3 sorts first and is refused; the seven specs after it in the same process still ran."""
+    """emu3 and xmod are refused; the specs after each in the same process still ran."""
     log = (sample.work / "log-float32-memory.txt").read_text()
-    assert "refgen: 1 of 8 specs failed: emu3-float32.toml (exit 2)" in log
+    failed = "emu3-float32.toml (exit 2), xmod-float32.toml (exit 2)"
+    assert f"refgen: 2 of {len(zoo.SAMPLE)} specs failed: {failed}" in log
     assert (sample.work / "done-float32-memory").read_text() == "2"  # the process's exit code
 
 

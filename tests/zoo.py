@@ -48,8 +48,25 @@ REPO_ORG = "refgen-zoo"
 # tower; mamba: attention-free (no heads, no rope); gemma3n_text: hidden states with 4 AltUp
 # streams; xlnet: max_position_embeddings -1 (no limit); gpt_oss: parameters transformers keeps
 # in float32 (attention sinks, router); emu3: a folder AutoModelForCausalLM cannot build (refused);
-# reformer: no bfloat16 kernels on CPU (refused in bfloat16).
-SAMPLE = ("qwen3", "gemma3", "mamba", "gemma3n_text", "xlnet", "gpt_oss", "emu3", "reformer")
+# reformer: no bfloat16 kernels on CPU (refused in bfloat16), and a never-called ParameterList
+# (streamed); qwen3_moe: experts saved one tensor each, fused by transformers' checkpoint
+# conversion (streamed: refgen.load.keys); gemma3 too: its keys renamed; falcon_mamba: a weight
+# whose requires_grad changes torch's matmul; apertus: parameters built in config.dtype; xmod: a
+# forward that refuses input_ids alone (no language set; refused).
+SAMPLE = (
+    "qwen3",
+    "gemma3",
+    "mamba",
+    "gemma3n_text",
+    "xlnet",
+    "gpt_oss",
+    "emu3",
+    "reformer",
+    "qwen3_moe",
+    "falcon_mamba",
+    "apertus",
+    "xmod",
+)
 
 # --- shrinking a config generically ---------------------------------------------------------------
 
@@ -57,6 +74,7 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decode
 # Integer settings capped at these values wherever a config (or a sub-config) has them.
 _CAPS: dict[str, int] = {
     **dict.fromkeys(("hidden_size", "n_embd", "d_model", "n_embed", "dim"), 64),
+    "hidden_size_global": 64,  # a sub-model's view of another's width (blt: the global model)
     **dict.fromkeys(("intermediate_size", "ffn_dim", "n_inner", "decoder_ffn_dim", "d_ff"), 128),
     **dict.fromkeys(("encoder_ffn_dim", "ffn_hidden_size", "dim_ff"), 128),
     **dict.fromkeys(("encoder_layers",), 2),
@@ -71,7 +89,7 @@ _CAPS: dict[str, int] = {
     **dict.fromkeys(("moe_intermediate_size", "expert_intermediate_size"), 32),
     "expert_ffn_hidden_size": 32,
     "n_shared_experts": 1,
-    "n_group": 1,
+    **dict.fromkeys(("n_group", "num_expert_group"), 1),
     "topk_group": 1,
     "zero_expert_num": 2,
     "kv_lora_rank": 16,
@@ -169,6 +187,10 @@ def shrink(config: Any) -> dict[str, Any]:
         out["head_dim"] = out["qk_rope_head_dim"]  # multi-head latent attention: rope width
     if _is_int(data.get("expand")) and {"num_heads", "head_dim", "hidden_size"} <= out.keys():
         out["head_dim"] = out["hidden_size"] * data["expand"] // out["num_heads"]  # Mamba-2
+    if _is_int(data.get("num_key_value_heads")) and data.get("num_attention_heads") == data.get(
+        "num_key_value_heads"
+    ):  # multi-head attention stays so (multi-head latent attention assumes it: deepseek_v32)
+        out["num_key_value_heads"] = out.get("num_attention_heads", data["num_attention_heads"])
     if "is_decoder" in data and not data.get("is_encoder_decoder"):
         out["is_decoder"] = True  # the causal-LM head of an encoder architecture
     return out
@@ -251,8 +273,25 @@ def _build_child(work: Path, types: Sequence[str]) -> None:
             hub.lock(load_spec(spec), offline=True)
             built[model_type] = {"repo": ck.repo, "revision": ck.revision}
         except Exception as exc:  # recorded: a type transformers cannot build this way
-            built[model_type] = {"error": f"{type(exc).__name__}: {_first_line(exc)}"}
+            why = f"{type(exc).__name__}: {_first_line(exc)}"
+            if not _default_builds(model_type):
+                why = f"transformers' default config does not build either: {why}"
+            built[model_type] = {"error": why}
         (work / "built.json").write_text(json.dumps(built, indent=1, sort_keys=True))
+
+
+def _default_builds(model_type: str) -> bool:
+    """Whether transformers builds *model_type*'s default config (on the meta device: no
+    memory for its full size), i.e. whether the shrinking is to blame."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type))
+    except Exception:
+        return False
+    return True
 
 
 def _read_built(work: Path) -> dict[str, dict[str, str]]:
@@ -300,46 +339,7 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:240] if lines else ""
 
 
-# --- the plain forwards (one child process, determinism profile first) ----------------------------
-
-_PLAIN = """
-import json, sys
-from refgen import determinism
-determinism.apply_environment()
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as hf_logging
-determinism.configure_torch()
-hf_logging.set_verbosity_error()
-jobs, out = json.loads(sys.argv[1]), sys.argv[2]
-results = {}
-for key, (snapshot, dtype, prompts, top_k) in jobs.items():
-    model = None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(snapshot, dtype=getattr(torch, dtype))
-        model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(snapshot)
-        cases = []
-        with torch.inference_mode():
-            for prompt in prompts:
-                ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-                out_ = model(input_ids=ids, output_hidden_states=True, use_cache=False)
-                values, indices = torch.topk(out_.logits[0, -1], top_k)
-                cases.append({
-                    "tokens": ids[0].tolist(),
-                    "index": indices.tolist(),
-                    "logit": [float(v) for v in values.tolist()],
-                    # batch 0, last position, in the model's own layout (streams first)
-                    "residual": out_.hidden_states[-1][..., 0, -1, :].float().tolist(),
-                })
-        results[key] = {"attn": model.config._attn_implementation, "cases": cases}
-    except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        results[key] = {"error": type(exc).__name__ + ": " + (lines[0][:240] if lines else "")}
-    del model
-with open(out, "w") as f:
-    json.dump(results, f)
-"""
+# --- the plain forwards (archzoo.run_plain: one child process, determinism profile first) --------
 
 
 def plain_forwards(
@@ -349,13 +349,9 @@ def plain_forwards(
     ones already in ``plain.json`` are not recomputed."""
     target = work / "plain.json"
     done: dict[str, Any] = json.loads(target.read_text()) if target.exists() else {}
-    todo = {k: (str(s), d, list(archzoo.PROMPTS), archzoo.TOP_K) for k, (s, d) in jobs.items()}
-    todo = {k: v for k, v in todo.items() if k not in done}
+    todo = {k: job for k, job in jobs.items() if k not in done}
     if todo:
-        batch = work / "plain-batch.json"
-        env = refgen_env(hf_home, {"HF_HUB_OFFLINE": "1"})
-        run([sys.executable, "-c", _PLAIN, json.dumps(todo), str(batch)], env, ROOT, timeout=7200)
-        done |= json.loads(batch.read_text())
+        done |= archzoo.run_plain(todo, hf_home, work / "plain-batch.json", timeout=7200)
         target.write_text(json.dumps(done, sort_keys=True))
     return {k: done[k] for k in jobs}
 
@@ -457,8 +453,8 @@ class Row:
             return "not built"
         if self.identical is not None:
             return "bit-identical" if self.identical else "differs"
-        if self.exit == 2:
-            return "refused (exit 2)"
+        if self.exit == 2:  # plain from_pretrained runs: refgen alone refuses (e.g. streamed)
+            return "refused (exit 2)" + ("" if self.plain_error else ", plain from_pretrained runs")
         if self.plain_error:
             return f"exit {self.exit}, plain from_pretrained fails too"
         return f"exit {self.exit}"

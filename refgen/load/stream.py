@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from refgen.errors import RefgenError, StreamingError
-from refgen.load import files
+from refgen.load import files, keys
 from refgen.load import model as model_check
 from refgen.load.verify import Verifier
 
@@ -81,8 +81,9 @@ def waves(lengths: Sequence[int]) -> list[range]:
 class _Tensor:
     owner: Any  # the module that holds the parameter (or buffer) directly
     local: str  # its name there
-    key: str  # the checkpoint key it is read from
+    key: str  # the checkpoint key it is read from (converted: CONVERTED + the model name)
     meta: Any  # the meta tensor put back on release
+    conversion: keys.Conversion | None = None  # made by transformers' checkpoint conversion
 
 
 @dataclass
@@ -125,8 +126,9 @@ def _build_meta_model(
     sources: Mapping[str, Any],
     verifier: Verifier,
     hint: str,
-) -> Any:
-    """The model ``from_pretrained`` would build, parameters on meta, buffers as it sets them.
+) -> tuple[Any, keys.KeyPlan]:
+    """The model ``from_pretrained`` would build, parameters on meta, buffers as it sets them,
+    and where each of its tensors is in the checkpoint (:func:`refgen.load.keys.plan`).
 
     Construction runs in ``from_pretrained``'s own init context (meta device, run dtype, no tying
     yet). Then, as ``from_pretrained`` does after loading: buffers stored in the files are read;
@@ -141,6 +143,13 @@ def _build_meta_model(
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     if attn_implementation:
         config._attn_implementation = attn_implementation
+    # The run dtype on the config and its sub-configs, as from_pretrained sets it before it
+    # builds the model (modeling_utils._get_dtype): some modules build their parameters in
+    # config.dtype (apertus's xIELU activation), which would else be the checkpoint's dtype.
+    config.dtype = getattr(torch, dtype)
+    for sub_config in (getattr(config, key, None) for key in config.sub_configs):
+        if sub_config is not None:
+            sub_config.dtype = config.dtype
     model_class = model_check.causal_lm_class(config)
     contexts = model_class.get_init_context(getattr(torch, dtype), False, False, None)
     with ContextManagers(contexts):
@@ -159,6 +168,7 @@ def _build_meta_model(
                 param.to(planned[name]), requires_grad=param.requires_grad
             )  # meta: no data
             model.get_submodule(owner_name)._parameters[local] = kept
+    keymap = keys.plan(model, {k: tuple(entry.shape) for k, (_, entry, _) in sources.items()})
     for param in model.parameters():
         param._is_hf_initialized = True
     for name, buffer in list(model.named_buffers()):
@@ -166,8 +176,10 @@ def _build_meta_model(
             continue
         owner_name, _, local = name.rpartition(".")
         owner = model.get_submodule(owner_name)
-        if name in sources:
-            data, entry, path = sources[name]
+        if name in keymap.converted:
+            raise StreamingError(f"the buffer {name} is made by a checkpoint conversion")
+        if name in keymap.renamed:
+            data, entry, path = sources[keymap.renamed[name]]
             verifier.verified([path.name], hint)
             value = files.read_tensor(data, entry, planned.get(name, buffer.dtype), path)
             value._is_hf_initialized = True
@@ -178,30 +190,35 @@ def _build_meta_model(
         model.initialize_weights()
     model.tie_weights()
     model.eval()
-    return model
+    return model, keymap
 
 
-def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
+# The key of a tensor a conversion makes, by its model name (not a checkpoint key).
+CONVERTED = "converted:"
+
+
+def _units(model: Any, keymap: keys.KeyPlan, dtype: str) -> list[_Unit]:
     """Decoder layers, and the outermost modules outside them that own parameters, in
     registration order, each with the checkpoint key of each of its parameters (tied ones too).
 
     A module above the layers that owns a parameter directly (a scale, say) cannot be hooked
     without wrapping the layers: its own parameters form a resident unit without hooks.
     """
+    import torch
 
     layers_name, layers = decoder_layers(model)
-    prefix = getattr(model, "base_model_prefix", "")
     # Every name a parameter goes by (tied parameters have several), so a tied LM head finds the
     # embedding's tensor in the files.
     aliases: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
 
-    def key_of(name: str, tensor: Any) -> str:
+    def key_of(name: str, tensor: Any) -> tuple[str, keys.Conversion | None]:
         for candidate in [name, *aliases.get(id(tensor), [])]:
-            for variant in (candidate, candidate.removeprefix(prefix + "."), f"{prefix}.{name}"):
-                if variant in keys:
-                    return variant
+            if candidate in keymap.renamed:
+                return keymap.renamed[candidate], None
+            if candidate in keymap.converted:
+                return CONVERTED + candidate, keymap.converted[candidate]
         # It would be randomly initialised: refused as the in-memory load refuses it.
         model_check.check_loading_report({"missing_keys": [name]})
         raise AssertionError("unreachable: a missing key is always refused")
@@ -215,10 +232,16 @@ def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
     for module_name, module in model.named_modules():  # parents before children
         if not list(module.parameters(recurse=False)):
             continue
-        if inside(layers_name, module_name):
+        # A module without a forward of its own (a ParameterList: reformer's axial position
+        # embeddings) is never called, so no hook of its own would fire: its parameters are
+        # put in place by the nearest ancestor that runs.
+        called = module_name
+        while called and type(model.get_submodule(called)).forward is torch.nn.Module.forward:
+            called = called.rpartition(".")[0]
+        if inside(layers_name, called):
             containers.append((module_name, module))
             continue
-        unit = next((u for u in [*layer_names, *owners] if inside(module_name, u)), module_name)
+        unit = next((u for u in [*layer_names, *owners] if inside(called, u)), called)
         owners.setdefault(unit, []).append((module_name, module))
 
     def unit_of(name: str, members: list[tuple[str, Any]], layer: bool, hooked: bool) -> _Unit:
@@ -226,7 +249,8 @@ def _units(model: Any, keys: Mapping[str, object], dtype: str) -> list[_Unit]:
         for module_name, module in members:
             for local, param in module.named_parameters(recurse=False):
                 full = f"{module_name}.{local}" if module_name else local
-                tensors.append(_Tensor(module, local, key_of(full, param), param))
+                key, conversion = key_of(full, param)
+                tensors.append(_Tensor(module, local, key, param, conversion))
                 nbytes += param.numel() * param.element_size()
         module = model.get_submodule(name) if hooked else None
         return _Unit(name, module, tensors, nbytes, layer=layer, hooked=hooked)
@@ -287,8 +311,6 @@ class Streamer:
 
     # ---- loading
     def _read(self, t: _Tensor) -> Any:
-        import torch
-
         data, entry, path = self.sources[t.key]
         if tuple(entry.shape) != tuple(t.meta.shape):
             raise StreamingError(
@@ -303,18 +325,34 @@ class Streamer:
         if param is not None:
             files.read_tensor(data, entry, t.meta.dtype, path, out=param.data)
             return param
-        tensor = files.read_tensor(data, entry, t.meta.dtype, path)
-        return torch.nn.Parameter(tensor, requires_grad=False)
+        return _parameter(files.read_tensor(data, entry, t.meta.dtype, path))
+
+    def _convert(self, todo: Sequence[_Tensor]) -> dict[str, Any]:
+        """The tensors transformers' checkpoint conversions make (refgen.load.keys), each
+        conversion run once, on its sources read in the dtype transformers casts them to."""
+
+        def read(key: str, dtype: Any) -> Any:
+            data, entry, path = self.sources[key]
+            return files.read_tensor(data, entry, dtype, path)
+
+        made: dict[str, Any] = {}
+        for t in todo:
+            if t.conversion is not None and t.key not in made:
+                out = t.conversion.run(read, self.model)
+                made |= {CONVERTED + name: _parameter(value) for name, value in out.items()}
+        return made
 
     def _materialise(self, unit: _Unit, timed: bool) -> None:
         """Read a unit's tensors (on two threads, as the in-memory load does) once their files
         matched the lock, and put them in place; *timed*: the wait for the hashes holds up a
         forward."""
-        files = {self.sources[t.key][2].name for t in unit.tensors}
-        self.verifier.verified(files, self.hint, timed)
+        names = {self.sources[k][2].name for t in unit.tensors for k in _source_keys(t)}
+        self.verifier.verified(names, self.hint, timed)
         shared = self.shared if unit.resident else {}
         todo = [t for t in unit.tensors if t.key not in shared]
-        values = dict(zip((t.key for t in todo), self.pool.map(self._read, todo), strict=True))
+        read = [t for t in todo if t.conversion is None]
+        values = dict(zip((t.key for t in read), self.pool.map(self._read, read), strict=True))
+        values |= self._convert(todo)
         shared.update(values)
         for t in unit.tensors:
             t.owner._parameters[t.local] = shared[t.key]
@@ -324,7 +362,8 @@ class Streamer:
         released = {}
         for t in unit.tensors:
             param = t.owner._parameters[t.local]
-            released[id(param)] = param  # a tensor tied within the unit is freed once
+            if t.conversion is None:  # a conversion's output may be a view: not read into
+                released[id(param)] = param  # a tensor tied within the unit is freed once
             t.owner._parameters[t.local] = t.meta
         with self.free_lock:
             for param in released.values():
@@ -514,20 +553,39 @@ class Streamer:
         return results
 
 
-def _check_checkpoint_fits(model: Any, units: list[_Unit], sources: Mapping[str, Any]) -> None:
+def _parameter(tensor: Any) -> Any:
+    """*tensor* as the parameter from_pretrained makes of it (``set_param_for_module``):
+    requiring grad when floating. It matters even under inference mode: torch's matmul folds
+    a 3-D input into one matrix product only when the weight does not require grad, and the two
+    ways round differently (falcon_mamba's dt_proj and prophetnet's differed from a plain
+    from_pretrained forward while their weights were streamed without it)."""
+    import torch
+
+    return torch.nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
+
+
+def _check_checkpoint_fits(
+    model: Any, units: list[_Unit], sources: Mapping[str, Any], keymap: keys.KeyPlan
+) -> None:
     """The streamed path's version of transformers' loading report (the in-memory path uses
     the report itself): every checkpoint tensor is used, with the shape the model expects."""
-    used = {t.key for u in units for t in u.tensors}
-    used |= {name for name, _ in model.named_buffers() if name in sources}
-    mismatched = [
-        f"{t.key} {tuple(sources[t.key][1].shape)} != {tuple(t.meta.shape)}"
-        for u in units
-        for t in u.tensors
-        if tuple(sources[t.key][1].shape) != tuple(t.meta.shape)
-    ]
+    used = {k for u in units for t in u.tensors for k in _source_keys(t)}
+    used |= {keymap.renamed[n] for n, _ in model.named_buffers() if n in keymap.renamed}
+    mismatched = []
+    for t in (t for u in units for t in u.tensors):
+        name = t.key.removeprefix(CONVERTED)
+        shape = t.conversion.targets[name][0] if t.conversion else tuple(sources[t.key][1].shape)
+        if shape != tuple(t.meta.shape):
+            mismatched.append(f"{name} {shape} != {tuple(t.meta.shape)}")
+    unexpected = set(keymap.unexpected) | (set(sources) - used)
     model_check.check_loading_report(
-        {"unexpected_keys": sorted(set(sources) - used), "mismatched_keys": mismatched}
+        {"unexpected_keys": sorted(unexpected), "mismatched_keys": mismatched}
     )
+
+
+def _source_keys(t: _Tensor) -> list[str]:
+    """The checkpoint keys *t* is read or made from."""
+    return t.conversion.keys if t.conversion is not None else [t.key]
 
 
 def load_streamed_model(
@@ -565,9 +623,9 @@ def load_streamed_model(
     stack = contextlib.ExitStack()
     maps = {path: stack.enter_context(files.mapped(path, writable=True)) for path in weights}
     sources = {e.name: (maps[p], e, p) for p, entries in headers.items() for e in entries}
-    model = _build_meta_model(folder, dtype, attn_implementation, sources, verifier, hint)
-    units = _units(model, sources, dtype)
-    _check_checkpoint_fits(model, units, sources)
+    model, keymap = _build_meta_model(folder, dtype, attn_implementation, sources, verifier, hint)
+    units = _units(model, keymap, dtype)
+    _check_checkpoint_fits(model, units, sources, keymap)
     layer_max = max((u.nbytes for u in units if u.layer), default=0)
     # Tied weights outside the layers (embeddings and head) are one tensor when resident.
     sizes = {t.key: t.meta.numel() for u in units if not u.layer for t in u.tensors}
@@ -578,6 +636,7 @@ def load_streamed_model(
     streamer = Streamer(model, units, sources, verifier, hint)
     streamer.load_unhooked()
     model._refgen_streamer = streamer
+    model._refgen_keys = keymap  # where each tensor came from (refgen.load.keys)
     model._refgen_files = stack  # the mappings live as long as the model
     log.info(
         "streaming %d decoder layers (%.2f GB each in %s); embeddings, norm and head %s (%.2f GB)",
