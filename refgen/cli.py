@@ -170,6 +170,14 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+# `crosscheck`'s defaults (refgen.crosscheck's SUBJECTS, DEFAULT_CPUS and DEFAULT_VARIANTS;
+# tests/test_cli.py checks they agree): named here so that building the parser does not import
+# refgen.crosscheck, and with it numpy, for every command.
+CROSSCHECK_SUBJECTS = ("tiny", "larger")
+CROSSCHECK_CPUS = ("Haswell-v4", "Skylake-Client-v4", "EPYC-Rome", "EPYC-Milan", "Westmere")
+CROSSCHECK_VARIANTS = ("profile", determinism.CONTROL)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its refusals in refgen's one error format (still exit 2)."""
 
@@ -247,14 +255,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", type=Path, default=Path("build/demo"))
     demo.set_defaults(func=cmd_demo)
 
-    from refgen import crosscheck
-
     cross = sub.add_parser("crosscheck", help="build under emulated CPUs (qemu) and compare")
-    cross.add_argument("--subjects", default=",".join(crosscheck.SUBJECTS), help="%(default)s")
-    cross.add_argument("--cpus", default=",".join(crosscheck.DEFAULT_CPUS), help="%(default)s")
+    cross.add_argument("--subjects", default=",".join(CROSSCHECK_SUBJECTS), help="%(default)s")
+    cross.add_argument("--cpus", default=",".join(CROSSCHECK_CPUS), help="%(default)s")
     cross.add_argument(
         "--variants",
-        default=",".join(crosscheck.DEFAULT_VARIANTS),
+        default=",".join(CROSSCHECK_VARIANTS),
         help=f"%(default)s; also {', '.join(v for v in determinism.VARIANTS if v != 'off')}",
     )
     cross.add_argument("--jobs", type=int, default=2, help="runs at a time (%(default)s)")
@@ -266,7 +272,9 @@ def _parser() -> argparse.ArgumentParser:
 
     # `verify` and `diff` exit with the verdict: 0 bit for bit, 10 within tolerance, 11 not
     # reproduced (see refgen.compare).
-    ver = sub.add_parser("verify", help="rebuild committed references and compare (auditors)")
+    ver = sub.add_parser(
+        "verify", help="rebuild references and compare them with the files on disk (auditors)"
+    )
     add_spec_arguments(ver, "verify the artifact of")
     ver.add_argument(
         "--reference", type=Path, help="the JSON to verify (default: the spec's output path)"
@@ -594,12 +602,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise CompareError(f"--factor must be a positive number, not {args.factor}")
     inputs = {p.resolve() for p in (args.reference, args.port, args.map) if p is not None}
     inputs |= {p.with_suffix(".safetensors") for p in inputs if p.suffix == ".json"}
-    for target in (args.json, args.html):
+    for option, target in (("--json", args.json), ("--html", args.html)):
         if target is not None:
             if target.resolve() in inputs:
                 raise OutputError(
                     f"{target} is an input of this comparison, and refgen never overwrites an "
                     "input. Write the report elsewhere."
+                )
+            # as generate treats a spec's output: a missing folder is refused, not created
+            if not target.parent.is_dir():
+                raise OutputError(
+                    f"the folder of {option} does not exist or is not a folder: "
+                    f"{target.parent}. Create it first, or write the report into a folder "
+                    "that exists."
                 )
             check_writable(target.parent)
     names = namemap.load(args.map) if args.map is not None else namemap.IDENTITY

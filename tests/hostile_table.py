@@ -64,9 +64,7 @@ def signal_row(
 ) -> str:
     """generate with every forward slowed (test_signals' hook), *sig* once the forward runs."""
     copy = _copy(setup, work)
-    case = test_hostile.Case(copy, work)
-    for suffix in test_hostile.SIBLINGS:
-        (case.out / f"{test_hostile.NAME}{suffix}").write_bytes(test_hostile.OLD)
+    test_hostile.Case.with_old_artifact(copy, work)
     hooks = work / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(test_signals.SLOW_FORWARD)
@@ -104,30 +102,26 @@ def main() -> int:
         setup = conftest._make_setup(Path(tmp) / "master")
         print("| case | exit | message (first error line) | files changed |")
         print("| --- | ---: | --- | --- |")
-        # test_hostile_inputs' snapshot never opens a FIFO (some of its cases make one)
-        snapshot = test_hostile_inputs.snapshot
         for name, prepare, _, _, extra in [*test_hostile.CASES, *test_hostile_inputs.CASES]:
             work = Path(tmp) / "case"
             copy = _copy(setup, work)
-            case = test_hostile.Case(copy, work)
-            for suffix in test_hostile.SIBLINGS:
-                (case.out / f"{test_hostile.NAME}{suffix}").write_bytes(test_hostile.OLD)
+            case = test_hostile.Case.with_old_artifact(copy, work)
             cli_args = prepare(case)
             run_env = dict(extra)
             if run_env.get("HF_HUB_CACHE") == "@file":
                 run_env["HF_HUB_CACHE"] = str(work / "cache-file")
                 Path(run_env["HF_HUB_CACHE"]).write_text("a file\n")
-            before = snapshot(work)
+            before = test_hostile.snapshot(work)
             # cwd outside the checkout: `python -m` puts the cwd first on sys.path
             try:
                 result = conftest.run_refgen(
                     *cli_args, hf_home=copy.hf_home, env={**run_env, **env}, cwd=work,
-                    check=False, timeout=test_hostile_inputs.TIMEOUT,
+                    check=False, timeout=test_hostile.TIMEOUT,
                 )  # fmt: skip
             except subprocess.TimeoutExpired:
-                print(f"| {name} | - | **hung: killed after {test_hostile_inputs.TIMEOUT} s** | |")
+                print(f"| {name} | - | **hung: killed after {test_hostile.TIMEOUT} s** | |")
                 continue
-            files = changed(before, snapshot(work))
+            files = changed(before, test_hostile.snapshot(work))
             print(row(name, result.returncode, result.stderr, files), flush=True)
         if not args.no_signals:
             for sig in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):

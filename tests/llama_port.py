@@ -159,24 +159,35 @@ class Reference:
     def port(self, bug: str | None = None, dtype: str | None = None) -> Port:
         return Port.load(self.snapshot, self.config, dtype=dtype or self.dtype, bug=bug)
 
+    def port_tensors(self, bug: str | None = None) -> dict[str, Array]:
+        """Every prompt's tensors of the port, under refgen's names (``prompt{i}.``): what the
+        reference holds (hidden states, modules, logits at every position)."""
+        port = self.port(bug)
+        out = {}
+        for i, tokens in enumerate(self.tokens):
+            for name, value in port.forward(list(tokens)).items():
+                if name != "logits.last":
+                    out[f"prompt{i}.{name}"] = value
+        return out
+
 
 def build_reference(base: Path, dtype: str = "float32") -> Reference:
     """The checkpoint, its spec (``rounding_floor = true``), lock and ``refgen generate``."""
     import json
 
-    from conftest import run_refgen
+    from tiny_llama import generate_reference
 
     from refgen import tiny
 
     hf_home = base / "hf-home"
     checkpoint = tiny.build_llama31(hf_home / "hub")
-    (base / "specs").mkdir(parents=True)
-    (base / "out").mkdir()
-    spec = tiny.write_llama31_spec(
-        base / "specs", checkpoint.revision, "../out/tiny_llama31.json", dtype, MODULES
-    )
-    run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home)
-    run_refgen("generate", "--spec", spec, hf_home=hf_home)
+
+    def write_spec(specs: Path) -> Path:
+        return tiny.write_llama31_spec(
+            specs, checkpoint.revision, "../out/tiny_llama31.json", dtype, MODULES
+        )
+
+    generate_reference(base, hf_home, write_spec)
     out = base / "out" / "tiny_llama31.json"
     doc = json.loads(out.read_bytes())
     tokens = tuple(tuple(int(t) for t in case["tokens"]) for case in doc["test_cases"])

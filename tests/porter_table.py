@@ -26,13 +26,9 @@ from refgen.compare import port as compare_port
 
 
 def dump_of(ref: llama_port.Reference, bug: str | None, folder: Path) -> Path:
-    port = ref.port(bug)
-    tensors = {}
-    for i, tokens in enumerate(ref.tokens):
-        for name, value in port.forward(list(tokens)).items():
-            if name != "logits.last":
-                tensors[f"prompt{i}.{name}"] = value
-    return llama_port.write_dump(folder / f"{bug or 'correct'}.safetensors", tensors, ref.dtype)
+    return llama_port.write_dump(
+        folder / f"{bug or 'correct'}.safetensors", ref.port_tensors(bug), ref.dtype
+    )
 
 
 def row(dtype: str, bug: str | None, result: compare_port.PortComparison) -> str:

@@ -4,7 +4,10 @@ README; every error class in ``refgen.errors``; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,39 @@ def test_a_name_with_a_line_break_stays_on_its_log_line(tiny_copy: TinySetup) ->
     result = run_refgen("generate", "--spec", spec, hf_home=tiny_copy.hf_home)
     assert "refgen: generating x\\nrefgen: error: forged (" in result.stderr, result.stderr
     assert not any(line.startswith("refgen: error") for line in result.stderr.splitlines())
+
+
+HEAVY = ("numpy", "torch", "refgen.crosscheck")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import runpy, sys\nsys.argv = ['refgen', 'generate', '--help']\n"
+        "try:\n    runpy.run_module('refgen', run_name='__main__')\nexcept SystemExit:\n    pass",
+        "import refgen.cli",
+    ],
+    ids=["generate --help", "import refgen.cli"],
+)
+def test_startup_imports_no_numpy_and_no_crosscheck(code: str) -> None:
+    """Every command builds the whole parser: it must not import crosscheck (and with it numpy)
+    or torch; a host's numpy or BLAS then cannot break `generate --help` (it once did)."""
+    check = f"\nimport sys\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code + check],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+def test_crosscheck_defaults_are_crosschecks_own() -> None:
+    from refgen import crosscheck
+
+    assert tuple(crosscheck.SUBJECTS) == cli.CROSSCHECK_SUBJECTS
+    assert cli.CROSSCHECK_CPUS == crosscheck.DEFAULT_CPUS
+    assert cli.CROSSCHECK_VARIANTS == crosscheck.DEFAULT_VARIANTS

@@ -36,6 +36,7 @@ from refgen.spec import load_spec
 NAME = "tiny_qwen3_reference"
 SIBLINGS = (".json", ".manifest.json", ".intoto.json", ".sha256")
 OLD = b"the previous artifact\n"
+TIMEOUT = 120  # seconds: far above a tiny run (about 10 s), far below a hang (a FIFO read)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ class Case:
 
     setup: TinySetup
     tmp: Path
+
+    @classmethod
+    def with_old_artifact(cls, setup: TinySetup, tmp: Path) -> Case:
+        """*setup* (a private copy inside *tmp*) with a previous artifact in its output folder:
+        every case checks that it survives."""
+        case = cls(setup, tmp)
+        for suffix in SIBLINGS:
+            (case.out / f"{NAME}{suffix}").write_bytes(OLD)
+        return case
 
     @property
     def base(self) -> Path:
@@ -72,7 +82,8 @@ class Case:
 
 
 def snapshot(root: Path) -> dict[str, Any]:
-    """Every entry under *root*: a link's target, a file's bytes, a folder's presence."""
+    """Every entry under *root*: a link's target, a file's bytes, a folder's or a special
+    file's presence (a FIFO is never opened: that would block this test)."""
     tree: dict[str, Any] = {}
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
@@ -81,11 +92,28 @@ def snapshot(root: Path) -> dict[str, Any]:
             info = os.lstat(path)
             if stat.S_ISLNK(info.st_mode):
                 tree[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(info.st_mode):
-                tree[rel] = ("dir",)
-            else:
+            elif stat.S_ISREG(info.st_mode):
                 tree[rel] = ("file", path.read_bytes())
+            else:
+                tree[rel] = ("special", stat.S_IFMT(info.st_mode))
     return tree
+
+
+def assert_refused_cleanly(
+    case: Case, args: list[str], code: int, names: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """``refgen ARGS`` ends in ``refgen: error: ...`` with exit *code*, naming each of
+    *names*, without a traceback, within :data:`TIMEOUT`, and nothing under the case's folder
+    is written, moved or removed: the previous artifact is intact too."""
+    before = snapshot(case.tmp)
+    result = run_refgen(*args, hf_home=case.setup.hf_home, env=env, check=False, timeout=TIMEOUT)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == code, result.stderr
+    first = next(line for line in result.stderr.splitlines() if "error:" in line)
+    assert first.startswith("refgen: error: "), result.stderr
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
+    assert snapshot(case.tmp) == before
 
 
 def _generate(case: Case, *extra: str) -> list[str]:
@@ -225,6 +253,17 @@ def _compare_with(*extra: str) -> Callable[[Case], list[str]]:
     return apply
 
 
+def _compare_report_in_missing_folder(option: str) -> Callable[[Case], list[str]]:
+    """A report whose folder does not exist: refused as generate refuses a spec's output
+    there, not created."""
+
+    def apply(case: Case) -> list[str]:
+        a = case.out / f"{NAME}.json"
+        return ["compare", str(a), str(a), option, str(case.tmp / "missing" / "report")]
+
+    return apply
+
+
 LONG_NAME = "n" * 230  # + ".manifest.json" and a backup's 18 characters: past 255
 
 
@@ -341,16 +380,16 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
     ("diff --atol inf", _diff_with("--atol", "inf"), 2, ("--atol", "finite number >= 0"), {}),
     ("compare --factor nan", _compare_with("--factor", "nan"), 2,
      ("--factor must be a positive number",), {}),
+    ("compare --json in a missing folder", _compare_report_in_missing_folder("--json"), 2,
+     ("the folder of --json does not exist", "missing", "Create it first"), {}),
+    ("compare --html in a missing folder", _compare_report_in_missing_folder("--html"), 2,
+     ("the folder of --html does not exist", "missing", "Create it first"), {}),
 ]  # fmt: skip
 
 
 @pytest.fixture
 def case(tiny_copy: TinySetup, tmp_path: Path) -> Case:
-    """The tiny copy with a previous artifact in its output folder."""
-    result = Case(tiny_copy, tmp_path)
-    for suffix in SIBLINGS:
-        (result.out / f"{NAME}{suffix}").write_bytes(OLD)
-    return result
+    return Case.with_old_artifact(tiny_copy, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -369,18 +408,7 @@ def test_hostile_input_is_refused_cleanly(
     if extra.get("HF_HUB_CACHE") == "@file":
         extra["HF_HUB_CACHE"] = str(case.tmp / "cache-file")
         Path(extra["HF_HUB_CACHE"]).write_text("a file, not a folder\n")
-    before = snapshot(case.tmp)
-
-    result = run_refgen(*args, hf_home=case.setup.hf_home, env=extra, check=False)
-
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == code, result.stderr
-    first = next(line for line in result.stderr.splitlines() if "error:" in line)
-    assert first.startswith("refgen: error: "), result.stderr
-    for name in names:
-        assert name in result.stderr, (name, result.stderr)
-    # nothing written, moved or removed anywhere: the previous artifact is intact too
-    assert snapshot(case.tmp) == before
+    assert_refused_cleanly(case, args, code, names, extra)
 
 
 def test_spec_that_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

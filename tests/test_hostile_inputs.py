@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import stat
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,36 +26,16 @@ import pytest
 from conftest import MINIMAL_SPEC, TinySetup, run_refgen, write_spec_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_hostile import NAME, OLD, SIBLINGS, Case
+from test_hostile import NAME, TIMEOUT, Case, assert_refused_cleanly
 
 from refgen import hub, jsonio, lock, weights
 from refgen.errors import IntegrityError, LockError, RefgenError
 from refgen.hashing import file_digests
 from refgen.spec import load_spec
 
-TIMEOUT = 120  # seconds: far above a tiny run (about 10 s), far below a hang
-
 
 def _generate(case: Case, *extra: str) -> list[str]:
     return ["generate", "--spec", str(case.setup.spec), *extra]
-
-
-def snapshot(root: Path) -> dict[str, Any]:
-    """Every entry under *root*: a link's target, a file's bytes, a folder's or a special
-    file's presence (a FIFO is never opened: that would block this test)."""
-    tree: dict[str, Any] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            rel = path.relative_to(root).as_posix()
-            info = os.lstat(path)
-            if stat.S_ISLNK(info.st_mode):
-                tree[rel] = ("link", os.readlink(path))
-            elif stat.S_ISREG(info.st_mode):
-                tree[rel] = ("file", path.read_bytes())
-            else:
-                tree[rel] = ("special", stat.S_IFMT(info.st_mode))
-    return tree
 
 
 # --- class 1: a local checkpoint is an input ------------------------------------------------------
@@ -295,11 +274,7 @@ CASES: list[tuple[str, Callable[[Case], list[str]], int, tuple[str, ...], dict[s
 
 @pytest.fixture
 def case(tiny_copy: TinySetup, tmp_path: Path) -> Case:
-    """The tiny copy with a previous artifact in its output folder."""
-    result = Case(tiny_copy, tmp_path)
-    for suffix in SIBLINGS:
-        (result.out / f"{NAME}{suffix}").write_bytes(OLD)
-    return result
+    return Case.with_old_artifact(tiny_copy, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -312,18 +287,7 @@ def test_hostile_input_is_refused_cleanly(
     names: tuple[str, ...],
     env: dict[str, str],
 ) -> None:
-    args = prepare(case)
-    before = snapshot(case.tmp)
-
-    result = run_refgen(*args, hf_home=case.setup.hf_home, env=env, check=False, timeout=TIMEOUT)
-
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == code, result.stderr
-    first = next(line for line in result.stderr.splitlines() if "error:" in line)
-    assert first.startswith("refgen: error: "), result.stderr
-    for name in names:
-        assert name in result.stderr, (name, result.stderr)
-    assert snapshot(case.tmp) == before  # nothing written, moved or removed anywhere
+    assert_refused_cleanly(case, prepare(case), code, names, env)
 
 
 # --- in-process: the bounded reader and the verified read -----------------------------------------

@@ -45,18 +45,6 @@ def bf16(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     return build_reference(tmp_path_factory.mktemp("llama31-bf16"), "bfloat16")
 
 
-def port_tensors(ref: Reference, bug: str | None = None) -> dict[str, Any]:
-    """Every prompt's tensors of the port, under refgen's names (``prompt{i}.``): what the
-    reference holds (hidden states, modules, logits at every position)."""
-    port = ref.port(bug)
-    out = {}
-    for i, tokens in enumerate(ref.tokens):
-        for name, value in port.forward(list(tokens)).items():
-            if name != "logits.last":
-                out[f"prompt{i}.{name}"] = value
-    return out
-
-
 def forward_order() -> list[str]:
     """The reference's tensors of one prompt in the order of the forward."""
     names = ["hidden_states.layer0"]
@@ -69,7 +57,7 @@ def forward_order() -> list[str]:
 
 def dump(ref: Reference, folder: Path, bug: str | None = None, dtype: str | None = None) -> Path:
     path = folder / f"{bug or 'correct'}-{dtype or ref.dtype}.safetensors"
-    return write_dump(path, port_tensors(ref, bug), dtype or ref.dtype)
+    return write_dump(path, ref.port_tensors(bug), dtype or ref.dtype)
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -340,7 +328,7 @@ def test_a_damaged_floor_entry_falls_back_to_the_default(f32: Reference, tmp_pat
 
 
 def test_problems_in_a_dump_are_listed_not_tracebacks(f32: Reference, tmp_path: Path) -> None:
-    tensors = port_tensors(f32)
+    tensors = f32.port_tensors()
     good = tensors["prompt0.hidden_states.layer2"]
     dumped = {
         "prompt0.hidden_states.layer1": tensors["prompt0.hidden_states.layer1"],
@@ -363,7 +351,7 @@ def test_problems_in_a_dump_are_listed_not_tracebacks(f32: Reference, tmp_path: 
 
 def test_input_ids_are_compared_exactly(f32: Reference, tmp_path: Path) -> None:
     """The ids come from the reference's own file; a port that ran other ids is told first."""
-    tensors = {k: v for k, v in port_tensors(f32).items() if k.startswith("prompt1.")}
+    tensors = {k: v for k, v in f32.port_tensors().items() if k.startswith("prompt1.")}
     ids = np.array(f32.tokens[1], dtype=np.int64)
     tensors["prompt1.input_ids"] = ids
     right = compare_port(f32.json, write_dump(tmp_path / "ok.safetensors", tensors))

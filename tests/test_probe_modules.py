@@ -22,6 +22,7 @@ import pytest
 from conftest import ROOT, run_refgen
 from qwen3_numpy import forward as numpy_forward
 from qwen3_numpy import read_checkpoint
+from tiny_llama import generate_reference, run_plain_forward
 
 from refgen import probes, tiny
 
@@ -61,14 +62,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     checkpoint = tiny.build_llama31(hf_home / "hub")
     result = Built(hf_home, checkpoint.snapshot, base)
     for dtype in ("float32", "bfloat16"):
-        specs = base / dtype / "specs"
-        specs.mkdir(parents=True)
-        (base / dtype / "out").mkdir()
-        spec = tiny.write_llama31_spec(
-            specs, checkpoint.revision, "../out/llama31.json", dtype, MODULES
-        )
-        run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home)
-        run_refgen("generate", "--spec", spec, "--load", "memory", hf_home=hf_home)
+
+        def write_spec(specs: Path, dtype: str = dtype) -> Path:
+            return tiny.write_llama31_spec(
+                specs, checkpoint.revision, "../out/llama31.json", dtype, MODULES
+            )
+
+        generate_reference(base / dtype, hf_home, write_spec, "--load", "memory")
     stream = result.file("float32", ".json", streamed=True).parent
     run_refgen(
         "generate",
@@ -132,27 +132,8 @@ save_file(tensors, out)
 @pytest.fixture(scope="module")
 def plain(built: Built, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``dtype/name`` -> the plain forward's tensor, for every probe the generator keeps."""
-    from safetensors.torch import load_file
-
     out = tmp_path_factory.mktemp("plain") / "plain.safetensors"
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            HOOKED_FORWARD,
-            str(built.snapshot),
-            str(out),
-            ",".join(MODULES),
-            *PROMPTS,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return load_file(out)
+    return run_plain_forward(HOOKED_FORWARD, built.snapshot, out, ",".join(MODULES), *PROMPTS)
 
 
 def module_paths() -> list[str]:

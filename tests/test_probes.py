@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import MINIMAL_SPEC, ROOT, run_refgen, write_spec_text
+from tiny_llama import generate_reference, run_plain_forward
 
 from refgen import artifact, audit, compare, probes, tiny
 from refgen.errors import SpecError
@@ -424,11 +425,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Llama:
     hf_home = base / "hf-home"
     checkpoint = build_tiny_llama(hf_home / "hub")
     root = base / "ws"
-    (root / "specs").mkdir(parents=True)
-    (root / "out").mkdir()  # refgen creates no folder a spec's output names
-    spec = write_llama_spec(root / "specs", checkpoint.revision)
-    run_refgen("lock", "--spec", spec, "--offline", hf_home=hf_home)
-    run_refgen("generate", "--spec", spec, hf_home=hf_home)
+    generate_reference(root, hf_home, lambda specs: write_llama_spec(specs, checkpoint.revision))
     return Llama(hf_home, checkpoint.snapshot, root)
 
 
@@ -460,19 +457,8 @@ save_file(tensors, out)
 @pytest.fixture(scope="module")
 def plain_forward(llama: Llama, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A plain ``from_pretrained`` forward of every prompt, in its own process."""
-    from safetensors.torch import load_file
-
     out = tmp_path_factory.mktemp("plain") / "plain.safetensors"
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", PLAIN_FORWARD, str(llama.snapshot), str(out), *PROMPTS],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return load_file(out)
+    return run_plain_forward(PLAIN_FORWARD, llama.snapshot, out, *PROMPTS)
 
 
 def test_probe_file_equals_a_plain_forward_bit_for_bit(
