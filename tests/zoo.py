@@ -52,7 +52,8 @@ REPO_ORG = "refgen-zoo"
 # (streamed); qwen3_moe: experts saved one tensor each, fused by transformers' checkpoint
 # conversion (streamed: refgen.load.keys); gemma3 too: its keys renamed; falcon_mamba: a weight
 # whose requires_grad changes torch's matmul; apertus: parameters built in config.dtype; xmod: a
-# forward that refuses input_ids alone (no language set; refused).
+# forward that refuses input_ids alone (no language set; refused); llama4_text: reads its
+# embeddings' weight before calling them (streamed), and lists every layer in moe_layers.
 SAMPLE = (
     "qwen3",
     "gemma3",
@@ -66,6 +67,7 @@ SAMPLE = (
     "falcon_mamba",
     "apertus",
     "xmod",
+    "llama4_text",
 )
 
 # --- shrinking a config generically ---------------------------------------------------------------
@@ -151,7 +153,12 @@ def shrink(config: Any) -> dict[str, Any]:
     per_layer = data.get("per_layer_config") or {}
     chosen: list[int] = []
     if old_layers:
-        lists = [v for v in data.values() if isinstance(v, list) and len(v) == old_layers]
+        # per-layer settings; a list of every layer's index (llama4's moe_layers: all of them)
+        # names layers rather than telling them apart
+        every = list(range(old_layers))
+        lists = [
+            v for v in data.values() if isinstance(v, list) and len(v) == old_layers and v != every
+        ]
         kinds: dict[str, int] = {}
         for i in range(old_layers):
             entry = [column[i] for column in lists] + [_layer_entry(per_layer, i)]
@@ -179,6 +186,8 @@ def shrink(config: Any) -> dict[str, Any]:
             out[key] = _CAPS[key]
         elif key.endswith("token_id") and _is_int(value) and value >= VOCAB:
             out[key] = 0
+        elif isinstance(value, list) and chosen and value == list(range(old_layers)):
+            out[key] = list(range(len(chosen)))
         elif isinstance(value, list) and chosen and len(value) == old_layers:
             out[key] = [value[i] for i in chosen]
         elif key == "per_layer_config" and chosen and value:

@@ -536,6 +536,13 @@ class Streamer:
                         self._advance()
                     self._wake()
 
+        # The first unit (the embeddings) is in place before any forward starts: a model may
+        # read its weight before calling it (llama4: input_ids.to(embed_tokens.weight.device)),
+        # and would else get the meta device whenever the loader is late.
+        first = next((u for u in self.units if u.hooked), None)
+        if first is not None and first.state in ("absent", "released"):
+            first.state = "loading"
+            self._load_now(first, timed=True)
         loader = threading.Thread(target=self._loader, name="refgen-stream-load", daemon=True)
         loader.start()
         for done in [pool.submit(forward, k) for k in range(len(inputs))]:
