@@ -229,14 +229,20 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     assert "split of our run" in table
     assert "| ours streamed (`--stream --memory-budget" in table
     assert "accelerate disk offload" in table and "Scaling (this run)" in table
-    # The cost model: each number of prompts, then all-layer all-position probes, both modes,
-    # alternating, with the same bytes out of either mode.
+    # The floor: each part of a run alone, against the default run's CPU time.
+    for part in ("import", "hash", "read", "forward"):
+        assert results["floor"][part]["wall_s"] > 0 and results["floor"][part]["cpu_s"] > 0
+    assert results["floor"]["meta"]["prompts"] == 3
+    assert "the floor, each part alone" in table and "= the parts'" in table
+    # The cost model, last: all-layer all-position probes, then each number of prompts, both
+    # modes, alternating, with the same bytes out of either mode.
     cost = results["cost_model"]["rows"]
     assert [(r["case"], r["prompts"], r["probes"]) for r in cost] == [
+        ("cost-probes-all", 3, True),
         ("cost-1", 1, False),
         ("cost-40", 40, False),
-        ("cost-probes-all", 3, True),
     ]
+    assert table.index("Scaling (this run)") < table.index("Cost model")
     for row in cost:
         assert row["outputs_identical"] is True, row["case"]
         for mode in ("memory", "stream"):

@@ -15,7 +15,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -438,6 +438,20 @@ class Bench:
             "phases": json.loads(timings.read_text()) if timings.is_file() else {},
         }
 
+    def floor(self, runs: int = 2) -> None:
+        """The parts of a run, each alone (:mod:`refgen.bench.floor`), *runs* times: per part,
+        the median wall and CPU seconds."""
+        measured = []
+        for i in range(runs):
+            out = self.work / f"floor-{i}.json"
+            argv = [PY, "-m", "refgen.bench.floor", str(self.snapshot), str(out)]
+            self.child(f"floor parts {i + 1}", argv)
+            measured.append(json.loads(out.read_text()))
+        self.results["floor"] = {
+            part: {k: statistics.median(m[part][k] for m in measured) for k in measured[0][part]}
+            for part in measured[0]
+        }
+
     def phases(self) -> None:
         with_verify, without = [], []
         for i in range(2):
@@ -451,14 +465,18 @@ class Bench:
             k: statistics.median(p.get(k, 0.0) for p in without) for k in keys
         }
 
-    def cost_model(self, counts: Sequence[int], runs: int) -> None:
-        """Ours in memory and streamed, alternating, *runs* times each, for each number of
-        prompts in *counts*, then for 3 prompts with every layer's hidden state at every position
-        as probes. Each row: the median run's wall, CPU and peak RSS, its forward phase, and the
-        JSON (and probe file) of both modes compared byte for byte."""
-        cases = [(f"cost-{n}", many_prompts(n), "") for n in counts]
-        cases.append(("cost-probes-all", list(PROMPTS), ALL_PROBES))
-        rows = []
+    def cost_model(
+        self, counts: Sequence[int], runs: int, save: Callable[[], object] = lambda: None
+    ) -> None:
+        """Ours in memory and streamed, alternating, *runs* times each, for 3 prompts with every
+        layer's hidden state at every position as probes, then for each number of prompts in
+        *counts* (smallest first). Each row: the median run's wall, CPU and peak RSS, its forward
+        phase, and the JSON (and probe file) of both modes compared byte for byte; *save* is
+        called after each row."""
+        cases = [("cost-probes-all", list(PROMPTS), ALL_PROBES)]
+        cases += [(f"cost-{n}", many_prompts(n), "") for n in sorted(counts)]
+        rows: list[dict[str, Any]] = []
+        self.results["cost_model"] = {"runs": runs, "rows": rows}
         for name, prompts, extra in cases:
             spec = self.write_spec(f"bench-{name}", prompts, extra)
             modes: dict[str, list[dict[str, Any]]] = {"memory": [], "stream": []}
@@ -486,7 +504,7 @@ class Bench:
             row["stream_over_memory_wall"] = row["stream"]["wall_s"] / row["memory"]["wall_s"]
             row["outputs_identical"] = outputs[0] == outputs[1]
             rows.append(row)
-        self.results["cost_model"] = {"runs": runs, "rows": rows}
+            save()
 
     def scaling(self) -> None:
         rows = []
@@ -576,21 +594,18 @@ def fmt_table(r: dict[str, Any]) -> str:
             ", ".join(f"{k} {r[name][k]:.2f}" for k in ("import", "load", "forward", "write"))
             for name in ("baseline_phases", "baseline_profile_phases")
         )
-        floor = p["import"] + p["forward"]
         lines += [
             f"- split of our run (s, median of 2 instrumented runs): {split}; "
             f"in-process total {p['total_in_process']:.2f}, wall {p['wall_s']:.2f}",
             f"- split of the baseline (s, median of its timed runs): {base_split}; under the "
             f"profile: {profiled_split}",
-            f"- our import + forward alone (nothing left to optimise in loading) is {floor:.2f} s "
-            f"= {floor / b['wall_s']:.2f}x the baseline's median wall",
             f"- hashing ran {p.get('verify_thread', 0.0):.2f} s on its own thread, beside import "
             f"and load; the load waited {p.get('verify_wait', 0.0):.2f} s for it",
             f"- verification overhead: wall {p['wall_s']:.2f} s with hashing vs "
             f"{q['wall_s']:.2f} s without = {overhead * 100:+.1f}%",
         ]
-    if "cost_model" in r:
-        lines += ["", fmt_cost(r["cost_model"])]
+    if "floor" in r:
+        lines += fmt_floor(r)
     if "scaling" in r:
         lines += [
             "",
@@ -605,6 +620,32 @@ def fmt_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fmt_floor(r: dict[str, Any]) -> list[str]:
+    """Where the default run's seconds go, against its parts measured alone."""
+    f, o, p = r["floor"], r["ours"], r.get("phases", {})
+    names = {
+        "import": "import (torch, transformers, tokenizer, model class)",
+        "hash": "hashing the weights (BLAKE3, one thread)",
+        "read": "reading and up-casting the weights to F32",
+        "forward": "the forwards, weights in memory",
+    }
+    parts = ", ".join(f"{names[k]} {f[k]['wall_s']:.2f} / {f[k]['cpu_s']:.2f}" for k in names)
+    cpu = sum(f[k]["cpu_s"] for k in names)
+    ours_cpu = o["user_s"] + o["sys_s"]
+    # Back to back on one machine: the hashing beside the import (the other core is idle while
+    # the import runs), then the reads, then the forwards.
+    serial = max(f["import"]["wall_s"], f["hash"]["wall_s"]) + f["read"]["wall_s"]
+    serial += f["forward"]["wall_s"]
+    return [
+        f"- the floor, each part alone (`python -m refgen.bench.floor`, median of 2 runs, wall / "
+        f"CPU s): {parts}; CPU in all {cpu:.2f} s; back to back, with the hashing beside the "
+        f"import: {serial:.2f} s",
+        f"- the default run (`refgen generate --force`): wall {o['wall_s']:.2f} s, CPU "
+        f"{ours_cpu:.2f} s = the parts' {cpu:.2f} s {ours_cpu - cpu:+.2f} s"
+        + (f"; its split: {split_of(p)}" if p else ""),
+    ]
+
+
 def fmt_cost(cost: dict[str, Any]) -> str:
     """The cost model: each case in memory and streamed, and how the forward grows with the
     number of prompts (its increment per extra prompt over the 1-prompt row)."""
@@ -616,13 +657,13 @@ def fmt_cost(cost: dict[str, Any]) -> str:
         "forward s per extra prompt | streamed / in-memory wall | outputs identical |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    first = {m: cost["rows"][0][m] for m in ("memory", "stream")} if cost["rows"] else {}
+    first = next((row for row in cost["rows"] if not row["probes"]), None)  # fewest prompts
     for row in cost["rows"]:
         for mode in ("memory", "stream"):
             m = row[mode]
             growth = ""
-            if not row["probes"] and row["prompts"] > cost["rows"][0]["prompts"]:
-                extra = row["prompts"] - cost["rows"][0]["prompts"]
+            if first is not None and not row["probes"] and row["prompts"] > first["prompts"]:
+                extra = row["prompts"] - first["prompts"]
                 growth = f"{(m['forward'] - first[mode]['forward']) / extra:.3f}"
             ratio = f"{row['stream_over_memory_wall']:.2f}x" if mode == "stream" else ""
             same = str(row["outputs_identical"]) if mode == "stream" else ""
@@ -763,17 +804,34 @@ def main(
         runs,
         stream_budget=STREAM_BUDGET_SMALL,
     )
+    bench.results["stream_budget"] = STREAM_BUDGET_SMALL
+    large: Bench | None = None
+
+    def save() -> str:
+        """The tables of what is measured so far, written out: a run stopped in its longest
+        part (the cost model's biggest row) keeps everything before it."""
+        bench.results["bench_seconds"] = time.perf_counter() - start
+        bench.results["load_average_1min"] = [load_before, os.getloadavg()[0]]
+        table = fmt_table(bench.results)
+        if large is not None and "bigger_than_memory" in large.results:
+            table += "\n\n" + fmt_big(large.results)
+            table += "\n\nScaling (this run):\n\n" + fmt_scale(bench.results, large.results)
+        if "cost_model" in bench.results:
+            table += "\n\n" + fmt_cost(bench.results["cost_model"])
+        (bench.cache / "results.json").write_text(json.dumps(bench.results, indent=2))
+        (bench.cache / "results.md").write_text(table + "\n")
+        return table
+
     bench.prepare()
     bench.compare()
+    save()
     bench.streamed_phases()
-    if shape != "8b":  # the 8b run keeps to what its tables show
-        bench.phases()
-        if scaling:
-            bench.scaling()
-        if cost_prompts:
-            bench.cost_model(cost_prompts, cost_runs)
-    bench.results["stream_budget"] = STREAM_BUDGET_SMALL
-    large = None
+    bench.phases()
+    bench.floor()
+    save()
+    if scaling:
+        bench.scaling()
+        save()
     if shape in ("8b", "tiny"):
         config = TINY_LLAMA_CONFIG if tiny else checkpoint.LLAMA3_8B_CONFIG
         large = Bench(cache, config, runs, stream_budget=STREAM_BUDGET_LARGE)
@@ -782,14 +840,10 @@ def main(
         large.results["checkpoint"]["files"] = len(checkpoint.weight_files(large.snapshot))
         large.bigger_than_memory(OFFLOAD_CPU_BUDGET, rss_cap)
         bench.results["large"] = large.results
-    bench.results["bench_seconds"] = time.perf_counter() - start
-    bench.results["load_average_1min"] = [load_before, os.getloadavg()[0]]
-    table = fmt_table(bench.results)
-    if large is not None:
-        table += "\n\n" + fmt_big(large.results)
-        table += "\n\nScaling (this run):\n\n" + fmt_scale(bench.results, large.results)
-    (bench.cache / "results.json").write_text(json.dumps(bench.results, indent=2))
-    (bench.cache / "results.md").write_text(table + "\n")
+        save()
+    if cost_prompts:  # last: its biggest rows take the longest
+        bench.cost_model(cost_prompts, cost_runs, save)
+    table = save()
     print(table)
     print(
         f"\n(bench took {bench.results['bench_seconds']:.0f} s; results in {bench.cache}/results.*)"
