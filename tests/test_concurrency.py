@@ -309,3 +309,13 @@ def test_a_journal_that_proves_nothing_touches_nothing(tmp_path: Path, damage: s
     with art.locked():
         pass
     assert _files(tmp_path) == before
+
+
+def test_verify_names_an_unrepaired_commit(tmp_path: Path) -> None:
+    """Until a run under the set's lock repairs it, a killed commit's journal is an integrity
+    finding (the set may be mixed); once repaired, it is not."""
+    art, _ = _journaled_commit(tmp_path)
+    assert art.journal.name in {f.subject for f in audit.check_integrity(art, None)}
+    with art.locked():
+        pass
+    assert art.journal.name not in {f.subject for f in audit.check_integrity(art, None)}
