@@ -2,7 +2,8 @@
 
 For each model type of transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` (the installed
 version's, not a hand list): the default config (``AutoConfig.for_model``) shrunk generically
-(:func:`shrink`: hidden 64, 2 layers or one per distinct layer kind, vocabulary 512, 4 experts...),
+(:func:`shrink`: hidden 64, 2 layers or one per distinct layer kind, vocabulary 512, 4 experts...;
+two layers per kind where one does not build: :func:`tiny_model`),
 a model built from it by transformers (``from_config`` under ``torch.manual_seed(0)``) and saved
 with ``save_pretrained``, the project's byte-level tokenizer (refgen.tiny), a spec per dtype,
 locked offline. Then ``refgen generate --specs-dir ... --keep-going`` once per dtype x load mode
