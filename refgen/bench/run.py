@@ -754,8 +754,8 @@ def fmt_scale(small: dict[str, Any], large: dict[str, Any]) -> str:
             small["baseline_profile"],
             "completed",
         ),
-        (params(small), "ours in memory", small["ours"], "completed"),
-        (params(small), "ours streamed", small.get("streamed"), "completed"),
+        (params(small), "ours, the default (`generate --force`)", small["ours"], "completed"),
+        (params(small), "ours streamed (`--stream`)", small.get("streamed"), "completed"),
     ]
     big = large["bigger_than_memory"]
     rows += [
