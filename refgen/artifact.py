@@ -179,12 +179,16 @@ class Artifact:
                 ", ".join(found.targets),
             )
         else:
+            kept = [self.journal.name]
+            for target in self.paths().values():
+                temporaries, backups = atomic.leftovers(target)
+                kept += [p.name for p in temporaries + backups]
             log.warning(
-                "a run was killed while committing %s and %s: %s and the temporaries and "
-                "backups beside it are kept, nothing is removed; a new commit replaces the set",
+                "a run was killed while committing %s and %s: nothing is removed, these are "
+                "kept: %s; a new commit replaces the set",
                 self.reference.name,
                 found.reason,
-                self.journal.name,
+                ", ".join(kept),
             )
         return found.action != "kept"
 

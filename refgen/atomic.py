@@ -86,7 +86,8 @@ def write_files(
     targets = list(files)
     temps: dict[Path, Path] = {}
     keys: list[int] = []
-    digests = {target: hashlib.sha256(data).hexdigest() for target, data in files.items()}
+    # only for a journal: a repair checks each new file against it before keeping it
+    digests = {t: hashlib.sha256(d).hexdigest() for t, d in files.items()} if journal else {}
     try:
         for target in targets:
             _check_target(target)
@@ -190,15 +191,18 @@ def _swap(
         if journal is not None:
             journal.unlink(missing_ok=True)
         raise
-    for path in remove:
-        path.unlink(missing_ok=True)
-        _step(f"removed {path.name}")
-    for backup in backups.values():
-        backup.unlink(missing_ok=True)
-        _step(f"removed {backup.name}")
-    if journal is not None:
-        journal.unlink(missing_ok=True)
-        _step(f"removed {journal.name}")
+    # The new set is in place: what is left is cleaning up, and a failure there must not be
+    # reported as a failed write (the next run under the set's lock finishes it from the journal).
+    with contextlib.suppress(OSError):
+        for path in remove:
+            path.unlink(missing_ok=True)
+            _step(f"removed {path.name}")
+        for backup in backups.values():
+            backup.unlink(missing_ok=True)
+            _step(f"removed {backup.name}")
+        if journal is not None:
+            journal.unlink(missing_ok=True)
+            _step(f"removed {journal.name}")
 
 
 def _write_journal(

@@ -99,6 +99,15 @@ def check_integrity(artifact: Artifact, manifest: Mapping[str, Any] | None) -> l
         found.append(Finding("integrity", artifact.sums.name, "missing"))
     if manifest is not None and artifact.statement.is_file():
         found += _check_statement(artifact, manifest)
+    if os.path.lexists(artifact.journal):  # refgen.atomic.recover has not run since the kill
+        found.append(
+            Finding(
+                "integrity",
+                artifact.journal.name,
+                "a run was killed while committing this set, which may be mixed; `refgen "
+                "generate` for its spec repairs it (the previous set back, or the new one whole)",
+            )
+        )
     return dedupe(found)
 
 

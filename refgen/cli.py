@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=LOAD_MODES,
         help="weights in memory, or streamed layer by layer (faster here, and for models bigger "
         "than RAM); default: the spec's [run] load, else auto (stream weights of 1 GB or more, "
-        "or that exceed the budget, unless the checkpoint cannot be streamed as laid out)",
+        "or that exceed the budget, unless the streamed load refuses the checkpoint)",
     )
     gen.add_argument(
         "--stream",

@@ -129,7 +129,8 @@ class NonFiniteError(RefgenError):
 
 
 class StreamingError(RefgenError):
-    """The model cannot be streamed as its files are laid out (a parameter has no tensor)."""
+    """The model cannot be streamed (a transformers checkpoint conversion the streamed loader
+    cannot apply, a tensor of another shape than the model's, no list of layers)."""
 
 
 class CompareError(RefgenError):

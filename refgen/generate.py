@@ -373,7 +373,8 @@ KEEP_LAST_MODEL = False
 def _refusing_unsupported_dtype(model_type: str, dtype: str) -> Iterator[None]:
     """A model whose CPU kernels do not exist in the run dtype (reformer in bfloat16: "mixed dtype
     (CPU)") is refused at its first forward, before anything is written, as plain transformers
-    fails there too; other errors pass unchanged."""
+    fails there too; so is one whose own forward code raises ValueError (it will not run on a
+    prompt's input_ids alone); other errors pass unchanged."""
     try:
         yield
     except ValueError as exc:
@@ -383,7 +384,7 @@ def _refusing_unsupported_dtype(model_type: str, dtype: str) -> Iterator[None]:
         # gemma4_unified_assistant without its main model's states), in plain transformers too.
         raise CheckpointError(
             f"{model_type} cannot run on a prompt's input_ids alone: its forward raised "
-            f"ValueError: {str(exc).strip().splitlines()[0][:200]} (transformers "
+            f"ValueError: {(str(exc).strip().splitlines() or [''])[0][:200]} (transformers "
             f"{_transformers_version()}). refgen makes references of causal LMs that do."
         ) from None
     except (RuntimeError, NotImplementedError) as exc:

@@ -1,5 +1,6 @@
 """Print the table case -> exit code -> message -> files changed for test_hostile's CLI cases,
-then the signal cases (SIGHUP, SIGQUIT, SIGTERM, SIGINT mid-forward).
+then the signal cases (SIGHUP, SIGQUIT, SIGTERM, SIGINT mid-forward) and SIGKILL inside the
+commit (the next run repairs the set).
 
     PYTHONPATH=. python tests/hostile_table.py [--refgen DIR] [--no-signals]
 
@@ -29,7 +30,7 @@ import test_hostile
 import test_hostile_inputs
 import test_signals
 
-from refgen import tiny
+from refgen import atomic, tiny
 
 
 def changed(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -92,6 +93,29 @@ def signal_row(
     return row(f"{sig.name} mid-forward", proc.returncode, stderr, changed(before, after))
 
 
+def sigkill_row(setup: conftest.TinySetup, work: Path, step: int, env: dict[str, str]) -> str:
+    """generate SIGKILLed after commit step *step* (refgen.atomic's test-only hook), then the
+    next run, refused once it holds the set's lock (its model lock is missing): its exit code,
+    the line that names the repair, and what changed since before the killed run."""
+    copy = _copy(setup, work)
+    test_hostile.Case.with_old_artifact(copy, work)
+    before = test_hostile.snapshot(work)
+    killed = conftest.run_refgen(
+        "generate", "--spec", copy.spec, hf_home=copy.hf_home, cwd=work, check=False,
+        env={**env, atomic.KILL_AT_VARIABLE: str(step)},
+    )  # fmt: skip
+    hidden = copy.lock.rename(copy.lock.with_name("hidden"))
+    result = conftest.run_refgen(
+        "generate", "--spec", copy.spec, hf_home=copy.hf_home, cwd=work, check=False, env=env
+    )
+    hidden.rename(copy.lock)
+    said = next((x for x in result.stderr.splitlines() if "killed while committing" in x), "")
+    name = f"SIGKILL after commit step {step} (exit {killed.returncode}), then the next run"
+    return row(
+        name, result.returncode, said or result.stderr, changed(before, test_hostile.snapshot(work))
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--refgen", type=Path, help="run these refgen sources (PYTHONPATH)")
@@ -126,6 +150,9 @@ def main() -> int:
         if not args.no_signals:
             for sig in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
                 print(signal_row(setup, Path(tmp) / "signal", sig, env), flush=True)
+            # after the first rename, and after the third of four (test_concurrency: every step)
+            for step in (10, 12):
+                print(sigkill_row(setup, Path(tmp) / "sigkill", step, env), flush=True)
     return 0
 
 

@@ -430,6 +430,11 @@ def test_bad_arguments_exit_2(f32: Reference, tmp_path: Path) -> None:
         assert message in proc.stderr and "Traceback" not in proc.stderr
     proc = cli(tmp_path / "missing.json", path)
     assert proc.returncode == 2 and "missing.json does not exist" in proc.stderr
+    for option in ("--json", "--html"):  # a report's folder is not created: as generate's outputs
+        proc = cli(f32.json, path, option, tmp_path / "no" / "such" / "report")
+        assert proc.returncode == 2, proc.stderr
+        assert f"the folder of {option} does not exist" in proc.stderr, proc.stderr
+        assert not (tmp_path / "no").exists()
     (tmp_path / "alone.json").write_text("{}")
     proc = cli(tmp_path / "alone.json", path)
     assert proc.returncode == 2 and "has no probe file beside it" in proc.stderr

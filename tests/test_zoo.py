@@ -47,6 +47,9 @@ def test_the_sample_is_built_small(sample: zoo.Zoo) -> None:
     assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (64, 2, 512)
     hybrid = zoo.tiny_config("gemma3_text")  # one layer of each kind
     assert sorted(set(hybrid.layer_types)) == ["full_attention", "sliding_attention"]
+    # two of each where one does not build (zamba's shared block is tied across its layers)
+    kinds = zoo.tiny_model("zamba").config.layers_block_type
+    assert kinds == ["linear_attention"] * 2 + ["hybrid"] * 2
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -2,7 +2,8 @@
 
 For each model type of transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` (the installed
 version's, not a hand list): the default config (``AutoConfig.for_model``) shrunk generically
-(:func:`shrink`: hidden 64, 2 layers or one per distinct layer kind, vocabulary 512, 4 experts...),
+(:func:`shrink`: hidden 64, 2 layers or one per distinct layer kind, vocabulary 512, 4 experts...;
+two layers per kind where one does not build: :func:`tiny_model`),
 a model built from it by transformers (``from_config`` under ``torch.manual_seed(0)``) and saved
 with ``save_pretrained``, the project's byte-level tokenizer (refgen.tiny), a spec per dtype,
 locked offline. Then ``refgen generate --specs-dir ... --keep-going`` once per dtype x load mode
@@ -136,11 +137,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def shrink(config: Any) -> dict[str, Any]:
+def shrink(config: Any, per_kind: int = 1) -> dict[str, Any]:
     """Keyword arguments that make *config*'s model type tiny (recursing into sub-configs).
 
-    Layers: one per distinct layer kind (the tuple of every per-layer list's entry and the
-    per-layer overrides at that index), at least 2, so hybrid models keep each kind; every
+    Layers: *per_kind* per distinct layer kind (the tuple of every per-layer list's entry and
+    the per-layer overrides at that index), at least 2, so hybrid models keep each kind; every
     per-layer list and ``per_layer_config`` follow the chosen layers.
     """
     from transformers import PretrainedConfig
@@ -159,11 +160,11 @@ def shrink(config: Any) -> dict[str, Any]:
         lists = [
             v for v in data.values() if isinstance(v, list) and len(v) == old_layers and v != every
         ]
-        kinds: dict[str, int] = {}
+        kinds: dict[str, list[int]] = {}
         for i in range(old_layers):
             entry = [column[i] for column in lists] + [_layer_entry(per_layer, i)]
-            kinds.setdefault(json.dumps(entry, sort_keys=True, default=str), i)
-        chosen = sorted(kinds.values())
+            kinds.setdefault(json.dumps(entry, sort_keys=True, default=str), []).append(i)
+        chosen = sorted(i for layers in kinds.values() for i in layers[:per_kind])
         if len(chosen) < 2:
             chosen = list(range(min(2, old_layers)))
         out[layers_key or ""] = len(chosen)
@@ -173,7 +174,7 @@ def shrink(config: Any) -> dict[str, Any]:
         # only a dict may be a sub-config (reading a per-layer attribute globally raises)
         sub = getattr(config, key, None) if isinstance(value, dict) else None
         if isinstance(sub, PretrainedConfig):
-            out[key] = shrink(sub)
+            out[key] = shrink(sub, per_kind)
             if sub.model_type:
                 out[key]["model_type"] = sub.model_type
         elif key == "vocab_size" and _is_int(value):
@@ -229,10 +230,28 @@ def _shrink_per_layer(
     return out
 
 
-def tiny_config(model_type: str) -> Any:
+def tiny_config(model_type: str, per_kind: int = 1) -> Any:
     from transformers import AutoConfig
 
-    return AutoConfig.for_model(model_type, **shrink(AutoConfig.for_model(model_type)))
+    return AutoConfig.for_model(model_type, **shrink(AutoConfig.for_model(model_type), per_kind))
+
+
+def tiny_model(model_type: str) -> Any:
+    """The model of *model_type*'s tiny config, built by transformers under the zoo's seed: one
+    layer per kind, else two (zamba ties a block shared by the layers of a kind to the first of
+    them: with one layer of that kind, transformers refuses the tie)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        torch.manual_seed(SEED)
+        return AutoModelForCausalLM.from_config(tiny_config(model_type))
+    except Exception as first:
+        try:
+            torch.manual_seed(SEED)
+            return AutoModelForCausalLM.from_config(tiny_config(model_type, per_kind=2))
+        except Exception:
+            raise first from None
 
 
 def model_types() -> list[str]:
@@ -252,8 +271,6 @@ def spec_name(model_type: str, dtype: str) -> str:
 def _build_child(work: Path, types: Sequence[str]) -> None:
     """Build, save and lock every type not built yet; ``built.json``: type -> {repo, revision}
     or {error: why transformers could not build it}; each lock in ``locks/<type>.lock.json``."""
-    import torch
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from refgen import hub, tiny
@@ -268,9 +285,7 @@ def _build_child(work: Path, types: Sequence[str]) -> None:
         if model_type in built:
             continue
         try:
-            config = tiny_config(model_type)
-            torch.manual_seed(SEED)
-            model = AutoModelForCausalLM.from_config(config)
+            model = tiny_model(model_type)
             with tempfile.TemporaryDirectory() as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
                 saved = {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}

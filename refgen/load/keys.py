@@ -17,6 +17,7 @@ holds the bytes ``from_pretrained`` gives it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,14 +61,6 @@ class KeyPlan:
     renamed: Mapping[str, str]  # model name -> the checkpoint key read as it is
     converted: Mapping[str, Conversion]  # model name -> the conversion that makes it
     unexpected: tuple[str, ...]  # checkpoint keys that no model name takes
-
-    def source_keys(self, name: str) -> list[str]:
-        """The checkpoint keys model tensor *name* is made from (none: not in the checkpoint)."""
-        if name in self.renamed:
-            return [self.renamed[name]]
-        if name in self.converted:
-            return self.converted[name].keys
-        return []
 
 
 def plan(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> KeyPlan:
@@ -127,18 +120,14 @@ def plan(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> KeyPlan:
                 lambda key, dtype: torch.empty(shapes[key], dtype=dtype, device="meta"), model
             )
         except Exception as exc:
+            why = (str(exc).strip().splitlines() or [""])[0][:200]
             raise StreamingError(
                 f"transformers' checkpoint conversion {conversion.name} for {first} cannot be "
-                f"applied while streaming ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                f"applied while streaming ({type(exc).__name__}: {why}); "
                 "load it in memory (--load memory)"
             ) from exc
-        conversion = Conversion(
-            template,
-            first,
-            conversion.sources,
-            conversion.dtype,
-            {name: (tuple(t.shape), t.dtype) for name, t in made.items()},
-        )
+        targets = {name: (tuple(t.shape), t.dtype) for name, t in made.items()}
+        conversion = dataclasses.replace(conversion, targets=targets)
         for name in made:
             if name in state:
                 converted[name] = conversion

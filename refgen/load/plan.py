@@ -111,10 +111,7 @@ def weights_bytes(paths: Sequence[Path], dtype: str = "float32") -> int:
 # which slowed the in-memory forwards most (refgen.determinism.WAIT_POLICY, now passive).
 # ``--load memory`` keeps the in-memory
 # load for whoever asks for it, and ``auto`` loads in memory a checkpoint the streamed strategy
-# cannot read as laid out (:func:`load_model`). Smaller weights load in memory: there the gain
-# is seconds, and the whole-mapping zoo (README, tests/zoo.py, on tiny configs) found streamed
-# runs that differ from from_pretrained (falcon_mamba, prophetnet in float32) or fail (apertus in
-# bfloat16, reformer at times) where the in-memory load is bit-identical.
+# refuses (:func:`load_model`). Smaller weights load in memory: there the gain is seconds.
 AUTO_STREAM_BYTES = 1_000_000_000
 
 
@@ -165,9 +162,9 @@ def load_model(
     *reading*, when :func:`start_reading` started it) or a streamed one.
 
     A streamed load that ``auto`` chose falls back to memory, when the weights fit, if the
-    checkpoint does not fit the model as its files are laid out: transformers converts some
-    layouts as it loads (one tensor per expert into the model's fused experts, renamed keys),
-    which only the in-memory strategy applies, and whose loading report then decides.
+    streamed strategy refuses the checkpoint (a transformers checkpoint conversion it cannot
+    apply, :mod:`refgen.load.keys`): the in-memory strategy hands it to ``from_pretrained``,
+    whose loading report then decides.
     :func:`as_loaded` tells which strategy it was.
     """
     if load_plan.mode == "memory":
