@@ -96,38 +96,26 @@ def weights_bytes(paths: Sequence[Path], dtype: str = "float32") -> int:
     return total
 
 
-# ``auto`` streams weights of AUTO_STREAM_BYTES or more (in the run dtype), and any that would not
-# fit the budget: streaming was at least as fast as the in-memory load in every case measured on
-# the 2-core machine, and always smaller. The generator's load + forward phases (medians of 3
-# alternating runs of `python -m refgen.bench.child SPEC OUT TIMINGS [--stream]` per mode, the
-# machine shared with other test runs, 1-minute load average 7 to 10; the JSON byte-identical):
-#   tiny Qwen3 (2 layers, hidden 64),  3 prompts: streamed 2.12 s vs in memory 4.04 s (0.52x)
-#   tiny Qwen3,                      100 prompts: streamed 2.40 s vs in memory 25.37 s (0.09x)
-#   tiny Qwen3,                      400 prompts: streamed 2.63 s vs in memory 54.60 s (0.05x)
-#   Llama, 8 layers, hidden 512 (134 MB F32), 3 prompts (2 runs): 2.59 s vs 7.72 s (0.34x)
-#   the same Llama,                         100 prompts (2 runs): 12.41 s vs 133.61 s (0.09x)
-# and at the Qwen3-1.7B shape 0.56x to 0.89x the in-memory wall (README, "Performance"). The
-# in-memory figures above were taken while idle OpenMP threads still spun on the busy machine,
-# which slowed the in-memory forwards most (refgen.determinism.WAIT_POLICY, now passive).
-# ``--load memory`` keeps the in-memory
-# load for whoever asks for it, and ``auto`` loads in memory a checkpoint the streamed strategy
-# refuses (:func:`load_model`). Smaller weights load in memory: there the gain is seconds.
-AUTO_STREAM_BYTES = 1_000_000_000
+# ``auto`` streams: on the 2-core machine, with the machine otherwise idle, the streamed run was
+# as fast as the in-memory one or faster at every size and number of prompts measured, and always
+# smaller. Wall, streamed / in memory (medians of alternating runs of the benchmark's cost model,
+# outputs byte-identical; `python -m refgen.bench --shape tiny --runs 3 --no-scaling
+# --cost-prompts 1,3,100 --cost-runs 3` and the `make bench` run in the README, "Performance"):
+#   tiny Qwen3 (2 layers, hidden 64): 1 prompt 0.99x, 3 prompts 1.01x, 100 prompts 0.99x,
+#     3 prompts with every hidden state at every position 0.99x (a tie: import and setup dominate);
+#   the Qwen3-1.7B shape: see the README's cost model table.
+# ``--load memory`` keeps the in-memory load for whoever asks for it, and ``auto`` loads in memory
+# a checkpoint the streamed strategy refuses when its weights fit the budget (:func:`load_model`).
 
 
 def choose(paths: Sequence[Path], dtype: str, options: LoadOptions) -> LoadPlan:
-    """The strategy asked for, or (auto) streamed when the weights in *dtype* are at least
-    :data:`AUTO_STREAM_BYTES` or would not fit the budget, else in memory. A streamed run keeps
-    the embeddings and head resident when they fit the budget beside two layers, and streams
-    them too otherwise (:func:`refgen.load.stream.load_streamed_model`)."""
+    """The strategy asked for, or (auto) streamed. A streamed run keeps the embeddings and head
+    resident when they fit the budget beside two layers, and streams them too otherwise
+    (:func:`refgen.load.stream.load_streamed_model`)."""
     need = weights_bytes(paths, dtype)
     explicit = options.memory_budget is not None
     budget = options.memory_budget if options.memory_budget is not None else default_budget()
-    if options.mode == "auto":
-        fits = need + stream.RUNTIME_BYTES // 2 <= budget  # the in-memory peak (AVAILABLE_SHARE)
-        mode = "stream" if need >= AUTO_STREAM_BYTES or not fits else "memory"
-    else:
-        mode = options.mode
+    mode = "stream" if options.mode == "auto" else options.mode
     log.info(
         "load: %s (%s; weights %.2f GB in %s, memory budget %.2f GB%s)",
         mode,
