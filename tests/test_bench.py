@@ -233,6 +233,13 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     for part in ("import", "hash", "read", "forward"):
         assert results["floor"][part]["wall_s"] > 0 and results["floor"][part]["cpu_s"] > 0
     assert results["floor"]["meta"]["prompts"] == 3
+    # At the large shape, the forwards run every layer with the weights of an eighth of them.
+    large_floor = results["large"]["floor"]
+    for part in ("import", "hash", "read", "forward"):
+        assert large_floor[part]["wall_s"] > 0 and large_floor[part]["cpu_s"] > 0
+    layers = results["large"]["config"]["num_hidden_layers"]
+    assert large_floor["meta"]["layers"] == layers > large_floor["meta"]["stand_in_layers"] >= 1
+    assert "--stand-in-layers`, median of 2 runs" in table
     assert "the floor, each part alone" in table and "= the parts'" in table
     # The cost model, last: all-layer all-position probes, then each number of prompts, both
     # modes, alternating, with the same bytes out of either mode.

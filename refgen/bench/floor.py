@@ -1,8 +1,8 @@
 """The floor of a run: each part of the work a reference needs, measured alone (a benchmark child).
 
-``python -m refgen.bench.floor SNAPSHOT OUTPUT_JSON [PROMPT ...]`` runs, under the determinism
-profile, one after the other in one process, each with its wall time and the process's CPU time
-(``getrusage``, every thread):
+``python -m refgen.bench.floor SNAPSHOT OUTPUT_JSON [--stand-in-layers K] [PROMPT ...]`` runs,
+under the determinism profile, one after the other in one process, each with its wall time and the
+process's CPU time (``getrusage``, every thread):
 
 - ``import``: torch, transformers, the tokenizer and the model's class (every run imports them);
 - ``hash``: every weight file by BLAKE3 (the lock's digest for weights), on one thread, as the
@@ -11,7 +11,11 @@ profile, one after the other in one process, each with its wall time and the pro
   threads, into the tensors of the layer before when the shapes match, as the streamed load
   reads (:func:`refgen.load.files.read_tensor`);
 - ``forward``: the prompts' forwards with every weight already in memory, on a thread of their
-  own as ``refgen generate`` runs them, under the profile (hidden states, no cache).
+  own as ``refgen generate`` runs them, under the profile (hidden states, no cache). With
+  ``--stand-in-layers K`` (a model whose F32 weights exceed memory: the 8B shape) only the first
+  K decoder layers are read, and every layer runs with the weights of one of them (layer i with
+  layer i mod K's): the same arithmetic at the full depth, each layer's weights again read from
+  memory (far bigger than the caches), in the memory of K layers.
 
 What a run cannot do without is these parts; how they can overlap on the machine's cores is the
 benchmark table's business (``refgen.bench.run.floor``).
@@ -51,6 +55,9 @@ def main(argv: list[str]) -> None:
 
     determinism.apply_environment()
     snapshot, output, *prompts = argv
+    stand_in = 0
+    if prompts[:1] == ["--stand-in-layers"]:
+        stand_in, prompts = int(prompts[1]), prompts[2:]
     folder = Path(snapshot)
     weights = sorted(folder.glob("*.safetensors"))
     parts: dict[str, dict[str, float]] = {}
@@ -114,12 +121,16 @@ def main(argv: list[str]) -> None:
 
     from refgen.load import model as model_check
 
-    state = memory.load_state_dict(weights, "float32", progress=False)
     config = AutoConfig.from_pretrained(folder)
-    model = model_check.causal_lm_class(config).from_pretrained(
-        None, config=config, state_dict=state, dtype=torch.float32
-    )
-    del state
+    depth = config.num_hidden_layers
+    if stand_in:
+        model = _stand_in_model(config, weights, min(stand_in, depth))
+    else:
+        state = memory.load_state_dict(weights, "float32", progress=False)
+        model = model_check.causal_lm_class(config).from_pretrained(
+            None, config=config, state_dict=state, dtype=torch.float32
+        )
+        del state
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     inputs = [tokenizer(p, return_tensors="pt")["input_ids"] for p in prompts or PROMPTS]
@@ -139,8 +150,39 @@ def main(argv: list[str]) -> None:
     parts["meta"] = {
         "weights_bytes": float(sum(p.stat().st_size for p in weights)),
         "prompts": float(len(inputs)),
+        "layers": float(depth),
+        "stand_in_layers": float(min(stand_in, depth)),
     }
     Path(output).write_text(json.dumps(parts, indent=2))
+
+
+def _stand_in_model(config: Any, weights: list[Path], kept: int) -> Any:
+    """The model with the checkpoint's first *kept* decoder layers (and everything outside the
+    layers) read in F32, its layer list the full depth, layer i being layer i mod *kept*."""
+    import torch
+
+    from refgen.load import files
+    from refgen.load import model as model_check
+    from refgen.load.stream import decoder_layers
+
+    state = {}
+    for path in weights:
+        with files.mapped(path, writable=True) as data:
+            for entry in files.read_header(path):
+                layer = re.search(r"\.layers\.(\d+)\.", entry.name)
+                if layer is None or int(layer.group(1)) < kept:
+                    state[entry.name] = files.read_tensor(data, entry, torch.float32, path)
+    depth = config.num_hidden_layers
+    config.num_hidden_layers = kept
+    model = model_check.causal_lm_class(config).from_pretrained(
+        None, config=config, state_dict=state, dtype=torch.float32
+    )
+    name, layers = decoder_layers(model)
+    parent, _, attribute = name.rpartition(".")
+    every = torch.nn.ModuleList([layers[i % kept] for i in range(depth)])
+    setattr(model.get_submodule(parent), attribute, every)
+    model.config.num_hidden_layers = depth
+    return model
 
 
 if __name__ == "__main__":

@@ -438,13 +438,15 @@ class Bench:
             "phases": json.loads(timings.read_text()) if timings.is_file() else {},
         }
 
-    def floor(self, runs: int = 2) -> None:
+    def floor(self, runs: int = 2, stand_in: int = 0) -> None:
         """The parts of a run, each alone (:mod:`refgen.bench.floor`), *runs* times: per part,
-        the median wall and CPU seconds."""
+        the median wall and CPU seconds; with *stand_in*, the forwards run that many layers'
+        weights at the full depth (a model bigger than memory)."""
         measured = []
         for i in range(runs):
             out = self.work / f"floor-{i}.json"
             argv = [PY, "-m", "refgen.bench.floor", str(self.snapshot), str(out)]
+            argv += ["--stand-in-layers", str(stand_in)] if stand_in else []
             self.child(f"floor parts {i + 1}", argv)
             measured.append(json.loads(out.read_text()))
         self.results["floor"] = {
@@ -725,6 +727,23 @@ def fmt_big(r: dict[str, Any]) -> str:
         f"offload folder {accel['offload_folder_bytes'] / 1e9:.2f} GB after the run (removed)",
         f"- split of the original method (s): {split_of(big['original']['phases']) or '-'}",
     ]
+    if "floor" in r:
+        f = r["floor"]
+        names = {
+            "import": "import",
+            "hash": "hashing (BLAKE3, one thread)",
+            "read": "reading and up-casting to F32",
+            "forward": f"the forwards ({f['meta']['layers']:.0f} layers run with the weights of "
+            f"{f['meta']['stand_in_layers']:.0f}, in memory)",
+        }
+        parts = ", ".join(f"{names[k]} {f[k]['wall_s']:.2f} / {f[k]['cpu_s']:.2f}" for k in names)
+        cpu = sum(f[k]["cpu_s"] for k in names)
+        lines.append(
+            f"- the floor, each part alone (`python -m refgen.bench.floor --stand-in-layers`, "
+            f"median of 2 runs, wall / CPU s): {parts}; CPU in all {cpu:.2f} s, at least "
+            f"{cpu / 2:.2f} s of wall on two cores; ours used {ours['user_s'] + ours['sys_s']:.2f} "
+            "CPU-s"
+        )
     if accel["result"] == "completed" and ours["result"] == "completed":
         lines.append(
             f"- ours / accelerate: wall {ours['wall_s'] / accel['wall_s']:.2f}x (run by run: "
@@ -839,6 +858,8 @@ def main(
         large.results["stream_budget"] = STREAM_BUDGET_LARGE
         large.results["checkpoint"]["files"] = len(checkpoint.weight_files(large.snapshot))
         large.bigger_than_memory(OFFLOAD_CPU_BUDGET, rss_cap)
+        # The forwards' floor at the full depth in the memory of an eighth of the layers.
+        large.floor(stand_in=max(1, config["num_hidden_layers"] // 8))
         bench.results["large"] = large.results
         save()
     if cost_prompts:  # last: its biggest rows take the longest
