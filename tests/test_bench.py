@@ -246,16 +246,27 @@ def test_bench_runs_end_to_end_on_a_tiny_shape(tmp_path: Path) -> None:
     cost = results["cost_model"]["rows"]
     assert [(r["case"], r["prompts"], r["probes"]) for r in cost] == [
         ("cost-probes-all", 3, True),
+        ("cost-probes-modules", 3, True),
+        ("cost-rounding-floor", 3, True),
         ("cost-1", 1, False),
         ("cost-40", 40, False),
     ]
     assert table.index("Scaling (this run)") < table.index("Cost model")
     for row in cost:
+        assert len(row["stream"]["walls_s"]) == 1 and row["stream"]["forward"] > 0
+        if row["case"] == "cost-rounding-floor":  # streamed only, against the same probes
+            assert "memory" not in row
+            assert (
+                row["over_probes_all_wall"] == row["stream"]["wall_s"] / cost[0]["stream"]["wall_s"]
+            )
+            assert row["stream"]["rounding_floor"] > 0  # the float64 run's own phase
+            continue
         assert row["outputs_identical"] is True, row["case"]
-        for mode in ("memory", "stream"):
-            assert len(row[mode]["walls_s"]) == 1 and row[mode]["forward"] > 0
+        assert len(row["memory"]["walls_s"]) == 1 and row["memory"]["forward"] > 0
         assert row["stream_over_memory_wall"] == row["stream"]["wall_s"] / row["memory"]["wall_s"]
     assert "| cost-40 | 40 | stream |" in table and "| cost-probes-all | 3 | memory |" in table
+    assert "| cost-probes-modules | 3 | memory |" in table
+    assert "x cost-probes-all's streamed wall | (streamed only) |" in table
 
 
 def test_the_cost_model_prompts_are_distinct() -> None:
