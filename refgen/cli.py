@@ -213,8 +213,8 @@ def _parser() -> argparse.ArgumentParser:
         "--load",
         choices=LOAD_MODES,
         help="weights in memory, or streamed layer by layer (faster here, and for models bigger "
-        "than RAM); default: the spec's [run] load, else auto (stream, unless the streamed "
-        "load refuses the checkpoint and it fits the budget)",
+        "than RAM); default: the spec's [run] load, else auto (stream; in memory for 100 "
+        "prompts or more, or a checkpoint the streamed load refuses, when it fits the budget)",
     )
     gen.add_argument(
         "--stream",

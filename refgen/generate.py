@@ -109,10 +109,11 @@ def _build(
         files = [view / f.path for f in lock_used.files if f.path.endswith(".safetensors")]
         options = load or loading.LoadOptions(spec.load, spec.memory_budget)
         try:
-            load_plan = loading.choose(files, spec.dtype, options)  # in memory, or streamed
+            # in memory, or streamed
+            load_plan = loading.choose(files, spec.dtype, options, len(spec.prompts))
             # [probes] rounding_floor: the same checkpoint again, in float64, planned alike
             floor_plan = (
-                loading.choose(files, "float64", options)
+                loading.choose(files, "float64", options, len(spec.prompts))
                 if spec.probes is not None and spec.probes.rounding_floor
                 else None
             )

@@ -361,6 +361,24 @@ def test_cli_stream_and_memory_write_identical_json(tiny_setup: TinySetup, tmp_p
     assert _outputs(tmp_path / "auto")[1]["loading"]["memory_budget_bytes"] == 1_000_000
 
 
+def test_auto_loads_many_prompts_in_memory_when_they_fit(tiny_setup: TinySetup) -> None:
+    """``auto`` streams, except from AUTO_MEMORY_PROMPTS prompts on when the in-memory peak fits
+    the budget; a mode asked for is kept whatever the prompts."""
+    weights = sorted(tiny_setup.checkpoint.snapshot.glob("*.safetensors"))
+    need = plan.weights_bytes(weights, "float32")
+    fits = need + stream.RUNTIME_BYTES // 2  # the in-memory peak
+    many = plan.AUTO_MEMORY_PROMPTS
+
+    def mode(load: str, budget: int, prompts: int) -> str:
+        return plan.choose(weights, "float32", plan.LoadOptions(load, budget), prompts).mode
+
+    assert mode("auto", fits, many - 1) == "stream"
+    assert mode("auto", fits, many) == "memory"
+    assert mode("auto", fits - 1, many) == "stream"  # does not fit
+    assert mode("stream", fits, many) == "stream"
+    assert mode("memory", 1, 1) == "memory"
+
+
 def test_cli_stream_and_memory_write_identical_probes(
     tiny_setup: TinySetup, tmp_path: Path
 ) -> None:

@@ -96,36 +96,45 @@ def weights_bytes(paths: Sequence[Path], dtype: str = "float32") -> int:
     return total
 
 
-# ``auto`` streams: on the 2-core machine, with the machine otherwise idle, the streamed run was
-# as fast as the in-memory one or faster at every size and number of prompts measured, and always
-# smaller. Wall, streamed / in memory (medians of alternating runs of the benchmark's cost model,
-# outputs byte-identical; `python -m refgen.bench --shape tiny --runs 3 --no-scaling
-# --cost-prompts 1,3,100 --cost-runs 3` and the `make bench` run in the README, "Performance"):
-#   tiny Qwen3 (2 layers, hidden 64): 1 prompt 0.99x, 3 prompts 1.01x, 100 prompts 0.99x,
-#     3 prompts with every hidden state at every position 0.99x (a tie: import and setup dominate);
-#   the Qwen3-1.7B shape: see the README's cost model table.
-# ``--load memory`` keeps the in-memory load for whoever asks for it, and ``auto`` loads in memory
-# a checkpoint the streamed strategy refuses when its weights fit the budget (:func:`load_model`).
+# ``auto`` streams, except for AUTO_MEMORY_PROMPTS prompts or more when the in-memory load fits
+# the budget. Wall, streamed / in memory, on the idle 2-core machine, outputs byte-identical:
+#   tiny Qwen3 (2 layers, hidden 64), medians of 3 alternating runs (`python -m refgen.bench
+#   --shape tiny --runs 3 --no-scaling --cost-prompts 1,3,100 --cost-runs 3`): 1 prompt 0.99x,
+#   3 prompts 1.01x, 100 prompts 0.99x, all-layer probes 0.99x (a tie: the imports dominate);
+#   the Qwen3-1.7B shape, one run per mode (`make bench BENCH_ARGS="--shape 8b --runs 3
+#   --cost-runs 1"`, README "Performance"): 1 prompt 0.58x, 3 prompts 0.77x, all-layer probes
+#   0.99x, sub-layer probes 0.77x, 100 prompts 1.01x, 1,000 prompts 1.12x.
+# Streaming saves the in-memory load's fresh pages (3.6 s at 1.7B) once, and costs a little per
+# prompt (1.78 against 1.59 s of forward per prompt over 1,000 prompts: each wave of prompts reads
+# the weights again and hands every layer from prompt to prompt); from about 100 prompts on the
+# in-memory load is as fast or faster, and ``auto`` takes it when it fits. ``--load memory`` and
+# ``--stream`` choose for themselves; ``auto`` also loads in memory a checkpoint the streamed
+# strategy refuses when it fits (:func:`load_model`).
+AUTO_MEMORY_PROMPTS = 100
 
 
-def choose(paths: Sequence[Path], dtype: str, options: LoadOptions) -> LoadPlan:
-    """The strategy asked for, or (auto) streamed. A streamed run keeps the embeddings and head
-    resident when they fit the budget beside two layers, and streams them too otherwise
-    (:func:`refgen.load.stream.load_streamed_model`)."""
+def choose(paths: Sequence[Path], dtype: str, options: LoadOptions, prompts: int = 1) -> LoadPlan:
+    """The strategy asked for, or (auto) streamed, unless the run has :data:`AUTO_MEMORY_PROMPTS`
+    *prompts* or more and the in-memory load fits the budget. A streamed run keeps the
+    embeddings and head resident when they fit the budget beside two layers, and streams them
+    too otherwise (:func:`refgen.load.stream.load_streamed_model`)."""
     need = weights_bytes(paths, dtype)
     explicit = options.memory_budget is not None
     budget = options.memory_budget if options.memory_budget is not None else default_budget()
-    mode = "stream" if options.mode == "auto" else options.mode
+    plan = LoadPlan(options.mode, options.mode, need, budget, explicit)
+    if options.mode == "auto":
+        many = prompts >= AUTO_MEMORY_PROMPTS and plan.fits_in_memory
+        plan = dataclasses.replace(plan, mode="memory" if many else "stream")
     log.info(
         "load: %s (%s; weights %.2f GB in %s, memory budget %.2f GB%s)",
-        mode,
+        plan.mode,
         "asked" if options.mode != "auto" else "automatic",
         need / 1e9,
         dtype,
         budget / 1e9,
         "" if explicit else f" = {AVAILABLE_SHARE} x available",
     )
-    return LoadPlan(mode, options.mode, need, budget, explicit)
+    return plan
 
 
 def start_reading(
