@@ -111,9 +111,10 @@ def _build(
         try:
             # in memory, or streamed
             load_plan = loading.choose(files, spec.dtype, options, len(spec.prompts))
-            # [probes] rounding_floor: the same checkpoint again, in float64, planned alike
+            # [probes] rounding_floor: the same checkpoint again, in float64; under auto
+            # streamed whatever the prompts, as the F32 model may still be in memory beside it
             floor_plan = (
-                loading.choose(files, "float64", options, len(spec.prompts))
+                loading.choose(files, "float64", options)
                 if spec.probes is not None and spec.probes.rounding_floor
                 else None
             )
