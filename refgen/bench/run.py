@@ -639,6 +639,12 @@ def fmt_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def floor_parts(f: dict[str, Any], names: dict[str, str]) -> tuple[str, float]:
+    """The floor's parts as "name wall / CPU", and their CPU seconds in all."""
+    parts = ", ".join(f"{names[k]} {f[k]['wall_s']:.2f} / {f[k]['cpu_s']:.2f}" for k in names)
+    return parts, sum(f[k]["cpu_s"] for k in names)
+
+
 def fmt_floor(r: dict[str, Any]) -> list[str]:
     """Where the default run's seconds go, against its parts measured alone."""
     f, o, p = r["floor"], r["ours"], r.get("phases", {})
@@ -648,8 +654,7 @@ def fmt_floor(r: dict[str, Any]) -> list[str]:
         "read": "reading and up-casting the weights to F32",
         "forward": "the forwards, weights in memory",
     }
-    parts = ", ".join(f"{names[k]} {f[k]['wall_s']:.2f} / {f[k]['cpu_s']:.2f}" for k in names)
-    cpu = sum(f[k]["cpu_s"] for k in names)
+    parts, cpu = floor_parts(f, names)
     ours_cpu = o["user_s"] + o["sys_s"]
     # Back to back on one machine: the hashing beside the import (the other core is idle while
     # the import runs), then the reads, then the forwards.
@@ -760,8 +765,7 @@ def fmt_big(r: dict[str, Any]) -> str:
             "forward": f"the forwards ({f['meta']['layers']:.0f} layers run with the weights of "
             f"{f['meta']['stand_in_layers']:.0f}, in memory)",
         }
-        parts = ", ".join(f"{names[k]} {f[k]['wall_s']:.2f} / {f[k]['cpu_s']:.2f}" for k in names)
-        cpu = sum(f[k]["cpu_s"] for k in names)
+        parts, cpu = floor_parts(f, names)
         lines.append(
             f"- the floor, each part alone (`python -m refgen.bench.floor --stand-in-layers`, "
             f"median of 2 runs, wall / CPU s): {parts}; CPU in all {cpu:.2f} s, at least "
